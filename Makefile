@@ -1,0 +1,72 @@
+# The course's commands.  Every target sets up what it needs: the first run
+# creates a virtual environment in .venv/ and installs the course into it.
+#
+#   make lab      open the course in JupyterLab
+#   make test     the whole verification (what CI runs)
+#   make student  regenerate notebooks/ from solutions/ (nbgrader)
+#   make grade ASSIGNMENT=02_attention_scoring SUBMISSIONS=path/to/folder
+#   make bench    benchmark scripts (print side-by-side ratios)
+
+PYTHON       ?= python3
+VENV         ?= .venv
+PY           := $(VENV)/bin/python
+STAMP        := $(VENV)/.installed
+TEST_WORKERS ?= 2
+LAB_ARGS     ?=
+D2L_VERSION  := 1.0.3
+# nbgrader runs helpers (alembic) from PATH: the environment's bin/ comes first.
+export PATH  := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: env lab test unit notebooks student check-student grade bench lint clean help
+
+help:
+	@sed -n '2,10p' Makefile
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,instructor]'
+	# d2l is only a reference implementation for the tests; its 2023 pins
+	# (numpy, pandas, matplotlib, scipy) would downgrade the course's stack.
+	$(PY) -m pip install --quiet --no-deps d2l==$(D2L_VERSION)
+	touch $(STAMP)
+
+env: $(STAMP)
+
+lab: env
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+	  --LabApp.default_url='/lab/tree/notebooks/00_setup/00_setup.ipynb' $(LAB_ARGS)
+
+# Unit tests of lib, strict nbval over every solution notebook (quick mode),
+# the student-notebook regeneration check and the grading pipeline: one run.
+test: env
+	COURSE_QUICK=1 $(PY) -m pytest tests solutions \
+	  --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	  --nbval-cell-timeout=900 -n $(TEST_WORKERS) --dist loadscope -p no:cacheprovider
+
+unit: env
+	COURSE_QUICK=1 $(PY) -m pytest tests -n $(TEST_WORKERS) -p no:cacheprovider
+
+notebooks: env
+	COURSE_QUICK=1 $(PY) -m pytest solutions --nbval --nbval-current-env \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg -n $(TEST_WORKERS) --dist loadscope -p no:cacheprovider
+
+student: env
+	$(PY) tools/student.py generate
+
+check-student: env
+	$(PY) tools/student.py check
+
+grade: env
+	@test -n "$(ASSIGNMENT)" || { echo "usage: make grade ASSIGNMENT=<lesson> SUBMISSIONS=<folder>"; exit 2; }
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade ASSIGNMENT=<lesson> SUBMISSIONS=<folder>"; exit 2; }
+	$(PY) -m tools.grade "$(ASSIGNMENT)" "$(SUBMISSIONS)" $(GRADE_ARGS)
+
+bench: env
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: env
+	$(VENV)/bin/ruff check lib tests bench tools
+
+clean:
+	rm -rf grading .pytest_cache

@@ -1,0 +1,53 @@
+"""The course library: attention and Transformers, built in the order the lessons build them.
+
+Modules (each imports only from those above it):
+
+    runtime      device(), seed_everything(), QUICK
+    attention    masks, masked_softmax, scaled_dot_product_attention, scoring modules, pooling
+    multihead    MultiHeadAttention
+    positional   sinusoidal, learned, relative, rotary (RoPE), ALiBi
+    ffn          PositionWiseFFN and its Conv1d twin
+    transformer  AddNorm, encoder and decoder blocks, Transformer
+    vit          patch embedding, ViT
+    synthesizer  Dense and Random Synthesizer attention
+
+Beside them: checks (exercise feedback), plot, data, text, train, memory.
+
+Submodules load on first use, so ``import lib`` is cheap and ``lib.attention``
+works without importing every module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__version__ = "0.1.0"
+
+_SUBMODULES = (
+    "runtime",
+    "attention",
+    "multihead",
+    "positional",
+    "ffn",
+    "transformer",
+    "vit",
+    "synthesizer",
+    "checks",
+    "plot",
+    "data",
+    "text",
+    "train",
+    "decode",
+    "memory",
+)
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'lib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBMODULES])

@@ -1,0 +1,465 @@
+"""Attention: pooling, scoring functions and masking.
+
+Shape legend (used in every docstring and shape comment of this module):
+    B   batch size
+    H   number of heads (absent for single-head code: scores are (B, Tq, Tk))
+    Tq  number of queries          Tk  number of keys (= number of values)
+    Dk  query/key feature size     Dv  value feature size
+
+Masks are boolean with ``True`` meaning *may attend*, and broadcast to the
+scores' shape, e.g. (B, H, Tq, Tk) or (B, Tq, Tk).  Additive float biases
+(relative positions, ALiBi) travel separately as ``bias``.  A query whose row is
+entirely masked gets all-zero weights (and a zero output), never NaN.
+
+References:
+    Nadaraya (1964), Watson (1964): kernel regression (attention pooling).
+    Bahdanau et al. (2015), eq. for the alignment model: additive attention.
+    Vaswani et al. (2017), section 3.2.1, eq. (1): scaled dot-product attention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "causal_mask",
+    "padding_mask",
+    "masked_softmax",
+    "scaled_dot_product_attention",
+    "AdditiveAttention",
+    "DotProductAttention",
+    "KERNELS",
+    "nadaraya_watson",
+    "NadarayaWatson",
+]
+
+
+# ---------------------------------------------------------------------------
+# Masks
+# ---------------------------------------------------------------------------
+
+
+def causal_mask(Tq: int, Tk: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
+    """Boolean causal mask: query ``i`` may attend to keys ``j <= i``.
+
+    When ``Tk > Tq`` (queries are the last ``Tq`` of ``Tk`` positions, as with a
+    key/value cache) the diagonal is shifted so query ``i`` sees keys up to
+    ``i + Tk - Tq``.
+
+    Returns:
+        Bool tensor of shape (Tq, Tk), broadcastable to (B, H, Tq, Tk).
+    """
+    Tk = Tq if Tk is None else Tk
+    if Tq < 1 or Tk < 1:
+        raise ValueError(f"causal_mask needs positive lengths, got Tq={Tq}, Tk={Tk}")
+    if Tk < Tq:
+        raise ValueError(f"causal_mask needs Tk >= Tq (queries are the last Tq positions), got Tq={Tq}, Tk={Tk}")
+    ones = torch.ones(Tq, Tk, dtype=torch.bool, device=device)
+    return torch.tril(ones, diagonal=Tk - Tq)  # (Tq, Tk)
+
+
+def padding_mask(valid_lens: Tensor, Tk: int, *, ndim: int = 4) -> Tensor:
+    """Turn d2l-style ``valid_lens`` into a boolean key-padding mask.
+
+    Args:
+        valid_lens: (B,) one length per sequence, or (B, Tq) one per query.
+            Key ``j`` is visible when ``j < valid_len``.
+        Tk: number of keys.
+        ndim: rank of the scores the mask will meet: 4 for (B, H, Tq, Tk)
+            (the default) or 3 for single-head (B, Tq, Tk).
+
+    Returns:
+        Bool mask of shape (B, 1, 1, Tk) or (B, 1, Tq, Tk) for ``ndim=4``;
+        (B, 1, Tk) or (B, Tq, Tk) for ``ndim=3``.
+    """
+    if valid_lens.dim() not in (1, 2):
+        raise ValueError(
+            f"valid_lens must have shape (B,) or (B, Tq), got {tuple(valid_lens.shape)}"
+        )
+    if ndim not in (3, 4):
+        raise ValueError(f"ndim must be 3 (B, Tq, Tk) or 4 (B, H, Tq, Tk), got {ndim}")
+    if valid_lens.is_floating_point() and not torch.equal(valid_lens, valid_lens.round()):
+        raise ValueError("valid_lens must hold whole numbers of positions")
+    positions = torch.arange(Tk, device=valid_lens.device)  # (Tk,)
+    mask = positions < valid_lens.unsqueeze(-1)  # (B, Tk) or (B, Tq, Tk)
+    if valid_lens.dim() == 1:
+        mask = mask.unsqueeze(1)  # (B, 1, Tk)
+    if ndim == 4:
+        mask = mask.unsqueeze(1)  # (B, 1, 1, Tk) or (B, 1, Tq, Tk)
+    return mask
+
+
+def _check_mask(mask: Tensor, scores: Tensor) -> None:
+    if mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask must be boolean (True = may attend), got dtype {mask.dtype}; "
+            "pass additive float biases as `bias`"
+        )
+    try:
+        shape = torch.broadcast_shapes(mask.shape, scores.shape)
+    except RuntimeError:
+        shape = None
+    if shape != scores.shape:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
+            f"{tuple(scores.shape)} (expected something like (B, 1, 1, Tk), (B, 1, Tq, Tk) or (Tq, Tk))"
+        )
+
+
+def _check_bias(bias: Tensor, scores: Tensor) -> None:
+    if not bias.is_floating_point():
+        raise ValueError(f"bias must be a float tensor added to the scores, got dtype {bias.dtype}")
+    try:
+        shape = torch.broadcast_shapes(bias.shape, scores.shape)
+    except RuntimeError:
+        shape = None
+    if shape != scores.shape:
+        raise ValueError(
+            f"bias of shape {tuple(bias.shape)} does not broadcast to the scores' shape "
+            f"{tuple(scores.shape)} (expected something like (H, Tq, Tk) or (B, H, Tq, Tk))"
+        )
+
+
+def combine_masks(mask: Tensor | None, valid_lens: Tensor | None, ndim: int, Tk: int) -> Tensor | None:
+    """AND a boolean mask with the padding mask made from ``valid_lens``."""
+    if valid_lens is None:
+        return mask
+    pad = padding_mask(valid_lens, Tk, ndim=ndim)
+    return pad if mask is None else mask & pad
+
+
+def masked_softmax(
+    scores: Tensor,
+    mask: Tensor | None = None,
+    valid_lens: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """Softmax over the last axis that gives masked keys zero weight.
+
+    Args:
+        scores: (..., Tq, Tk) attention scores, e.g. (B, Tq, Tk) or (B, H, Tq, Tk).
+        mask: boolean, True = may attend, broadcastable to ``scores``.
+        valid_lens: (B,) or (B, Tq) as in d2l; combined with ``mask`` by AND.
+        bias: float, added to the scores before masking (broadcastable).
+
+    Returns:
+        Weights of the scores' shape; each row sums to 1, or is all zeros when
+        every key in that row is masked (d2l gives a uniform row instead).
+    """
+    if scores.dim() < 2:
+        raise ValueError(f"scores must have shape (..., Tq, Tk), got {tuple(scores.shape)}")
+    if bias is not None:
+        _check_bias(bias, scores)
+        scores = scores + bias
+    if valid_lens is not None:
+        if scores.dim() not in (3, 4):
+            raise ValueError(f"valid_lens needs scores (B, Tq, Tk) or (B, H, Tq, Tk), got {tuple(scores.shape)}")
+        if valid_lens.shape[0] != scores.shape[0]:
+            raise ValueError(
+                f"valid_lens has {valid_lens.shape[0]} rows but the scores' batch size is {scores.shape[0]}"
+            )
+        mask = combine_masks(mask, valid_lens, scores.dim(), scores.shape[-1])
+    if mask is None:
+        return F.softmax(scores, dim=-1)
+    _check_mask(mask, scores)
+    # The most negative finite number of the dtype: exp() underflows to 0
+    # without the inf - inf = NaN that -inf would give on fully masked rows.
+    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = F.softmax(filled, dim=-1)
+    # Fully masked rows came out uniform; give them (and every masked key) zero.
+    return weights.masked_fill(~mask, 0.0)
+
+
+# ---------------------------------------------------------------------------
+# Scaled dot-product attention: the teaching path and the fast path
+# ---------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    dropout_p: float = 0.0,
+    *,
+    scale: float | None = None,
+    fast: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """softmax(q kᵀ / √Dk + bias, masked) v  -- Vaswani et al. (2017), eq. (1).
+
+    Args:
+        q: (..., Tq, Dk) queries, e.g. (B, H, Tq, Dk).
+        k: (..., Tk, Dk) keys.
+        v: (..., Tk, Dv) values.
+        mask: boolean, True = may attend, broadcastable to (..., Tq, Tk).
+        bias: float, added to the scaled scores (relative positions, ALiBi).
+        dropout_p: dropout on the attention weights. Applied whenever > 0, as
+            in ``torch.nn.functional.scaled_dot_product_attention``: modules
+            pass ``p if self.training else 0.0``.
+        scale: multiplies the scores; defaults to 1/√Dk.
+        fast: use PyTorch's fused kernel (flash / memory-efficient / math,
+            chosen by PyTorch). It never materialises the weights, so the
+            second return value is ``None``.
+
+    Returns:
+        ``(output, weights)``: output (..., Tq, Dv) and weights (..., Tq, Tk),
+        the attention distribution before dropout (``None`` when ``fast``).
+    """
+    if q.dim() < 2 or k.dim() < 2 or v.dim() < 2:
+        raise ValueError(
+            f"q, k, v must be at least 2-D (..., T, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"queries and keys must share their feature size Dk: q has {q.shape[-1]}, k has {k.shape[-1]} "
+            f"(q {tuple(q.shape)}, k {tuple(k.shape)})"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"keys and values must be equally many (Tk): k has {k.shape[-2]}, v has {v.shape[-2]} "
+            f"(k {tuple(k.shape)}, v {tuple(v.shape)})"
+        )
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if fast:
+        return _sdpa_fast(q, k, v, mask, bias, dropout_p, scale), None
+
+    scores = q @ k.transpose(-2, -1) * scale  # (..., Tq, Tk)
+    weights = masked_softmax(scores, mask=mask, bias=bias)  # (..., Tq, Tk)
+    attn = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+    return attn @ v, weights  # (..., Tq, Dv), (..., Tq, Tk)
+
+
+def _sdpa_fast(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None, dropout_p: float, scale: float
+) -> Tensor:
+    """PyTorch's fused attention with this module's mask and bias semantics."""
+    scores_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
+    attn_mask: Tensor | None = None
+    if mask is not None:
+        _check_mask(mask, torch.empty(scores_shape, device="meta"))
+    if bias is not None:
+        _check_bias(bias, torch.empty(scores_shape, device="meta", dtype=bias.dtype))
+        attn_mask = bias.to(q.dtype)
+        if mask is not None:
+            attn_mask = attn_mask.masked_fill(~mask, torch.finfo(q.dtype).min)
+    elif mask is not None:
+        attn_mask = mask
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    if mask is not None:
+        # PyTorch returns NaN (or garbage) for rows with nothing to attend;
+        # the course's contract is a zero output there.
+        empty_row = ~mask.any(dim=-1, keepdim=True)  # (..., Tq, 1)
+        out = out.masked_fill(empty_row, 0.0)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Scoring modules
+# ---------------------------------------------------------------------------
+
+
+class AdditiveAttention(nn.Module):
+    """Additive (Bahdanau) attention: a(q, k) = w_vᵀ tanh(W_q q + W_k k).
+
+    Works for queries and keys of different sizes. d2l calls the hidden size
+    ``num_hiddens`` and uses lazy layers; here every size is explicit.
+
+    Args:
+        d_query: query feature size.
+        d_key: key feature size.
+        d_hidden: size of the hidden layer that scores each (query, key) pair.
+        dropout: dropout on the attention weights.
+
+    Shapes:
+        queries (B, Tq, d_query), keys (B, Tk, d_key), values (B, Tk, Dv)
+        -> output (B, Tq, Dv), weights (B, Tq, Tk).
+    """
+
+    def __init__(self, d_query: int, d_key: int, d_hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.W_q = nn.Linear(d_query, d_hidden, bias=False)
+        self.W_k = nn.Linear(d_key, d_hidden, bias=False)
+        self.w_v = nn.Linear(d_hidden, 1, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        mask: Tensor | None = None,
+        valid_lens: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        if queries.dim() != 3 or keys.dim() != 3 or values.dim() != 3:
+            raise ValueError(
+                "AdditiveAttention expects (B, Tq, d_query), (B, Tk, d_key), (B, Tk, Dv); got "
+                f"{tuple(queries.shape)}, {tuple(keys.shape)}, {tuple(values.shape)}"
+            )
+        if queries.shape[-1] != self.W_q.in_features or keys.shape[-1] != self.W_k.in_features:
+            raise ValueError(
+                f"expected d_query={self.W_q.in_features} and d_key={self.W_k.in_features}, got queries "
+                f"{tuple(queries.shape)} and keys {tuple(keys.shape)}"
+            )
+        if keys.shape[1] != values.shape[1]:
+            raise ValueError(f"keys and values must be equally many: {tuple(keys.shape)} vs {tuple(values.shape)}")
+        q, k = self.W_q(queries), self.W_k(keys)  # (B, Tq, h), (B, Tk, h)
+        features = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))  # (B, Tq, Tk, h)
+        scores = self.w_v(features).squeeze(-1)  # (B, Tq, Tk)
+        weights = masked_softmax(scores, mask=mask, valid_lens=valid_lens)  # (B, Tq, Tk)
+        out = self.dropout(weights) @ values  # (B, Tq, Dv)
+        return (out, weights) if need_weights else out
+
+
+class DotProductAttention(nn.Module):
+    """Dot-product attention, scaled (Vaswani et al.) or Keras-style.
+
+    ``DotProductAttention()`` is softmax(q kᵀ/√Dk) v, d2l's class of the same
+    name.  ``DotProductAttention(scaled=False, use_scale=True)`` is the Keras
+    ``Attention`` layer: raw dot products times one trainable scalar
+    (initialised to 1), its only parameter.
+
+    Args:
+        dropout: dropout on the attention weights.
+        scaled: divide the scores by √Dk.
+        use_scale: multiply the scores by a learnable scalar (Keras ``use_scale``).
+
+    Shapes:
+        queries (B, [H,] Tq, Dk), keys (B, [H,] Tk, Dk), values (B, [H,] Tk, Dv)
+        -> output (B, [H,] Tq, Dv), weights (B, [H,] Tq, Tk).
+    """
+
+    def __init__(self, dropout: float = 0.0, *, scaled: bool = True, use_scale: bool = False) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.scaled = scaled
+        self.scale = nn.Parameter(torch.ones(())) if use_scale else None
+
+    def forward(
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        mask: Tensor | None = None,
+        valid_lens: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        scale = 1.0 / math.sqrt(queries.shape[-1]) if self.scaled else 1.0
+        if self.scale is not None:
+            queries = queries * self.scale  # the same as scaling the scores
+        if valid_lens is not None:
+            mask = combine_masks(mask, valid_lens, queries.dim(), keys.shape[-2])
+        out, weights = scaled_dot_product_attention(
+            queries, keys, values, mask=mask, dropout_p=self.dropout if self.training else 0.0, scale=scale
+        )
+        return (out, weights) if need_weights else out
+
+    def extra_repr(self) -> str:
+        return f"dropout={self.dropout}, scaled={self.scaled}, use_scale={self.scale is not None}"
+
+
+# ---------------------------------------------------------------------------
+# Nadaraya-Watson attention pooling
+# ---------------------------------------------------------------------------
+
+
+def _gaussian(u: Tensor) -> Tensor:
+    return torch.exp(-(u**2) / 2)
+
+
+def _boxcar(u: Tensor) -> Tensor:
+    return (u.abs() < 1.0).to(u.dtype)
+
+
+def _constant(u: Tensor) -> Tensor:
+    return torch.ones_like(u)
+
+
+def _laplace(u: Tensor) -> Tensor:
+    return torch.exp(-u.abs())
+
+
+def _epanechnikov(u: Tensor) -> Tensor:
+    return torch.clamp(1 - u**2, min=0.0)
+
+
+KERNELS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gaussian": _gaussian,
+    "boxcar": _boxcar,
+    "constant": _constant,
+    "laplace": _laplace,
+    "epanechnikov": _epanechnikov,
+}
+"""Similarity kernels k(u) of the scaled distance u = (q - x) / h, unnormalised."""
+
+
+def nadaraya_watson(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    kernel: str | Callable[[Tensor], Tensor] = "gaussian",
+    bandwidth: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Non-parametric attention pooling: f(q) = Σ_i k((q - x_i)/h) y_i / Σ_j k((q - x_j)/h).
+
+    Args:
+        queries: (..., Tq) scalar queries.
+        keys: (..., Tk) scalar keys (the training inputs x_i).
+        values: (..., Tk) or (..., Tk, Dv) values (the training targets y_i).
+        kernel: a name from ``KERNELS`` or a function of the scaled distance.
+        bandwidth: h > 0, the kernel width.
+
+    Returns:
+        ``(output, weights)``: (..., Tq) or (..., Tq, Dv), and (..., Tq, Tk).
+        A query that no key reaches (compact kernels) gets zero weights.
+    """
+    if bandwidth <= 0:
+        raise ValueError(f"bandwidth must be positive, got {bandwidth}")
+    fn = KERNELS[kernel] if isinstance(kernel, str) else kernel
+    if isinstance(kernel, str) and kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {sorted(KERNELS)}")
+    if keys.shape[-1] != values.shape[-1 if values.dim() == keys.dim() else -2]:
+        raise ValueError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must be equally many")
+    u = (queries.unsqueeze(-1) - keys.unsqueeze(-2)) / bandwidth  # (..., Tq, Tk)
+    k = fn(u)
+    total = k.sum(dim=-1, keepdim=True)  # (..., Tq, 1)
+    weights = torch.where(total > 0, k / total.clamp_min(torch.finfo(k.dtype).tiny), torch.zeros_like(k))
+    if values.dim() == keys.dim():
+        return (weights @ values.unsqueeze(-1)).squeeze(-1), weights  # (..., Tq)
+    return weights @ values, weights  # (..., Tq, Dv)
+
+
+class NadarayaWatson(nn.Module):
+    """Parametric Nadaraya-Watson pooling with a learnable Gaussian width.
+
+    weights = softmax(-((q - x) · w)² / 2) over the keys: a Gaussian kernel of
+    bandwidth 1/w, with w learned by gradient descent (d2l, section 11.2).
+
+    Args:
+        w: initial inverse bandwidth.
+
+    Shapes:
+        queries (..., Tq), keys (..., Tk), values (..., Tk) -> output (..., Tq),
+        weights (..., Tq, Tk). ``mask`` (bool, broadcastable to (..., Tq, Tk))
+        hides keys, e.g. each training point's own key.
+    """
+
+    def __init__(self, w: float = 1.0) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(float(w)))
+
+    def forward(
+        self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None, need_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        scores = -(((queries.unsqueeze(-1) - keys.unsqueeze(-2)) * self.w) ** 2) / 2  # (..., Tq, Tk)
+        weights = masked_softmax(scores, mask=mask)  # (..., Tq, Tk)
+        out = (weights @ values.unsqueeze(-1)).squeeze(-1)  # (..., Tq)
+        return (out, weights) if need_weights else out

@@ -1,0 +1,153 @@
+"""Exercise checks: property tests that give a student actionable feedback.
+
+Every visible check cell and hidden test in the notebooks is written with
+these helpers, so a failure always says *what* was expected, *what* came and,
+where it can, *where* they differ.  They raise ``AssertionError`` (which
+nbgrader counts as a failed test) and print one line on success.
+
+    check_shape(out, (2, 4, 8), "attention output")
+    check_close(mine, reference, "masked_softmax on random scores")
+    check_causal(lambda x: block(x), torch.randn(2, 6, 16))
+    with forbid("lib.attention.masked_softmax"):
+        mine = masked_softmax(scores, mask)     # must not call the reference
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from unittest import mock
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_shape",
+    "check_close",
+    "check_causal",
+    "check_permutation_equivariance",
+    "check_not_reference",
+    "forbid",
+    "passed",
+]
+
+
+def passed(message: str) -> None:
+    """Print a success line (deterministic, so nbval can compare it)."""
+    print(f"✔ {message}")
+
+
+def check_shape(t: Tensor, expected: Sequence[int], name: str = "tensor") -> None:
+    """Fail unless ``t`` is a tensor of exactly the ``expected`` shape."""
+    if not isinstance(t, Tensor):
+        raise AssertionError(f"{name}: expected a torch.Tensor of shape {tuple(expected)}, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(expected):
+        raise AssertionError(f"{name}: expected shape {tuple(expected)}, got {tuple(t.shape)}")
+
+
+def check_close(
+    actual: Tensor,
+    expected: Tensor,
+    name: str = "result",
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> None:
+    """Fail unless ``actual`` matches ``expected`` in shape and value.
+
+    The message names the largest difference and where it is, and warns about
+    NaNs, which are the usual sign of a fully masked row gone wrong.
+    """
+    if not isinstance(actual, Tensor):
+        raise AssertionError(f"{name}: expected a torch.Tensor, got {type(actual).__name__}")
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}")
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    if torch.isnan(a).any() and not torch.isnan(e).any():
+        where = tuple(torch.nonzero(torch.isnan(a))[0].tolist())
+        raise AssertionError(f"{name}: your result contains NaN (first at index {where}); expected none")
+    if not torch.allclose(a, e, atol=atol, rtol=rtol, equal_nan=True):
+        diff = (a - e).abs().nan_to_num(nan=float("inf"))
+        idx = tuple(torch.nonzero(diff == diff.max())[0].tolist())
+        raise AssertionError(
+            f"{name}: values differ; largest difference {diff.max().item():.3g} at index {idx} "
+            f"(yours {a[idx].item():.6g}, expected {e[idx].item():.6g})"
+        )
+
+
+def check_causal(fn: Callable[[Tensor], Tensor], x: Tensor, name: str = "model") -> None:
+    """Fail if output position t depends on any input position after t.
+
+    Computes the Jacobian's block structure with autograd: for each t, the
+    gradient of ``fn(x)[:, t]`` with respect to ``x[:, t+1:]`` must be zero.
+
+    Args:
+        fn: maps (B, T, ...) to (B, T, ...).
+        x: a float input of shape (B, T, ...).
+    """
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x)
+    if out.shape[:2] != x.shape[:2]:
+        raise AssertionError(f"{name}: expected output of shape (B, T, ...) = {tuple(x.shape[:2])} + ..., got {tuple(out.shape)}")
+    T = x.shape[1]
+    for t in range(T - 1):
+        (grad,) = torch.autograd.grad(out[:, t].sum(), x, retain_graph=True, allow_unused=True)
+        if grad is None:
+            continue
+        leak = grad[:, t + 1 :].abs().max().item()
+        if leak > 0:
+            raise AssertionError(
+                f"{name}: not causal — output position {t} depends on later input positions "
+                f"(gradient {leak:.3g} with respect to positions {t + 1}..{T - 1}); mask keys j > i"
+            )
+
+
+def check_permutation_equivariance(
+    fn: Callable[[Tensor], Tensor], x: Tensor, name: str = "model", *, atol: float = 1e-5, seed: int = 0
+) -> None:
+    """Fail unless permuting the positions of ``x`` (B, T, ...) permutes the output alike."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(x.shape[1], generator=g)
+    with torch.no_grad():
+        out = fn(x)
+        out_perm = fn(x[:, perm])
+    check_close(out_perm, out[:, perm], f"{name}: f(permuted x) vs permuted f(x)", atol=atol, rtol=1e-4)
+
+
+def check_not_reference(student: object, reference: object, name: str) -> None:
+    """Fail if the student's function *is* the library's reference."""
+    if student is reference or getattr(student, "__wrapped__", None) is reference:
+        raise AssertionError(
+            f"{name}: this exercise asks you to write it yourself, not to import the course's reference"
+        )
+
+
+@contextlib.contextmanager
+def forbid(*targets: str) -> Iterator[None]:
+    """Make the named functions raise while the block runs.
+
+    Use around a call of a student's function so that a solution that merely
+    delegates to the reference implementation fails with a clear message::
+
+        with forbid("lib.attention.masked_softmax", "torch.nn.functional.scaled_dot_product_attention"):
+            out = student_attention(q, k, v)
+    """
+    patches = []
+    for target in targets:
+        module_name, _, attr = target.rpartition(".")
+        module = importlib.import_module(module_name)
+        if not hasattr(module, attr):
+            raise ValueError(f"forbid: {target!r} does not exist")
+
+        def _refuse(*args: object, _target: str = target, **kwargs: object) -> None:
+            raise AssertionError(
+                f"your code called {_target}; this exercise asks you to implement it yourself"
+            )
+
+        patches.append(mock.patch.object(module, attr, _refuse))
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        yield

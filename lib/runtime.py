@@ -1,0 +1,123 @@
+"""Where code runs and how reproducibly: device choice, seeding, quick mode.
+
+Every notebook starts with::
+
+    from lib.runtime import device, seed_everything, QUICK, pick
+    seed_everything(0)
+    dev = device()
+
+Environment variables:
+    COURSE_DEVICE  force a device ("cpu", "cuda", "cuda:1", "mps").
+    COURSE_QUICK   "1" shrinks data and epochs so the whole course runs in CI
+                   (``make test`` sets it); unset or "0" is the full course.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+__all__ = ["device", "seed_everything", "is_quick", "QUICK", "pick", "describe"]
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def is_quick() -> bool:
+    """Whether quick mode is on (``COURSE_QUICK`` is 1/true/yes/on).
+
+    Raises:
+        ValueError: if the variable holds something that is neither true nor false.
+    """
+    raw = os.environ.get("COURSE_QUICK", "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"COURSE_QUICK must be one of 1/0/true/false/yes/no, got {raw!r}")
+
+
+QUICK: bool = is_quick()
+"""Quick mode, read once at import: small data and few epochs for CI."""
+
+
+def pick(full: T, quick: T) -> T:
+    """Return ``quick`` in quick mode and ``full`` otherwise.
+
+    Example: ``epochs = pick(full=20, quick=2)``.
+    """
+    return quick if is_quick() else full
+
+
+def device(prefer: str | None = None) -> torch.device:
+    """The device to compute on: CUDA if available, else Apple MPS, else CPU.
+
+    Args:
+        prefer: a device string to use instead of the automatic choice. When
+            omitted, the ``COURSE_DEVICE`` environment variable is consulted.
+
+    Raises:
+        RuntimeError: if the requested device is not available on this machine.
+    """
+    choice = prefer if prefer is not None else os.environ.get("COURSE_DEVICE", "").strip()
+    if choice:
+        dev = torch.device(choice)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {choice!r} requested, but CUDA is not available here")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device {choice!r} requested, but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        if dev.type == "mps" and not _mps_available():
+            raise RuntimeError(f"device {choice!r} requested, but MPS is not available here")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if _mps_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def seed_everything(seed: int = 0, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and PyTorch (all devices) so runs repeat.
+
+    Args:
+        seed: the seed.
+        deterministic: also ask PyTorch for deterministic kernels (slower on GPU;
+            raises at run time for operations that have no deterministic version).
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA and MPS generators too
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def describe() -> dict[str, str]:
+    """Versions and hardware, for the set-up notebook and bug reports."""
+    import platform
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(device()),
+        "cuda": str(torch.cuda.is_available()),
+        "threads": str(torch.get_num_threads()),
+        "quick mode": str(is_quick()),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

@@ -1,0 +1,92 @@
+"""Generate the student notebooks from solutions/ with nbgrader, or check them.
+
+    python tools/student.py generate   # (make student) rewrite notebooks/ from solutions/
+    python tools/student.py check      # fail if regenerating would change notebooks/
+
+nbgrader's ``generate_assignment`` replaces solution regions by a stub, strips
+hidden tests and stored outputs, and locks the graded cells.  The check runs
+it in a scratch copy of the course, so it never touches the working tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for nbgrader: it runs `alembic` from PATH, so put this Python's bin/ first."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def lessons(root: Path = ROOT) -> list[str]:
+    return sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def generate(root: Path = ROOT) -> None:
+    """Run nbgrader generate_assignment for every lesson under ``root``."""
+    (root / "grading").mkdir(exist_ok=True)
+    for lesson in lessons(root):
+        cmd = [
+            sys.executable, "-m", "nbgrader", "generate_assignment", lesson,
+            "--force", "--log-level=WARN", f"--CourseDirectory.root={root}",
+            f"--CourseDirectory.db_url=sqlite:///{root / 'grading' / 'gradebook.db'}",
+        ]
+        result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tool_env())
+        if result.returncode != 0:
+            sys.exit(f"nbgrader generate_assignment {lesson} failed:\n{result.stdout}\n{result.stderr}")
+    stale = sorted(p.name for p in (root / "notebooks").iterdir() if p.is_dir()) if (root / "notebooks").exists() else []
+    for name in set(stale) - set(lessons(root)):
+        shutil.rmtree(root / "notebooks" / name)
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    """Relative paths that differ between two folder trees (files only)."""
+    out = []
+    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
+    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file()}
+    for rel in sorted(files_a ^ files_b):
+        out.append(f"{rel} (only in {'notebooks/' if rel in files_a else 'regenerated copy'})")
+    for rel in sorted(files_a & files_b):
+        if not filecmp.cmp(a / rel, b / rel, shallow=False):
+            out.append(f"{rel} (contents differ)")
+    return out
+
+
+def check() -> list[str]:
+    """Regenerate into a scratch copy and list what differs from notebooks/."""
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        shutil.copytree(ROOT / "solutions", scratch / "solutions",
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        shutil.copy2(ROOT / "nbgrader_config.py", scratch / "nbgrader_config.py")
+        generate(scratch)
+        return differences(ROOT / "notebooks", scratch / "notebooks")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["generate", "check"])
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        generate()
+        print(f"regenerated notebooks/ for {len(lessons())} lessons")
+    else:
+        diff = check()
+        if diff:
+            sys.exit("notebooks/ is out of date with solutions/ (run `make student`):\n  " + "\n  ".join(diff))
+        print("notebooks/ matches solutions/")
+
+
+if __name__ == "__main__":
+    main()
