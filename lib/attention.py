@@ -423,9 +423,9 @@ def nadaraya_watson(
     """
     if bandwidth <= 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
-    fn = KERNELS[kernel] if isinstance(kernel, str) else kernel
     if isinstance(kernel, str) and kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {sorted(KERNELS)}")
+    fn = KERNELS[kernel] if isinstance(kernel, str) else kernel
     if keys.shape[-1] != values.shape[-1 if values.dim() == keys.dim() else -2]:
         raise ValueError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must be equally many")
     u = (queries.unsqueeze(-1) - keys.unsqueeze(-2)) / bandwidth  # (..., Tq, Tk)

@@ -124,6 +124,22 @@ def check_not_reference(student: object, reference: object, name: str) -> None:
         )
 
 
+def _resolve_owner(target: str) -> tuple[object, str]:
+    """Split 'pkg.module.Class.attr' into (the object holding attr, 'attr')."""
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            owner: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:-1]:
+            owner = getattr(owner, name, None)
+        if owner is not None and hasattr(owner, parts[-1]):
+            return owner, parts[-1]
+        break
+    raise ValueError(f"forbid: {target!r} does not exist")
+
+
 @contextlib.contextmanager
 def forbid(*targets: str) -> Iterator[None]:
     """Make the named functions raise while the block runs.
@@ -136,17 +152,14 @@ def forbid(*targets: str) -> Iterator[None]:
     """
     patches = []
     for target in targets:
-        module_name, _, attr = target.rpartition(".")
-        module = importlib.import_module(module_name)
-        if not hasattr(module, attr):
-            raise ValueError(f"forbid: {target!r} does not exist")
+        owner, attr = _resolve_owner(target)
 
         def _refuse(*args: object, _target: str = target, **kwargs: object) -> None:
             raise AssertionError(
                 f"your code called {_target}; this exercise asks you to implement it yourself"
             )
 
-        patches.append(mock.patch.object(module, attr, _refuse))
+        patches.append(mock.patch.object(owner, attr, _refuse))
     with contextlib.ExitStack() as stack:
         for p in patches:
             stack.enter_context(p)

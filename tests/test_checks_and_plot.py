@@ -1,0 +1,102 @@
+"""lib.checks (exercise feedback) and lib.plot."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import lib.attention  # noqa: E402
+from lib.checks import (  # noqa: E402
+    check_causal,
+    check_close,
+    check_not_reference,
+    check_permutation_equivariance,
+    check_shape,
+    forbid,
+    passed,
+)
+from lib.plot import plot_curves, show_heatmaps  # noqa: E402
+
+
+def test_check_close_reports_where_and_how_much():
+    a = torch.zeros(2, 3)
+    b = a.clone()
+    b[1, 2] = 0.5
+    check_close(a, a.clone(), "same")
+    with pytest.raises(AssertionError, match=r"largest difference 0.5 at index \(1, 2\)"):
+        check_close(a, b, "x")
+    with pytest.raises(AssertionError, match=r"expected shape \(3, 2\), got \(2, 3\)"):
+        check_close(a, b.T, "x")
+    nan = a.clone()
+    nan[0, 1] = float("nan")
+    with pytest.raises(AssertionError, match=r"contains NaN \(first at index \(0, 1\)\)"):
+        check_close(nan, a, "x")
+    with pytest.raises(AssertionError, match="expected a torch.Tensor, got list"):
+        check_close([0.0], a, "x")
+
+
+def test_check_shape():
+    check_shape(torch.zeros(2, 3), (2, 3))
+    with pytest.raises(AssertionError, match=r"out: expected shape \(2, 4\), got \(2, 3\)"):
+        check_shape(torch.zeros(2, 3), (2, 4), "out")
+    with pytest.raises(AssertionError, match="got NoneType"):
+        check_shape(None, (1,))
+
+
+def test_check_causal_detects_a_leak_and_accepts_causal_code():
+    x = torch.randn(2, 5, 3)
+    check_causal(lambda x: x.cumsum(1), x)
+    with pytest.raises(AssertionError, match="output position 0 depends on later input positions"):
+        check_causal(lambda x: x.flip(1).cumsum(1).flip(1), x)
+
+
+def test_check_permutation_equivariance():
+    x = torch.randn(2, 6, 3)
+    check_permutation_equivariance(lambda x: x * 2, x)
+    with pytest.raises(AssertionError, match="f\\(permuted x\\)"):
+        check_permutation_equivariance(lambda x: x.cumsum(1), x)
+
+
+def test_forbid_blocks_the_reference_and_restores_it():
+    def student(scores):
+        return lib.attention.masked_softmax(scores)
+
+    with forbid("lib.attention.masked_softmax"), pytest.raises(AssertionError, match="implement it yourself"):
+        student(torch.zeros(2, 2))
+    assert student(torch.zeros(1, 2)).sum().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="does not exist"), forbid("lib.attention.nope"):
+        pass
+
+
+def test_check_not_reference():
+    with pytest.raises(AssertionError, match="write it yourself"):
+        check_not_reference(lib.attention.causal_mask, lib.attention.causal_mask, "causal_mask")
+    check_not_reference(lambda T: None, lib.attention.causal_mask, "causal_mask")
+
+
+def test_passed_prints_one_line(capsys):
+    passed("ok")
+    assert capsys.readouterr().out == "✔ ok\n"
+
+
+def test_show_heatmaps_grid_and_errors():
+    fig = show_heatmaps(torch.rand(2, 3, 4, 5), titles=["a", "b", "c"])
+    assert len(fig.axes) == 2 * 3 + 1  # panels + colour bar
+    assert len(show_heatmaps(torch.rand(4, 4), colorbar=False).axes) == 1
+    with pytest.raises(ValueError, match="2-, 3- or 4-D"):
+        show_heatmaps(torch.rand(4))
+    with pytest.raises(ValueError, match="titles"):
+        show_heatmaps(torch.rand(2, 4, 4), titles=["only one"])
+
+
+def test_plot_curves():
+    fig = plot_curves({"train": [3, 2, 1], "val": [3.5, 2.5]}, ylabel="loss", logy=True)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["train", "val"]
+    assert ax.get_yscale() == "log"
+    with pytest.raises(ValueError, match="at least one curve"):
+        plot_curves({})

@@ -1,0 +1,62 @@
+"""lib.runtime: device choice, seeding, quick mode."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lib import runtime
+
+
+def test_device_defaults_to_an_available_device(monkeypatch):
+    monkeypatch.delenv("COURSE_DEVICE", raising=False)
+    dev = runtime.device()
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if runtime._mps_available() else "cpu")
+    assert dev.type == expected
+    torch.ones(2, device=dev)  # usable
+
+
+def test_device_override(monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    assert runtime.device() == torch.device("cpu")
+    assert runtime.device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_unavailable_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "cuda")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        runtime.device()
+
+
+def test_seed_everything_repeats_all_generators():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(3)
+
+    runtime.seed_everything(7)
+    a = draw()
+    runtime.seed_everything(7)
+    b = draw()
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("true", True), ("0", False), ("", False), ("no", False)])
+def test_quick_mode_flag(monkeypatch, value, expected):
+    monkeypatch.setenv("COURSE_QUICK", value)
+    assert runtime.is_quick() is expected
+    assert runtime.pick(full="full", quick="quick") == ("quick" if expected else "full")
+
+
+def test_quick_mode_rejects_garbage(monkeypatch):
+    monkeypatch.setenv("COURSE_QUICK", "maybe")
+    with pytest.raises(ValueError, match="COURSE_QUICK must be one of"):
+        runtime.is_quick()
+
+
+def test_describe_names_versions():
+    info = runtime.describe()
+    assert info["torch"] == torch.__version__
+    assert {"python", "device", "quick mode"} <= set(info)
