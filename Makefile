@@ -15,7 +15,7 @@ TEST_WORKERS ?= 2
 LAB_ARGS     ?=
 D2L_VERSION  := 1.0.3
 # nbgrader runs helpers (alembic) from PATH: the environment's bin/ comes first.
-export PATH  := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PATH  := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: env lab test unit notebooks student check-student grade bench lint clean help
 
@@ -33,8 +33,11 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
+# Jupyter refuses to run as root unless told; containers often are root.
+ALLOW_ROOT   := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: env
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(ALLOW_ROOT) \
 	  --LabApp.default_url='/lab/tree/notebooks/00_setup/00_setup.ipynb' $(LAB_ARGS)
 
 # Unit tests of lib, strict nbval over every solution notebook (quick mode),
