@@ -1,0 +1,435 @@
+"""Memory accounting in bytes: parameters, optimizer state, activations, attention matrices.
+
+Shape legend (used in every docstring and shape comment of this module):
+    B   batch size
+    H   number of heads
+    T   sequence length
+    D   d_model
+    F   d_ff, the FFN hidden size (4 D in the paper)
+    P   number of parameters
+
+Training memory has four parts, each computed here exactly and checked against
+measurement in ``tests/test_memory.py``:
+
+1. **Parameters.** A Transformer layer holds four linear maps of sizes
+   (D, 3D) for q, k, v, (D, D) for the output projection, (D, F) and (F, D) for
+   the FFN: 3D² + D² + 2DF = 12 D² when F = 4D.  Biases add 3D + D + F + D and
+   each LayerNorm 2D, so an encoder layer has exactly 12 D² + 13 D parameters.
+2. **Optimizer state.** Adam keeps two moments per parameter.  With mixed
+   precision every parameter costs 20 bytes (see ``AdamMixedPrecisionBytes``).
+3. **Activations.** Autograd saves some tensors of the forward pass for the
+   backward pass; most are (B, T, D) or (B, T, F) (``encoder_layer_saved_tensors``
+   lists them for ``lib.transformer.EncoderBlock``).
+4. **Attention matrices.** The explicit attention saves its (B, H, T, T) weights:
+   quadratic in T.  Fused kernels (flash attention) recompute them instead.
+
+References:
+    Rajbhandari et al. (2020), ZeRO, section 3.1: mixed-precision Adam state.
+    Korthikanti et al. (2022), "Reducing Activation Recomputation in Large
+    Transformer Models", section 4.1: activation memory per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "bytes_per_element",
+    "tensor_bytes",
+    "count_parameters",
+    "layer_parameter_breakdown",
+    "layer_parameters",
+    "parameter_bytes",
+    "AdamMixedPrecisionBytes",
+    "adam_mixed_precision_bytes",
+    "adam_state_bytes",
+    "optimizer_state_bytes",
+    "activation_bytes",
+    "attention_matrix_bytes",
+    "SavedTensor",
+    "encoder_layer_saved_tensors",
+    "encoder_layer_activation_bytes",
+    "measure_saved_tensors",
+    "cuda_peak_bytes",
+    "format_bytes",
+]
+
+
+# ---------------------------------------------------------------------------
+# Basics
+# ---------------------------------------------------------------------------
+
+
+def bytes_per_element(dtype: torch.dtype) -> int:
+    """Bytes of one element: 4 for float32, 2 for float16/bfloat16, 1 for bool."""
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def tensor_bytes(shape: Iterable[int], dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of a dense tensor of this shape and dtype: prod(shape) x bytes per element."""
+    return math.prod(shape) * bytes_per_element(dtype)
+
+
+def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (shared parameters counted once)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable size with binary prefixes: 1536 -> '1.50 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------
+# 1. Parameters
+# ---------------------------------------------------------------------------
+
+
+def layer_parameter_breakdown(
+    d_model: int,
+    d_ff: int | None = None,
+    *,
+    bias: bool = True,
+    num_norms: int = 2,
+    cross_attention: bool = False,
+) -> dict[str, int]:
+    """Exact parameter count of one Transformer layer, part by part.
+
+    An encoder layer (``lib.transformer.EncoderBlock``, ``torch.nn.TransformerEncoderLayer``)
+    is self-attention + FFN + 2 LayerNorms; a decoder layer adds cross-attention
+    and a third LayerNorm (``cross_attention=True, num_norms=3``).
+
+    Args:
+        d_model: D.
+        d_ff: F; default 4 D (the paper).
+        bias: biases in the attention projections and the FFN.
+        num_norms: LayerNorms in the layer (2 weights of size D each: gain and bias).
+        cross_attention: add a second attention block (decoder layers).
+
+    Returns:
+        ``{"attention q, k, v": D·3D (+3D), "attention output": D·D (+D),
+        "ffn fc1": D·F (+F), "ffn fc2": F·D (+D), "layer norms": num_norms·2D}``
+        (with ``"cross-attention ..."`` entries when asked).
+    """
+    D = d_model
+    F = 4 * D if d_ff is None else d_ff
+    if D < 1 or F < 1 or num_norms < 0:
+        raise ValueError(f"d_model and d_ff must be positive and num_norms >= 0, got {D}, {F}, {num_norms}")
+    b = 1 if bias else 0
+    parts = {
+        "attention q, k, v": D * 3 * D + b * 3 * D,  # W_q, W_k, W_v: (D, 3D) together
+        "attention output": D * D + b * D,  # W_o: (D, D)
+    }
+    if cross_attention:
+        parts["cross-attention q, k, v"] = D * 3 * D + b * 3 * D
+        parts["cross-attention output"] = D * D + b * D
+    parts["ffn fc1"] = D * F + b * F  # W1: (D, F)
+    parts["ffn fc2"] = F * D + b * D  # W2: (F, D)
+    parts["layer norms"] = num_norms * 2 * D  # gain and bias per LayerNorm
+    return parts
+
+
+def layer_parameters(
+    d_model: int,
+    d_ff: int | None = None,
+    *,
+    bias: bool = True,
+    num_norms: int = 2,
+    cross_attention: bool = False,
+) -> int:
+    """Parameters of one Transformer layer: 12 D² + 13 D for an encoder layer with F = 4D.
+
+    In general 4 D² + 2 D F (weights) + 4 D + F + D (biases) + 2 D·num_norms.
+    See ``layer_parameter_breakdown`` for the arguments.
+    """
+    return sum(
+        layer_parameter_breakdown(
+            d_model, d_ff, bias=bias, num_norms=num_norms, cross_attention=cross_attention
+        ).values()
+    )
+
+
+def parameter_bytes(num_params: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes to store ``num_params`` parameters in ``dtype``."""
+    return num_params * bytes_per_element(dtype)
+
+
+# ---------------------------------------------------------------------------
+# 2. Optimizer state
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdamMixedPrecisionBytes:
+    """Bytes per training run's *state* with mixed-precision Adam, part by part.
+
+    The forward and backward passes run in fp16; the update is done in fp32 on a
+    master copy, so that small updates are not rounded away (Micikevicius et al. 2018).
+    Per parameter: 4 fp32 tensors (master weights, gradients, momentum, variance)
+    x 4 bytes + 2 fp16 tensors (weights, gradients) x 2 bytes = 16 + 4 = 20 bytes.
+    ZeRO (Rajbhandari et al. 2020) counts 16 bytes: it drops the fp32 gradient
+    copy, converting each gradient to fp32 on the fly (``fp32_gradients=False``).
+    """
+
+    num_params: int  # P
+    fp16_weights: int  # 2 P: the working copy used by forward and backward
+    fp16_gradients: int  # 2 P: what backward produces
+    fp32_master_weights: int  # 4 P: the copy the optimizer updates
+    fp32_gradients: int  # 4 P: gradients unscaled into fp32 for the update (0 if not kept)
+    fp32_momentum: int  # 4 P: Adam's first moment m (exp_avg)
+    fp32_variance: int  # 4 P: Adam's second moment v (exp_avg_sq)
+
+    @property
+    def total(self) -> int:
+        """All of the above, in bytes."""
+        return sum(getattr(self, f.name) for f in fields(self) if f.name != "num_params")
+
+    @property
+    def per_parameter(self) -> float:
+        """Bytes per parameter: 20 (or 16 without the fp32 gradients)."""
+        return self.total / self.num_params if self.num_params else 0.0
+
+    def rows(self) -> list[tuple[str, int]]:
+        """``(name, bytes)`` for each part, for a table."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if f.name != "num_params"]
+
+
+def adam_mixed_precision_bytes(num_params: int, *, fp32_gradients: bool = True) -> AdamMixedPrecisionBytes:
+    """Weights, gradients and Adam state for mixed-precision training: 20 bytes per parameter.
+
+    Args:
+        num_params: P.
+        fp32_gradients: keep an fp32 copy of the gradients (20 B/param); without
+            it 16 B/param, ZeRO's count (K = 12 bytes of fp32 optimizer state).
+    """
+    P = num_params
+    fp32, fp16 = bytes_per_element(torch.float32), bytes_per_element(torch.float16)
+    return AdamMixedPrecisionBytes(
+        num_params=P,
+        fp16_weights=fp16 * P,
+        fp16_gradients=fp16 * P,
+        fp32_master_weights=fp32 * P,
+        fp32_gradients=fp32 * P if fp32_gradients else 0,
+        fp32_momentum=fp32 * P,
+        fp32_variance=fp32 * P,
+    )
+
+
+def adam_state_bytes(
+    num_params: int,
+    num_tensors: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    amsgrad: bool = False,
+    step_dtype: torch.dtype = torch.float32,
+) -> int:
+    """What ``torch.optim.Adam`` keeps in ``optimizer.state`` after its first step.
+
+    Per parameter tensor: ``exp_avg`` and ``exp_avg_sq`` of its shape and dtype
+    (plus ``max_exp_avg_sq`` with ``amsgrad``) and a one-element ``step`` tensor.
+
+    Args:
+        num_params: P, total elements of the parameters.
+        num_tensors: number of parameter tensors (one ``step`` each).
+        dtype: the parameters' dtype.
+        amsgrad: Adam's AMSGrad variant keeps a third moment buffer.
+        step_dtype: dtype of the ``step`` counter (float32 unless the default dtype is float64).
+    """
+    moments = 3 if amsgrad else 2
+    return moments * num_params * bytes_per_element(dtype) + num_tensors * bytes_per_element(step_dtype)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Measured: bytes of every tensor in ``optimizer.state`` (element_size x nelement)."""
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, Tensor):
+                total += value.element_size() * value.nelement()
+    return total
+
+
+# ---------------------------------------------------------------------------
+# 3-4. Activations and attention matrices
+# ---------------------------------------------------------------------------
+
+
+def activation_bytes(
+    batch: int, seq_len: int, d_model: int, num_saved: int = 1, dtype: torch.dtype = torch.float32
+) -> int:
+    """Bytes of ``num_saved`` activation tensors of shape (B, T, D): B·T·D·num_saved x bytes per element."""
+    return batch * seq_len * d_model * num_saved * bytes_per_element(dtype)
+
+
+def attention_matrix_bytes(
+    batch: int,
+    num_heads: int,
+    seq_len: int,
+    num_saved: int = 1,
+    dtype: torch.dtype = torch.float32,
+    *,
+    key_len: int | None = None,
+) -> int:
+    """Bytes of ``num_saved`` attention matrices (B, H, Tq, Tk): B·H·T² per matrix x bytes per element."""
+    Tk = seq_len if key_len is None else key_len
+    return batch * num_heads * seq_len * Tk * num_saved * bytes_per_element(dtype)
+
+
+_D, _F, _ATT, _STATS = "(B, T, D)", "(B, T, F)", "attention", "norm statistics"
+
+
+@dataclass(frozen=True)
+class SavedTensor:
+    """One tensor that autograd keeps from the forward pass for the backward pass."""
+
+    name: str  # what it is and which operation saves it
+    shape: tuple[int, ...]  # its shape
+    dtype: torch.dtype  # its dtype
+    kind: str  # "(B, T, D)", "(B, T, F)", "attention" or "norm statistics"
+
+    @property
+    def bytes(self) -> int:
+        return tensor_bytes(self.shape, self.dtype)
+
+
+def encoder_layer_saved_tensors(
+    batch: int,
+    seq_len: int,
+    d_model: int,
+    num_heads: int,
+    d_ff: int | None = None,
+    *,
+    activation: str = "relu",
+    masked: bool = False,
+    norm_first: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> list[SavedTensor]:
+    """The tensors autograd saves in one ``lib.transformer.EncoderBlock`` (explicit attention, dropout 0).
+
+    Eight (B, T, D) tensors, one or two (B, T, F), one or two (B, H, T, T) and
+    four (B, T, 1) LayerNorm statistics.  A tensor used by several operations is
+    saved once (e.g. the input of W_q, W_k and W_v; ReLU's output is also fc2's
+    input).  GELU saves its input *and* fc2 its output: two (B, T, F).  A mask
+    makes the masked weights a second (B, H, T, T) tensor (the boolean masks
+    themselves are not listed).  Dropout > 0 adds its masks and outputs; fused
+    attention kernels save no (B, H, T, T) matrix at all.
+
+    ``measure_saved_tensors`` checks this list against autograd.
+    """
+    B, T, D, H = batch, seq_len, d_model, num_heads
+    F = 4 * D if d_ff is None else d_ff
+    if activation not in ("relu", "gelu"):
+        raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+    BTD, BTF, BHTT, BT1 = (B, T, D), (B, T, F), (B, H, T, T), (B, T, 1)
+    if norm_first:
+        first = [
+            SavedTensor("x: block input (LayerNorm 1 input)", BTD, dtype, _D),
+            SavedTensor("LayerNorm 1 output (input of W_q, W_k, W_v)", BTD, dtype, _D),
+        ]
+    else:
+        first = [SavedTensor("x: block input (input of W_q, W_k, W_v)", BTD, dtype, _D)]
+    saved = first + [
+        SavedTensor("q (for q kᵀ)", BTD, dtype, _D),
+        SavedTensor("k (for q kᵀ)", BTD, dtype, _D),
+        SavedTensor("v (for weights @ v)", BTD, dtype, _D),
+        SavedTensor("softmax output: attention weights", BHTT, dtype, _ATT),
+    ]
+    if masked:
+        saved.append(SavedTensor("masked weights (for weights @ v)", BHTT, dtype, _ATT))
+    saved.append(SavedTensor("heads merged (input of W_o)", BTD, dtype, _D))
+    if norm_first:
+        saved.append(SavedTensor("x + attention (LayerNorm 2 input)", BTD, dtype, _D))
+        saved.append(SavedTensor("LayerNorm 2 output (input of fc1)", BTD, dtype, _D))
+    else:
+        saved.append(SavedTensor("x + attention (LayerNorm 1 input)", BTD, dtype, _D))
+        saved.append(SavedTensor("LayerNorm 1 output (input of fc1)", BTD, dtype, _D))
+    if activation == "relu":
+        saved.append(SavedTensor("ReLU output (also the input of fc2)", BTF, dtype, _F))
+    else:
+        saved.append(SavedTensor("fc1 output (GELU input)", BTF, dtype, _F))
+        saved.append(SavedTensor("GELU output (input of fc2)", BTF, dtype, _F))
+    if not norm_first:
+        saved.append(SavedTensor("h + FFN (LayerNorm 2 input)", BTD, dtype, _D))
+    stats = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype  # LayerNorm keeps fp32 statistics
+    for i in (1, 2):
+        saved.append(SavedTensor(f"LayerNorm {i} mean", BT1, stats, _STATS))
+        saved.append(SavedTensor(f"LayerNorm {i} 1/std", BT1, stats, _STATS))
+    return saved
+
+
+def encoder_layer_activation_bytes(
+    batch: int,
+    seq_len: int,
+    d_model: int,
+    num_heads: int,
+    d_ff: int | None = None,
+    **kwargs: object,
+) -> dict[str, int]:
+    """Activation bytes of one encoder layer by kind: "(B, T, D)", "(B, T, F)", "attention", "norm statistics", "total".
+
+    With ReLU, F = 4D and no mask: 12·B·T·D + B·H·T² elements (+ 4·B·T statistics).
+    Arguments as ``encoder_layer_saved_tensors``.
+    """
+    saved = encoder_layer_saved_tensors(batch, seq_len, d_model, num_heads, d_ff, **kwargs)  # type: ignore[arg-type]
+    groups = {kind: 0 for kind in (_D, _F, _ATT, _STATS)}
+    for t in saved:
+        groups[t.kind] += t.bytes
+    groups["total"] = sum(groups.values())
+    return groups
+
+
+def measure_saved_tensors(
+    fn: Callable[[], Tensor], exclude: Iterable[Tensor] = ()
+) -> list[tuple[tuple[int, ...], torch.dtype, int]]:
+    """Measured: the tensors autograd saves while ``fn()`` runs, one entry per distinct storage.
+
+    Uses ``torch.autograd.graph.saved_tensors_hooks``: every tensor an operation
+    keeps for backward passes through the hook; views of one storage (a reshape,
+    a transpose) are counted once, with the storage's size.
+
+    Args:
+        fn: runs the forward pass (its inputs should require grad).
+        exclude: tensors not to count, typically ``module.parameters()``.
+
+    Returns:
+        ``[(shape, dtype, bytes), ...]``, largest first.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, tuple[tuple[int, ...], torch.dtype, int]] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in skip and ptr not in seen:
+            seen[ptr] = (tuple(t.shape), t.dtype, storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sorted(seen.values(), key=lambda s: -s[2])
+
+
+def cuda_peak_bytes(fn: Callable[[], object], device: torch.device | str | None = None) -> int:
+    """Measured on CUDA: ``torch.cuda.max_memory_allocated`` while ``fn()`` runs, minus what was there before.
+
+    Raises:
+        RuntimeError: when CUDA is not available.
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuda_peak_bytes needs a CUDA device")
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
