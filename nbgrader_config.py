@@ -8,11 +8,15 @@ gradebook) lives under the git-ignored ``grading/`` folder.
 """
 
 import os
+import sys
 
 c = get_config()  # noqa: F821  (provided by nbgrader/traitlets)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 GRADING = os.path.join(ROOT, "grading")
+# so that nbgrader (and the formgrader) can import the course's feedback preprocessor
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 c.CourseDirectory.course_id = "attention-course"
 c.CourseDirectory.root = ROOT
@@ -26,3 +30,13 @@ c.CourseDirectory.db_url = "sqlite:///" + os.path.join(GRADING, "gradebook.db")
 # What a student sees in place of a solution region.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# Feedback never shows the hidden tests: autograde restores them into the
+# autograded notebooks, and nbgrader's feedback would render them.  This makes
+# `nbgrader generate_feedback` and the formgrader's button as safe as
+# `make feedback` (docs/grading.md, tools/autograder/feedback.py).
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "tools.autograder.feedback.HideHiddenTests",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]

@@ -1,0 +1,1 @@
+"""Course tooling: notebook authoring (nbtool), student notebooks (student), grading (grade)."""

@@ -1,0 +1,214 @@
+"""Grade submissions in scratch courses: ``python -m tools.autograder.worker --serve`` (or ``JOB.json``).
+
+The grader keeps one worker process per parallel lane (in its own session, so it
+can be killed as a group, and restarted for the next submission).  The worker owns a scratch course folder prepared by
+the parent: ``submitted/<student>/<assignment>/<notebook>.ipynb`` (already
+checked), and ``gradebook.db``, a snapshot of the course gradebook.  It runs
+nbgrader's autograde there with the hardened ``SafeExecute`` and the sandboxed
+kernel, then generates the feedback with the hidden tests removed, and writes
+``result.json``: what went wrong during execution, read from the autograded
+notebook.  The course gradebook is never opened here: the parent merges the
+scratch gradebook into it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+KERNEL_NAME = "attention-course-sandbox"
+
+
+def _config(job: dict):
+    from traitlets.config import Config
+
+    c = Config()
+    cd = c.CourseDirectory
+    cd.root = job["course"]
+    cd.course_id = job["course_id"]
+    cd.source_directory = job["source_directory"]
+    cd.submitted_directory = "submitted"
+    cd.autograded_directory = "autograded"
+    cd.feedback_directory = "feedback"
+    cd.db_url = "sqlite:///" + str(Path(job["course"]) / "gradebook.db")
+    cd.assignment_id = job["assignment"]
+    cd.student_id = job["student"]
+    cd.notebook_id = "*"
+    c.Autograde.autograde_preprocessors, c.GenerateFeedback.preprocessors = _converter_classes()
+    ex = c.SafeExecute
+    ex.kernel_name = KERNEL_NAME
+    ex.timeout = job["cell_timeout"]
+    ex.startup_timeout = 120
+    ex.max_cell_output = job["max_cell_output"]
+    ex.max_notebook_output = job["max_notebook_output"]
+    return c
+
+
+def _converter_classes():
+    """Autograde: nbgrader's pipeline with SafeExecute for Execute.  Feedback: plus HideHiddenTests."""
+    from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+    from nbgrader.preprocessors import (
+        AssignLatePenalties,
+        CheckCellMetadata,
+        GetGrades,
+        IgnorePattern,
+        LimitOutput,
+        SaveAutoGrades,
+    )
+
+    from tools.autograder.execute import SafeExecute
+    from tools.autograder.feedback import HideHiddenTests
+
+    return ([SafeExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+             AssignLatePenalties, CheckCellMetadata], [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor])
+
+
+def analyse(nb) -> list[tuple[str, str]]:
+    """Notes (status, text) about how the execution of the autograded notebook went."""
+    from tools.autograder.execute import KERNEL_DIED, TRUNCATED
+
+    notes: list[tuple[str, str]] = []
+    errors: list[str] = []
+    unanswered: list[str] = []
+    consequences: list[str] = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        md = cell.metadata.get("nbgrader", {})
+        name = md.get("grade_id") or f"cell {i}"
+        is_test = md.get("grade") and not md.get("solution")
+        timed_out = any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", []))
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream" and TRUNCATED in out.get("text", ""):
+                notes.append(("output_limit", f"output of {name} truncated"))
+            if out.output_type != "error":
+                continue
+            ename, evalue = out.get("ename", ""), str(out.get("evalue", ""))
+            if ename == KERNEL_DIED:
+                if not evalue.startswith("not run"):
+                    notes.append(("kernel_died", f"{evalue} ({name}); later cells not run"))
+            elif ename == "CellTimeoutError" or "Timeout" in ename:
+                notes.append(("timeout", f"{name} ran past the cell timeout" +
+                              (f": {evalue}" if "killed" in evalue else "")))
+            elif ename == "MemoryError" or "can't allocate memory" in evalue or "out of memory" in evalue.lower():
+                notes.append(("memory", f"{name} ran out of memory ({ename})"))
+            elif ename == "SystemExit":
+                notes.append(("exit", f"{name} called sys.exit() ({evalue or 'no code'})"))
+            elif ename == "KeyboardInterrupt":
+                if not timed_out:
+                    notes.append(("error", f"{name} interrupted (KeyboardInterrupt)"))
+            elif ename == "NotImplementedError" and not is_test:
+                unanswered.append(name)
+            elif not is_test and unanswered:
+                # a lesson cell that needs an earlier, unanswered exercise (e.g. a
+                # table of models that could not train): a consequence, not an error
+                consequences.append(f"{name}: {ename}")
+            elif not is_test:
+                errors.append(f"{name}: {ename}")
+    if errors:
+        notes.append(("error", f"exceptions in student code: {_shorten(errors)}"))
+    if unanswered:
+        text = f"not answered: {', '.join(unanswered)}"
+        if consequences:
+            text += f"; later cells failed for want of them: {_shorten(consequences)}"
+        notes.append(("graded", text))
+    return notes
+
+
+def _shorten(items: list[str], keep: int = 5) -> str:
+    return "; ".join(items[:keep]) + (f"; ... ({len(items)} in all)" if len(items) > keep else "")
+
+
+def _remove_student_files(folder: Path, source: Path, keep: str) -> None:
+    """Delete what the student's code wrote next to the notebook (it must not reach feedback/)."""
+    import shutil
+
+    for p in sorted(folder.rglob("*"), reverse=True):
+        rel = p.relative_to(folder)
+        if str(rel) == keep or (source / rel).exists():
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def run(job_path: Path) -> dict:
+    job = json.loads(job_path.read_text())
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's SQLAlchemy noise
+    import nbformat
+    from nbgrader.converters import Autograde, GenerateFeedback
+    from nbgrader.coursedir import CourseDirectory
+
+    config = _config(job)
+    result: dict = {"notes": [], "autograded": False, "feedback": False}
+
+    coursedir = CourseDirectory(config=config)
+    try:
+        Autograde(coursedir=coursedir, config=config).start()
+    except BaseException as e:  # noqa: BLE001  (NbGraderException, SystemExit ...)
+        result["notes"].append(["grader_error", f"nbgrader autograde failed: {type(e).__name__}: {str(e)[:300]}"])
+        result["log"] = traceback.format_exc()[-4000:]
+        return result
+    course = Path(job["course"])
+    out = course / "autograded" / job["student"] / job["assignment"] / f"{job['notebook']}.ipynb"
+    if not out.exists():
+        result["notes"].append(["grader_error", "nbgrader autograde wrote no notebook (see the grader log)"])
+        return result
+    result["autograded"] = True
+    _remove_student_files(out.parent, Path(job["source_directory"]) / job["assignment"], out.name)
+    result["notes"] = [list(n) for n in analyse(nbformat.read(out, as_version=4))]
+    try:
+        GenerateFeedback(coursedir=CourseDirectory(config=config), config=config).start()
+        result["feedback"] = True
+    except BaseException as e:  # noqa: BLE001
+        result["notes"].append(["grader_error", f"feedback failed: {type(e).__name__}: {str(e)[:300]}"])
+    return result
+
+
+def serve() -> None:
+    """Grade job after job: read a job path per line on stdin, answer ``done`` on the original stdout.
+
+    The grader keeps one such process per parallel lane, so nbgrader is imported
+    once per lane instead of once per submission.  Student code never runs here
+    (it runs in the kernel, a fresh process per submission); each job gets its
+    own environment (home, temp and Jupyter folders), which the kernel inherits.
+    """
+    import os
+
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything printed by libraries goes to the log, not into the protocol
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        job_path = Path(line.strip())
+        if not line.strip():
+            continue
+        job = json.loads(job_path.read_text())
+        os.environ.clear()
+        os.environ.update(job["env"])
+        try:
+            result = run(job_path)
+        except BaseException as e:  # noqa: BLE001
+            result = {"notes": [["grader_error", f"{type(e).__name__}: {str(e)[:300]}"]], "autograded": False,
+                      "log": traceback.format_exc()[-4000:]}
+        (job_path.parent / "result.json").write_text(json.dumps(result, indent=1))
+        reply.write("done\n")
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+        return
+    job_path = Path(sys.argv[1])
+    result = run(job_path)
+    (job_path.parent / "result.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
