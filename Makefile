@@ -5,6 +5,7 @@
 #   make test     the whole verification (what CI runs)
 #   make student  regenerate notebooks/ from solutions/ (nbgrader)
 #   make grade ASSIGNMENT=02_attention_scoring SUBMISSIONS=path/to/folder
+#   make feedback ASSIGNMENT=02_attention_scoring   (after manual grading)
 #   make bench    benchmark scripts (print side-by-side ratios)
 
 PYTHON       ?= python3
@@ -17,10 +18,10 @@ D2L_VERSION  := 1.0.3
 # nbgrader runs helpers (alembic) from PATH: the environment's bin/ comes first.
 export PATH  := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: env lab test unit notebooks student check-student grade bench lint clean help
+.PHONY: env lab test unit notebooks student check-student grade feedback bench lint clean help
 
 help:
-	@sed -n '2,10p' Makefile
+	@sed -n '2,11p' Makefile
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,18 +41,22 @@ lab: env
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(ALLOW_ROOT) \
 	  --LabApp.default_url='/lab/tree/notebooks/00_setup/00_setup.ipynb' $(LAB_ARGS)
 
+# Two test workers on two cores: one math thread each (two each oversubscribe
+# the cores and made the small-tensor tests ~10x slower).
+TEST_ENV     := COURSE_QUICK=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
 # Unit tests of lib, strict nbval over every solution notebook (quick mode),
 # the student-notebook regeneration check and the grading pipeline: one run.
 test: env
-	COURSE_QUICK=1 $(PY) -m pytest tests solutions \
+	$(TEST_ENV) $(PY) -m pytest tests solutions \
 	  --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	  --nbval-cell-timeout=900 -n $(TEST_WORKERS) --dist loadscope -p no:cacheprovider
 
 unit: env
-	COURSE_QUICK=1 $(PY) -m pytest tests -n $(TEST_WORKERS) -p no:cacheprovider
+	$(TEST_ENV) $(PY) -m pytest tests -n $(TEST_WORKERS) -p no:cacheprovider
 
 notebooks: env
-	COURSE_QUICK=1 $(PY) -m pytest solutions --nbval --nbval-current-env \
+	$(TEST_ENV) $(PY) -m pytest solutions --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg -n $(TEST_WORKERS) --dist loadscope -p no:cacheprovider
 
 student: env
@@ -64,6 +69,10 @@ grade: env
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make grade ASSIGNMENT=<lesson> SUBMISSIONS=<folder>"; exit 2; }
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade ASSIGNMENT=<lesson> SUBMISSIONS=<folder>"; exit 2; }
 	$(PY) -m tools.grade "$(ASSIGNMENT)" "$(SUBMISSIONS)" $(GRADE_ARGS)
+
+feedback: env
+	@test -n "$(ASSIGNMENT)" || { echo "usage: make feedback ASSIGNMENT=<lesson>"; exit 2; }
+	$(PY) -m tools.grade "$(ASSIGNMENT)" --feedback-only
 
 bench: env
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

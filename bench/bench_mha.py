@@ -16,9 +16,7 @@ materialises the weights).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,12 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.multihead import MultiHeadAttention  # noqa: E402
-from lib.runtime import device, seed_everything  # noqa: E402
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+from lib.runtime import device, seed_everything, time_steps  # noqa: E402
 
 
 def variants(D: int, H: int, dev: torch.device, dtype: torch.dtype) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -66,18 +59,8 @@ def bench(B: int, T: int, D: int, H: int, dev: torch.device, dtype: torch.dtype,
         tol = 1e-4 if dtype == torch.float32 else 2e-2
         if not torch.allclose(out, ref, atol=tol, rtol=tol):
             raise SystemExit(f"{name} disagrees with torch.nn.MultiheadAttention: max diff {(out - ref).abs().max():.3g}")
-    for _ in range(warmup):
-        for fn in fns.values():
-            step(fn, x)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync(dev)
-            start = time.perf_counter()
-            step(fn, x)
-            sync(dev)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    return time_steps({name: (lambda fn=fn: step(fn, x)) for name, fn in fns.items()}, dev,
+                      warmup=warmup, repeats=repeats)
 
 
 def main(argv: list[str] | None = None) -> None:

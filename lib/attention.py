@@ -36,6 +36,7 @@ __all__ = [
     "KERNELS",
     "nadaraya_watson",
     "NadarayaWatson",
+    "check_sequence",
 ]
 
 
@@ -92,6 +93,12 @@ def padding_mask(valid_lens: Tensor, Tk: int, *, ndim: int = 4) -> Tensor:
     if ndim == 4:
         mask = mask.unsqueeze(1)  # (B, 1, 1, Tk) or (B, 1, Tq, Tk)
     return mask
+
+
+def check_sequence(x: Tensor, d_model: int, who: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a batch of sequences (B, T, D) with D = ``d_model``."""
+    if x.dim() != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"{who} expects input (B, T, D={d_model}), got shape {tuple(x.shape)}")
 
 
 def _check_mask(mask: Tensor, scores: Tensor) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from unittest import mock
 
@@ -140,6 +141,19 @@ def _resolve_owner(target: str) -> tuple[object, str]:
     raise ValueError(f"forbid: {target!r} does not exist")
 
 
+def _user_namespace() -> dict:
+    """The namespace a notebook's code runs in (IPython's user namespace, else ``__main__``)."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:  # pragma: no cover - IPython is always there in the course
+        shell = None
+    if shell is not None:
+        return shell.user_ns
+    return vars(sys.modules["__main__"])
+
+
 @contextlib.contextmanager
 def forbid(*targets: str) -> Iterator[None]:
     """Make the named functions raise while the block runs.
@@ -149,10 +163,17 @@ def forbid(*targets: str) -> Iterator[None]:
 
         with forbid("lib.attention.masked_softmax", "torch.nn.functional.scaled_dot_product_attention"):
             out = student_attention(q, k, v)
+
+    Besides the named attribute, every name in the notebook's namespace bound
+    to the same object (``from lib.attention import masked_softmax as sm``) is
+    refused too, and restored afterwards; other names the block defines stay.
     """
     patches = []
+    namespace = _user_namespace()
+    aliased: dict[str, tuple[object, Callable[..., None]]] = {}
     for target in targets:
         owner, attr = _resolve_owner(target)
+        original = getattr(owner, attr)
 
         def _refuse(*args: object, _target: str = target, **kwargs: object) -> None:
             raise AssertionError(
@@ -160,7 +181,17 @@ def forbid(*targets: str) -> Iterator[None]:
             )
 
         patches.append(mock.patch.object(owner, attr, _refuse))
+        for name, value in list(namespace.items()):
+            if value is original and not name.startswith("_"):
+                aliased[name] = (value, _refuse)
     with contextlib.ExitStack() as stack:
         for p in patches:
             stack.enter_context(p)
-        yield
+        for name, (_, refuse) in aliased.items():
+            namespace[name] = refuse
+        try:
+            yield
+        finally:
+            for name, (value, refuse) in aliased.items():
+                if namespace.get(name) is refuse:
+                    namespace[name] = value

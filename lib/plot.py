@@ -56,7 +56,7 @@ def show_heatmaps(
     fig, axes = plt.subplots(
         rows, cols, figsize=(figsize[0] * cols, figsize[1] * rows), sharex=True, sharey=True, squeeze=False
     )
-    vmin, vmax = float(m.min()), float(m.max())
+    vmin, vmax = float(np.nanmin(m)), float(np.nanmax(m))
     image = None
     for i in range(rows):
         for j in range(cols):

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import os
 import random
+import statistics
+import time
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["device", "seed_everything", "is_quick", "QUICK", "pick", "describe"]
+__all__ = ["device", "seed_everything", "is_quick", "QUICK", "pick", "describe", "synchronize", "time_steps"]
 
 T = TypeVar("T")
 
@@ -121,3 +124,36 @@ def describe() -> dict[str, str]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def synchronize(dev: torch.device) -> None:
+    """Wait until ``dev`` has finished its queued work (GPUs run asynchronously; a no-op on the CPU)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elif dev.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_steps(
+    steps: Mapping[str, Callable[[], object]], dev: torch.device, *, warmup: int = 2, repeats: int = 10
+) -> dict[str, float]:
+    """Median milliseconds of each step, timed round-robin so that all share the machine's state.
+
+    Benchmarks compare variants in one run: every round times each step once,
+    after ``warmup`` untimed rounds, with the device synchronised around each
+    call so that a GPU's asynchronous work is counted where it belongs.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            synchronize(dev)
+            start = time.perf_counter()
+            step()
+            synchronize(dev)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}

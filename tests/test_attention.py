@@ -21,13 +21,6 @@ from lib.attention import (
 )
 from lib.checks import check_causal
 
-d2l = pytest.importorskip("d2l.torch")
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
 
 def qkv(B=3, H=4, Tq=5, Tk=7, Dk=8, Dv=6, dtype=torch.float32):
     return (
@@ -80,7 +73,7 @@ def test_padding_mask_errors():
 
 
 @pytest.mark.parametrize("shape_vl", [((2, 4, 6), (2,)), ((2, 4, 6), (2, 4))])
-def test_masked_softmax_matches_d2l(shape_vl):
+def test_masked_softmax_matches_d2l(shape_vl, d2l):
     shape, vl_shape = shape_vl
     x = torch.randn(*shape)
     vl = torch.randint(1, shape[-1] + 1, vl_shape)  # d2l differs only for valid_len 0
@@ -220,7 +213,7 @@ def test_sdpa_errors():
 # ---------------------------------------------------------------- scoring modules vs d2l
 
 
-def test_additive_attention_matches_d2l():
+def test_additive_attention_matches_d2l(d2l):
     B, Tq, Tk, dq, dk, dv, h = 2, 3, 10, 20, 2, 4, 8
     queries, keys = torch.randn(B, Tq, dq), torch.randn(B, Tk, dk)
     values = torch.randn(B, Tk, dv)
@@ -238,7 +231,7 @@ def test_additive_attention_matches_d2l():
     torch.testing.assert_close(w, ref.attention_weights)
 
 
-def test_dot_product_attention_matches_d2l():
+def test_dot_product_attention_matches_d2l(d2l):
     queries, keys, values = torch.randn(2, 3, 5), torch.randn(2, 7, 5), torch.randn(2, 7, 4)
     vl = torch.tensor([3, 7])
     ref = d2l.DotProductAttention(dropout=0.0).eval()

@@ -72,6 +72,24 @@ def test_forbid_blocks_the_reference_and_restores_it():
         pass
 
 
+def test_forbid_also_refuses_aliases_in_the_notebook_namespace(monkeypatch):
+    import lib.checks
+
+    namespace = {"sm": lib.attention.masked_softmax, "_private": lib.attention.masked_softmax}
+    monkeypatch.setattr(lib.checks, "_user_namespace", lambda: namespace)
+
+    def student(scores):  # what `from lib.attention import masked_softmax as sm` then sm(...) does
+        return namespace["sm"](scores)
+
+    with forbid("lib.attention.masked_softmax"):
+        with pytest.raises(AssertionError, match="implement it yourself"):
+            student(torch.zeros(2, 2))
+        namespace["defined_inside"] = 1
+    assert namespace["sm"] is lib.attention.masked_softmax  # restored
+    assert namespace["defined_inside"] == 1  # the block's own names survive
+    assert namespace["_private"] is lib.attention.masked_softmax
+
+
 def test_check_not_reference():
     with pytest.raises(AssertionError, match="write it yourself"):
         check_not_reference(lib.attention.causal_mask, lib.attention.causal_mask, "causal_mask")

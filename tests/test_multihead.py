@@ -19,10 +19,6 @@ from lib.multihead import (
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
 
 def torch_mha(E: int, H: int, **kwargs) -> nn.MultiheadAttention:
     """A torch module with random (not zero) biases, so parity covers them."""
@@ -152,8 +148,7 @@ def test_from_torch_refuses_bias_kv_and_zero_attn() -> None:
 
 
 @pytest.mark.parametrize("per_query", [False, True])
-def test_from_d2l_with_valid_lens(per_query: bool) -> None:
-    d2l = pytest.importorskip("d2l.torch")
+def test_from_d2l_with_valid_lens(per_query: bool, d2l) -> None:
     B, Tq, Tk, hidden, H = 2, 4, 6, 20, 5
     ref = d2l.MultiHeadAttention(hidden, H, dropout=0.0, bias=True).eval()
     q, kv = torch.randn(B, Tq, 7), torch.randn(B, Tk, 9)
@@ -167,8 +162,7 @@ def test_from_d2l_with_valid_lens(per_query: bool) -> None:
         check_close(ours(q, kv, kv, mask=padding_mask(valid, Tk)), expected, f"vs d2l (fast={fast})", atol=ATOL)
 
 
-def test_from_d2l_needs_initialised_layers() -> None:
-    d2l = pytest.importorskip("d2l.torch")
+def test_from_d2l_needs_initialised_layers(d2l) -> None:
     with pytest.raises(ValueError, match="LazyLinear"):
         MultiHeadAttention.from_d2l(d2l.MultiHeadAttention(8, 2, dropout=0.0))
 

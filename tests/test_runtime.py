@@ -60,3 +60,15 @@ def test_describe_names_versions():
     info = runtime.describe()
     assert info["torch"] == torch.__version__
     assert {"python", "device", "quick mode"} <= set(info)
+
+
+def test_time_steps_times_every_step_round_robin():
+    from lib.runtime import time_steps
+
+    calls: list[str] = []
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    ms = time_steps(steps, torch.device("cpu"), warmup=1, repeats=3)
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+    assert calls == ["a", "b"] * 4  # interleaved: 1 warm-up round + 3 timed rounds
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        time_steps(steps, torch.device("cpu"), repeats=0)
