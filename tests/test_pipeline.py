@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools import student  # noqa: E402
+from tools import nbtool, student  # noqa: E402
 
 LESSONS = student.lessons()
 
@@ -83,6 +83,26 @@ def test_solution_notebook_is_well_formed(lesson):
         points = sum(c["metadata"]["nbgrader"].get("points", 0) for c in graded)
         intro = "".join(nb["cells"][0]["source"])
         assert f"Points in this lesson: {points}" in intro, f"{lesson}: the intro must state the total of {points} points"
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_text_source_and_notebook_agree(lesson):
+    """solutions/NN/NN.py (what review reads) holds exactly the cells of NN.ipynb (what runs)."""
+    problems = nbtool.pair_differences(lesson)
+    assert not problems, "\n".join(problems) + f"\n(edit the .py, then `python tools/nbtool.py sync {lesson}`)"
+
+
+def test_pair_check_sees_an_edit(tmp_path, monkeypatch):
+    lesson = LESSONS[0]
+    copy = tmp_path / lesson
+    copy.mkdir()
+    for suffix in (".py", ".ipynb"):
+        (copy / f"{lesson}{suffix}").write_bytes((ROOT / "solutions" / lesson / f"{lesson}{suffix}").read_bytes())
+    monkeypatch.setattr(nbtool, "SOLUTIONS", tmp_path)
+    assert nbtool.pair_differences(lesson) == []
+    text = (copy / f"{lesson}.py").read_text()
+    (copy / f"{lesson}.py").write_text(text.replace("import", "import  ", 1))
+    assert nbtool.pair_differences(lesson), "an edit of the .py alone went unnoticed"
 
 
 @pytest.mark.parametrize("lesson", LESSONS)
