@@ -7,6 +7,9 @@
 #   make grade ASSIGNMENT=02_attention_scoring SUBMISSIONS=path/to/folder
 #   make feedback ASSIGNMENT=02_attention_scoring   (after manual grading)
 #   make bench    benchmark scripts (print side-by-side ratios)
+#   make env-locked  install exactly the versions in requirements-lock.txt
+#   make lock     record this environment's versions in requirements-lock.txt
+#   make versions where this environment differs from requirements-lock.txt
 
 PYTHON       ?= python3
 VENV         ?= .venv
@@ -15,24 +18,41 @@ STAMP        := $(VENV)/.installed
 TEST_WORKERS ?= 2
 LAB_ARGS     ?=
 D2L_VERSION  := 1.0.3
+# LOCKED=1 installs exactly the versions the stored outputs were made with (opt-in:
+# the default install takes what the machine's package index offers).
+LOCK         := requirements-lock.txt
+LOCK_ARGS    := $(if $(filter 1,$(LOCKED)),-c $(LOCK))
 # nbgrader runs helpers (alembic) from PATH: the environment's bin/ comes first.
 export PATH  := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: env lab test unit notebooks student check-student grade feedback bench lint clean help
+.PHONY: env env-locked lock versions lab test unit notebooks student check-student grade feedback bench lint clean help
 
 help:
-	@sed -n '2,11p' Makefile
+	@sed -n '2,14p' Makefile
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,instructor]'
+	$(PY) -m pip install --quiet $(LOCK_ARGS) -e '.[dev,instructor]'
 	# d2l is only a reference implementation for the tests; its 2023 pins
 	# (numpy, pandas, matplotlib, scipy) would downgrade the course's stack.
 	$(PY) -m pip install --quiet --no-deps d2l==$(D2L_VERSION)
 	touch $(STAMP)
 
 env: $(STAMP)
+
+# The reproducible install: every package at the version in requirements-lock.txt.
+# It fails where the package index lacks one of them (then use `make env`).
+env-locked:
+	rm -f $(STAMP)
+	$(MAKE) env LOCKED=1
+
+# Run right after re-executing the lessons: the lock records what made their outputs.
+lock: env
+	$(PY) tools/versions.py lock
+
+versions: env
+	$(PY) tools/versions.py drift
 
 # Jupyter refuses to run as root unless told; containers often are root.
 ALLOW_ROOT   := $(if $(filter 0,$(shell id -u)),--allow-root)

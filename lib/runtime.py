@@ -16,15 +16,30 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["device", "seed_everything", "is_quick", "QUICK", "pick", "describe", "synchronize", "time_steps"]
+__all__ = [
+    "device",
+    "seed_everything",
+    "is_quick",
+    "QUICK",
+    "pick",
+    "describe",
+    "synchronize",
+    "time_steps",
+    "LOCK_FILE",
+    "recorded_versions",
+    "version_drift",
+]
 
 T = TypeVar("T")
 
@@ -157,3 +172,60 @@ def time_steps(
             synchronize(dev)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+# ---------------------------------------------------------------------------
+# Known-good versions: what the stored outputs of solutions/ were made with
+# ---------------------------------------------------------------------------
+
+LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements-lock.txt"
+"""The course's lock (pip constraints) file, written by ``make lock`` (``tools/versions.py lock``)."""
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def recorded_versions(path: Path | str | None = None) -> dict[str, str]:
+    """The exact versions recorded in the lock file: ``{package: version}``.
+
+    Raises:
+        FileNotFoundError: if there is no lock file (``make lock`` writes one).
+        ValueError: for a line that is not ``name==version``, a comment or blank.
+    """
+    path = Path(path) if path is not None else LOCK_FILE
+    versions: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;]+)", line)
+        if match is None:
+            raise ValueError(f"{path.name}, line {number}: expected 'name==version', got {raw!r}")
+        versions[_canonical(match[1])] = match[2]
+    return versions
+
+
+def version_drift(path: Path | str | None = None, *, packages: Mapping[str, str] | None = None) -> list[str]:
+    """One line per package whose installed version differs from the recorded one (empty: no drift).
+
+    A difference is not an error: stored outputs are written to hold across the releases the
+    course supports. The lines say where to look first when a notebook's output differs.
+
+    Args:
+        path: the lock file (default ``LOCK_FILE``).
+        packages: ``{name: version}`` to compare instead of what this environment has installed.
+    """
+    recorded = recorded_versions(path)
+    if packages is None:
+        installed = {_canonical(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    else:
+        installed = {_canonical(k): v for k, v in packages.items()}
+    lines = []
+    for name, version in sorted(recorded.items()):
+        have = installed.get(name)
+        if have is None:
+            lines.append(f"{name}: recorded {version}, not installed")
+        elif have.split("+")[0] != version.split("+")[0]:
+            lines.append(f"{name}: recorded {version}, installed {have}")
+    return lines

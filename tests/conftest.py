@@ -7,6 +7,21 @@ import importlib
 import pytest
 import torch
 
+from lib.runtime import LOCK_FILE, version_drift
+
+
+def pytest_report_header(config):
+    """Drift from the recorded versions, at the top of `make test`'s output: where to look first."""
+    try:
+        drift = version_drift()
+    except FileNotFoundError:
+        return [f"versions: no {LOCK_FILE.name} (make lock writes it)"]
+    if not drift:
+        return [f"versions: as recorded in {LOCK_FILE.name}"]
+    return [f"versions: {len(drift)} differ from {LOCK_FILE.name} (stored outputs should not depend on them):"] + [
+        f"  {line}" for line in drift
+    ]
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

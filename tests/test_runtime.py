@@ -72,3 +72,25 @@ def test_time_steps_times_every_step_round_robin():
     assert calls == ["a", "b"] * 4  # interleaved: 1 warm-up round + 3 timed rounds
     with pytest.raises(ValueError, match="repeats must be at least 1"):
         time_steps(steps, torch.device("cpu"), repeats=0)
+
+
+def test_recorded_versions_and_drift(tmp_path):
+    from lib.runtime import recorded_versions, version_drift
+
+    lock = tmp_path / "lock.txt"
+    lock.write_text("# header\n\ntorch==2.15.0\nNumPy==2.4.6  # inline comment\nsome_pkg==1.0\n")
+    assert recorded_versions(lock) == {"torch": "2.15.0", "numpy": "2.4.6", "some-pkg": "1.0"}
+    drift = version_drift(lock, packages={"torch": "2.14.1+cu130", "numpy": "2.4.6", "Some.Pkg": "1.0"})
+    assert drift == ["torch: recorded 2.15.0, installed 2.14.1+cu130"]
+    assert version_drift(lock, packages={"torch": "2.15.0+cpu", "numpy": "2.4.6"}) == ["some-pkg: recorded 1.0, not installed"]
+    lock.write_text("torch>=2.4\n")
+    with pytest.raises(ValueError, match="line 1: expected 'name==version'"):
+        recorded_versions(lock)
+
+
+def test_the_committed_lock_names_the_course_stack():
+    from lib.runtime import LOCK_FILE, recorded_versions
+
+    recorded = recorded_versions(LOCK_FILE)
+    for package in ("torch", "torchvision", "numpy", "matplotlib", "nbval", "nbgrader", "d2l"):
+        assert package in recorded, f"{LOCK_FILE.name} does not record {package}: run `make lock`"

@@ -44,6 +44,22 @@ for key, value in describe().items():
     print(f"{key:>12}: {value}")
 
 # %% [markdown]
+# The stored outputs of the lessons were made with the exact versions recorded in
+# `requirements-lock.txt` at the top of the course. Every printed output is written to
+# hold across the releases the course supports, so a different version is no error;
+# but when a cell of yours prints something else than the stored output, this list says
+# where to look first. (An instructor who wants every student on the same versions
+# installs with `make env-locked` instead of `make lab`'s default install.)
+
+# %% tags=["nbval-ignore-output"]
+from lib.runtime import LOCK_FILE, recorded_versions, version_drift
+
+recorded = recorded_versions()
+print(f"recorded in {LOCK_FILE.name}: " + ", ".join(f"{p} {recorded[p]}" for p in ("torch", "numpy", "matplotlib")))
+drift = version_drift()
+print("\n".join(drift) if drift else "your versions are exactly the recorded ones")
+
+# %% [markdown]
 # ### Which device?
 #
 # `lib.runtime.device()` picks the fastest device available: an NVIDIA GPU through

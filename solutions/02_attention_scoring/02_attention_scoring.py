@@ -85,9 +85,12 @@ print(masked_softmax(scores, valid_lens=torch.tensor([[1, 3], [2, 4]])))  # one 
 #   $e^{-\infty}/\sum e^{-\infty} = 0/0 =$ `nan`, and the `nan` spreads through
 #   every later layer and into the gradients.
 # * **`-1e6`** (d2l's choice) is fine in float32, but float16's most negative finite
-#   value is $-65504$: `-1e6` does not fit. Current PyTorch refuses to write it into a
-#   half-precision tensor (older versions silently turned it into `-inf`, with the same
-#   `nan`), so d2l's `masked_softmax` cannot run in float16 at all.
+#   value is $-65504$: `-1e6` does not fit. Converted to float16 it *overflows* to
+#   `-inf`, with the same `nan` as above. (Writing the Python number `-1e6` into a
+#   half-precision tensor either raises an overflow error or silently stores `-inf`,
+#   depending on the PyTorch release and the indexing path; the cell below converts
+#   explicitly, which behaves the same in every release.) Either way, d2l's
+#   `masked_softmax` cannot run in float16.
 # * **`torch.finfo(dtype).min`**, the most negative finite number of the dtype, works in
 #   every precision. A fully masked row then comes out *uniform* (all scores equal), so
 #   `lib` additionally zeroes every masked weight: such a row is all zeros, and so is
@@ -99,14 +102,12 @@ nothing_visible = torch.tensor([[False, False, False]])
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
     s = row.to(dtype)
     with_inf = F.softmax(s.masked_fill(~nothing_visible, float("-inf")), dim=-1).float()
-    try:
-        filled = s.clone()
-        filled[~nothing_visible] = -1e6  # what d2l's masked_softmax does
-        with_1e6 = [round(v, 4) for v in F.softmax(filled, dim=-1).float().tolist()[0]]
-    except RuntimeError:
-        with_1e6 = "RuntimeError (-1e6 does not fit)"
+    minus_1e6 = torch.tensor(-1e6).to(dtype)  # d2l's fill value, as this dtype stores it
+    filled = s.masked_fill(~nothing_visible, minus_1e6)
+    with_1e6 = [round(v, 4) for v in F.softmax(filled, dim=-1).float().tolist()[0]]
     ours = masked_softmax(s, mask=nothing_visible).float()
-    print(f"{str(dtype):>15}:  -inf -> {with_inf.tolist()[0]},  -1e6 -> {with_1e6},  lib -> {ours.tolist()[0]}")
+    print(f"{str(dtype):>15}:  -inf -> {with_inf.tolist()[0]},  -1e6 (stored as {minus_1e6.item():g}) -> {with_1e6},  "
+          f"lib -> {ours.tolist()[0]}")
 
 
 # %% [markdown]
