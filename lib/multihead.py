@@ -42,6 +42,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lib.attention import Record, attend, scaled_dot_product_attention
@@ -313,6 +314,13 @@ class MultiHeadAttention(nn.Module):
         H = self.num_heads
         if self.fused_qkv:
             return tuple(split_heads(t, H) for t in self.qkv(query).chunk(3, dim=-1))  # 3 x (B, H, Tq, Dh)
+        if self.fast and key is query and value is query:
+            # One GEMM instead of three, as torch's packed in_proj_weight does (bench/bench_encoder.py).
+            lins = (self.W_q, self.W_k, self.W_v)
+            w = torch.cat([lin.weight for lin in lins])  # (H*(2Dh+Dv), D)
+            b = None if self.W_q.bias is None else torch.cat([lin.bias for lin in lins])  # (H*(2Dh+Dv),)
+            qkv = F.linear(query, w, b).split([lin.out_features for lin in lins], dim=-1)  # 3 x (B, Tq, H*Dh)
+            return tuple(split_heads(t, H) for t in qkv)  # 3 x (B, H, Tq, Dh)
         return split_heads(self.W_q(query), H), split_heads(self.W_k(key), H), split_heads(self.W_v(value), H)
 
     def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,

@@ -13,7 +13,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import with_all_weights
+from helpers import copy_, randomise_norms_, with_all_weights
 from torch import nn
 
 from lib.attention import Record, causal_mask, padding_mask
@@ -32,20 +32,10 @@ from lib.transformer import (
 ATOL, RTOL = 1e-5, 1e-4
 
 
-def _copy_(dst: nn.Module, src: nn.Module) -> None:
-    with torch.no_grad():
-        dst.weight.copy_(src.weight)
-        if getattr(src, "bias", None) is not None:
-            dst.bias.copy_(src.bias)
-
-
 def _randomise_(module: nn.Module) -> None:
     """LayerNorms at weight 1, bias 0 and zero biases would hide a copy that forgets them."""
+    randomise_norms_(module)
     with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
         for name, p in module.named_parameters():
             if name.endswith("bias") and p.dim() == 1:
                 p.normal_(0.0, 0.1)
@@ -95,10 +85,10 @@ def _ours_from_d2l(ref, D, H, F) -> DecoderBlock:
     ours = DecoderBlock(D, H, F)
     ours.self_attention = mha_from_d2l(ref.attention1)
     ours.cross_attention = mha_from_d2l(ref.attention2)
-    _copy_(ours.ffn.fc1, ref.ffn.dense1)
-    _copy_(ours.ffn.fc2, ref.ffn.dense2)
+    copy_(ours.ffn.fc1, ref.ffn.dense1)
+    copy_(ours.ffn.fc2, ref.ffn.dense2)
     for k in (1, 2, 3):
-        _copy_(getattr(ours, f"residual{k}").norm, getattr(ref, f"addnorm{k}").ln)
+        copy_(getattr(ours, f"residual{k}").norm, getattr(ref, f"addnorm{k}").ln)
     return ours.train(ref.training)
 
 
@@ -174,15 +164,15 @@ def _pair(norm_first: bool, dropout: float = 0.0):
         blk.attention = mha_from_torch(layer.self_attn)
         for a, b in ((blk.ffn.fc1, layer.linear1), (blk.ffn.fc2, layer.linear2), (blk.residual1.norm, layer.norm1),
                      (blk.residual2.norm, layer.norm2)):
-            _copy_(a, b)
+            copy_(a, b)
     for blk, layer in zip(ours.decoder.blocks, ref.decoder.layers, strict=True):
         blk.self_attention = mha_from_torch(layer.self_attn)
         blk.cross_attention = mha_from_torch(layer.multihead_attn)
         for a, b in ((blk.ffn.fc1, layer.linear1), (blk.ffn.fc2, layer.linear2), (blk.residual1.norm, layer.norm1),
                      (blk.residual2.norm, layer.norm2), (blk.residual3.norm, layer.norm3)):
-            _copy_(a, b)
-    _copy_(ours.encoder.final_norm, ref.encoder.norm)
-    _copy_(ours.decoder.final_norm, ref.decoder.norm)
+            copy_(a, b)
+    copy_(ours.encoder.final_norm, ref.encoder.norm)
+    copy_(ours.decoder.final_norm, ref.decoder.norm)
     # Training mode (dropout 0) keeps torch off its inference fast path (zeros at padded positions).
     return ours.train(), ref.train()
 

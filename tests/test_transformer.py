@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import with_all_weights, with_weights
+from helpers import copy_, randomise_norms_, with_all_weights, with_weights
 from torch import nn
 
 from lib.attention import padding_mask
@@ -25,24 +25,6 @@ from lib.transformer import (
     Residual,
 )
 
-
-def _copy_(dst: nn.Module, src: nn.Module) -> None:
-    """Copy weight and bias of one Linear/LayerNorm into another of the same shape."""
-    with torch.no_grad():
-        dst.weight.copy_(src.weight)
-        if getattr(src, "bias", None) is not None:
-            dst.bias.copy_(src.bias)
-
-
-def _randomise_norms_(module: nn.Module) -> None:
-    """LayerNorms start at weight 1, bias 0; make them random so that copying them is tested."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
-
-
 # ---------------------------------------------------------------------------
 # Residual connections
 # ---------------------------------------------------------------------------
@@ -53,9 +35,9 @@ def test_add_norm_matches_d2l():
 
     torch.manual_seed(0)
     ref = d2l.AddNorm(16, 0.0).eval()
-    _randomise_norms_(ref)
+    randomise_norms_(ref)
     ours = Residual(16, norm_first=False).eval()  # d2l's AddNorm(x, sublayer(x)) is residual(x, sublayer)
-    _copy_(ours.norm, ref.ln)
+    copy_(ours.norm, ref.ln)
     x, y = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
     torch.testing.assert_close(ours(x, lambda _: y), ref(x, y))
 
@@ -64,7 +46,7 @@ def test_add_norm_matches_d2l():
 def test_residual_training_mode_dropout_matches_written_out_reference(norm_first):
     torch.manual_seed(1)
     res = Residual(8, norm_first=norm_first, dropout=0.4).train()
-    _randomise_norms_(res)
+    randomise_norms_(res)
     sub = nn.Linear(8, 8)
     x = torch.randn(3, 4, 8)
     torch.manual_seed(5)
@@ -81,8 +63,8 @@ def test_residual_post_and_pre_norm():
     sub = nn.Linear(8, 8)
     post = Residual(8, norm_first=False)
     pre = Residual(8, norm_first=True)
-    _randomise_norms_(post)
-    _copy_(pre.norm, post.norm)
+    randomise_norms_(post)
+    copy_(pre.norm, post.norm)
     torch.testing.assert_close(post(x, sub), post.norm(x + sub(x)))
     torch.testing.assert_close(pre(x, sub), x + sub(pre.norm(x)))
 
@@ -112,14 +94,14 @@ def test_encoder_block_matches_d2l(use_bias, B, T, D, H, F):
     x = torch.randn(B, T, D)
     valid_lens = torch.randint(1, T + 1, (B,))
     ref(x, valid_lens)  # LazyLinear: one forward fixes the input sizes
-    _randomise_norms_(ref)
+    randomise_norms_(ref)
 
     ours = EncoderBlock(D, H, F).eval()
     ours.attention = MultiHeadAttention.from_d2l(ref.attention).eval()  # d2l's W_q, W_k, W_v, W_o
-    _copy_(ours.ffn.fc1, ref.ffn.dense1)
-    _copy_(ours.ffn.fc2, ref.ffn.dense2)
-    _copy_(ours.residual1.norm, ref.addnorm1.ln)
-    _copy_(ours.residual2.norm, ref.addnorm2.ln)
+    copy_(ours.ffn.fc1, ref.ffn.dense1)
+    copy_(ours.ffn.fc2, ref.ffn.dense2)
+    copy_(ours.residual1.norm, ref.addnorm1.ln)
+    copy_(ours.residual2.norm, ref.addnorm2.ln)
 
     expected = ref(x, valid_lens)
     got = ours(x, mask=padding_mask(valid_lens, T))
@@ -139,10 +121,10 @@ def _block_from_torch(layer: nn.TransformerEncoderLayer, num_heads: int, activat
         activation=activation, eps=layer.norm1.eps,
     )
     block.attention = MultiHeadAttention.from_torch(layer.self_attn)  # splits the fused in_proj_weight
-    _copy_(block.ffn.fc1, layer.linear1)
-    _copy_(block.ffn.fc2, layer.linear2)
-    _copy_(block.residual1.norm, layer.norm1)
-    _copy_(block.residual2.norm, layer.norm2)
+    copy_(block.ffn.fc1, layer.linear1)
+    copy_(block.ffn.fc2, layer.linear2)
+    copy_(block.residual1.norm, layer.norm1)
+    copy_(block.residual2.norm, layer.norm2)
     return block
 
 
@@ -154,7 +136,7 @@ def test_encoder_block_matches_torch(norm_first, activation):
     layer = nn.TransformerEncoderLayer(
         D, H, dim_feedforward=F, dropout=0.0, activation=activation, batch_first=True, norm_first=norm_first,
     )
-    _randomise_norms_(layer)
+    randomise_norms_(layer)
     # Training mode (with dropout 0) keeps torch off its inference fast path,
     # which returns zeros at padded positions instead of computing them.
     layer.train()
