@@ -33,7 +33,7 @@
 import matplotlib.pyplot as plt
 import torch
 
-from lib.attention import KERNELS, NadarayaWatson, nadaraya_watson
+from lib.attention import KERNELS, NadarayaWatson, Record, nadaraya_watson
 from lib.checks import check_close, check_shape, passed
 from lib.plot import plot_curves, show_heatmaps
 from lib.runtime import seed_everything
@@ -344,7 +344,9 @@ _ = plot_curves({"leave-one-out training loss": losses}, ylabel="MSE")
 
 # %%
 with torch.no_grad():
-    y_learned, w_learned = model(x_val, x_train, y_train, need_weights=True)  # (Tq,), (Tq, Tk)
+    record = Record(need_weights=True)  # the module fills in its attention weights
+    y_learned = model(x_val, x_train, y_train, record=record)  # (Tq,)
+    w_learned = record.weights[0]  # (Tq, Tk)
 print(f"parametric Nadaraya-Watson, validation MSE: {mse(y_learned):.3f}")
 _ = plot_fit(y_learned, f"learned w = {model.w.item():.2f}")
 _ = show_heatmaps(torch.stack([weights, w_learned]), titles=["fixed h = 1", "learned w"],

@@ -32,6 +32,7 @@ from torch import nn
 from lib.attention import (
     AdditiveAttention,
     DotProductAttention,
+    Record,
     causal_mask,
     masked_softmax,
     padding_mask,
@@ -193,7 +194,9 @@ queries = torch.normal(0, 1, (2, 1, 20))  # (B, Tq, d_q)
 keys = torch.normal(0, 1, (2, 10, 2))  # (B, Tk, d_k)
 values = torch.arange(40, dtype=torch.float32).reshape(1, 10, 4).repeat(2, 1, 1)  # (B, Tk, Dv)
 additive = AdditiveAttention(d_query=20, d_key=2, d_hidden=8).eval()
-out, weights = additive(queries, keys, values, valid_lens=torch.tensor([2, 6]), need_weights=True)
+record = Record(need_weights=True)  # modules return a Tensor; a Record collects the weights
+out = additive(queries, keys, values, valid_lens=torch.tensor([2, 6]), record=record)
+weights = record.weights[0]  # (B, Tq, Tk)
 print("output:", tuple(out.shape), " weights:", tuple(weights.shape))
 print("parameters:", {name: tuple(p.shape) for name, p in additive.named_parameters()})
 _ = show_heatmaps(weights.unsqueeze(0), titles=["sequence 0 (2 valid keys)", "sequence 1 (6 valid keys)"], figsize=(4, 1.2))
@@ -274,7 +277,9 @@ passed("the teaching path, the fast path and PyTorch agree")
 attention = DotProductAttention(dropout=0.0).eval()
 queries = torch.normal(0, 1, (2, 1, 2))  # (B, Tq, Dk)
 keys = torch.normal(0, 1, (2, 10, 2))  # (B, Tk, Dk)
-out, weights = attention(queries, keys, values, valid_lens=torch.tensor([2, 6]), need_weights=True)
+record = Record(need_weights=True)
+out = attention(queries, keys, values, valid_lens=torch.tensor([2, 6]), record=record)
+weights = record.weights[0]  # (B, Tq, Tk)
 print("output:", tuple(out.shape), " parameters:", sum(p.numel() for p in attention.parameters()))
 _ = show_heatmaps(weights.unsqueeze(0), titles=["sequence 0 (2 valid keys)", "sequence 1 (6 valid keys)"], figsize=(4, 1.2))
 
@@ -391,7 +396,7 @@ passed("hidden tests passed")
 # | `use_scale=True` | scores times one trainable scalar, initialised to 1 | `DotProductAttention(scaled=False, use_scale=True)` |
 # | `causal=True` (Keras 2) / `use_causal_mask=True` (call argument, Keras 3) | query $i$ sees keys $j \le i$ | `mask=causal_mask(Tq, Tk)` |
 # | `mask=[query_mask, value_mask]`, both `(B, T)` booleans | `value_mask` hides padded keys; `query_mask` zeroes the output at padded queries | a key-padding mask, and the output multiplied by `query_mask` |
-# | `return_attention_scores=True` | also return the weights | `need_weights=True` |
+# | `return_attention_scores=True` | also return the weights | `record=Record(need_weights=True)`, then `record.weights` |
 #
 # The adapter below makes this concrete (it is only for this comparison; the course
 # uses `lib`'s conventions everywhere else):
@@ -414,7 +419,9 @@ class KerasStyleAttention(nn.Module):
         if use_causal_mask:
             causal = causal_mask(query.shape[1], key.shape[1])  # (Tq, Tk)
             attn_mask = causal if attn_mask is None else attn_mask & causal
-        out, weights = self.attention(query, key, value, mask=attn_mask, need_weights=True)
+        record = Record(need_weights=True)
+        out = self.attention(query, key, value, mask=attn_mask, record=record)
+        weights = record.weights[0]  # (B, Tq, Tk)
         if query_mask is not None:
             out = out * query_mask[..., None]  # (B, Tq, Dv): zero the padded queries
         return (out, weights) if return_attention_scores else out

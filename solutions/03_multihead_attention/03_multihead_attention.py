@@ -38,10 +38,11 @@ import math
 import torch
 from torch import nn
 
-from lib.attention import causal_mask, padding_mask, scaled_dot_product_attention
+from lib.attention import Record, causal_mask, padding_mask, scaled_dot_product_attention
 from lib.checks import check_causal, check_close, check_permutation_equivariance, check_shape, passed
-from lib.memory import cuda_peak_bytes
-from lib.multihead import MultiHeadAttention, keras_parameter_count, masks_from_torch
+from lib.interop import keras_parameter_count, masks_from_torch
+from lib.memory import count_parameters, cuda_peak_bytes
+from lib.multihead import MultiHeadAttention
 from lib.plot import show_heatmaps
 from lib.runtime import device, pick, seed_everything
 
@@ -396,9 +397,9 @@ print("fast path too:", (ours(x, mask=mask) - expected).abs().max().item() < 1e-
 for kwargs in (dict(key_dim=2), dict(key_dim=2, out_dim=20)):
     m = MultiHeadAttention(16, 2, **kwargs)
     sizes = {name: p.numel() for name, p in m.named_parameters()}
-    print(kwargs, "->", m.parameter_count(), "parameters:", sizes)
+    print(kwargs, "->", count_parameters(m), "parameters:", sizes)
 print("Keras formula:", keras_parameter_count(16, 2, 2), keras_parameter_count(16, 2, 2, out_dim=20))
-print("the Transformer base layer (D=512, H=8):", MultiHeadAttention(512, 8).parameter_count(),
+print("the Transformer base layer (D=512, H=8):", count_parameters(MultiHeadAttention(512, 8)),
       "= 4 * (512 * 512 + 512)")
 
 # %% [markdown]
@@ -489,7 +490,9 @@ with torch.no_grad():
     mp.W_k.weight[:Tp, :Tp] = eye  # head 0 keys: same position
     mp.W_q.weight[Tp:, :Tp] = sharp * eye  # head 1 queries
     mp.W_k.weight[Tp:, :Tp] = shift.T  # head 1 keys: key j looks like position j + 1
-_, wp = mp(xp, mask=causal_mask(Tp), need_weights=True)  # (1, H, T, T)
+record = Record(need_weights=True)
+_ = mp(xp, mask=causal_mask(Tp), record=record)
+wp = record.weights[0]  # (1, H, T, T)
 print("weights:", tuple(wp.shape))
 for h in range(Hp):
     print(f"head {h}: query i attends most to key", wp[0, h].argmax(-1).tolist())

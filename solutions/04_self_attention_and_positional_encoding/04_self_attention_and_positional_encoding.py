@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib import positional as pos
-from lib.attention import causal_mask
+from lib.attention import Record, causal_mask
 from lib.checks import check_close, check_permutation_equivariance, check_shape, passed
 from lib.multihead import MultiHeadAttention
 from lib.plot import plot_curves, show_heatmaps
@@ -75,7 +75,9 @@ dev = device()
 B, T, D, H = 2, 4, 16, 4
 attention = MultiHeadAttention(D, H).eval()
 x = torch.randn(B, T, D)  # (B, T, D)
-y, weights = attention(x, need_weights=True)  # self-attention: key = value = query
+record = Record(need_weights=True)  # modules return a Tensor; a Record collects the weights
+y = attention(x, record=record)  # self-attention: key = value = query
+weights = record.weights[0]  # (B, H, T, T)
 print("input", tuple(x.shape), "-> output", tuple(y.shape), " weights", tuple(weights.shape))
 
 # %% [markdown]
@@ -619,7 +621,7 @@ _rel = pos.RelativePosition(d_head=8, max_distance=3)
 _q = torch.randn(2, 4, 10, 8)
 _got = relative_logits(_q, _rel.rel_k.detach(), 3)
 check_shape(_got, (2, 4, 10, 10), "relative_logits(q of shape (2, 4, 10, 8), ...)")
-check_close(_got, _rel.score_bias(_q, 10).detach(), "relative_logits vs lib's RelativePosition.score_bias")
+check_close(_got, _rel.score_bias(_q, torch.arange(10), torch.arange(10)).detach(), "relative_logits vs lib's RelativePosition.score_bias")
 passed("relative_logits agrees with Shaw et al.'s relative keys in lib.positional")
 
 # %% nbgrader={"grade": true, "grade_id": "ex3_relative_hidden", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -633,7 +635,7 @@ _refs = []
 for _B, _H, _T, _Dh, _K in _cases:
     _rel = pos.RelativePosition(_Dh, _K).double()
     _q = torch.randn(_B, _H, _T, _Dh, generator=_g, dtype=torch.float64)
-    _refs.append((_q, _rel.rel_k.detach(), _K, _rel.score_bias(_q, _T).detach()))
+    _refs.append((_q, _rel.rel_k.detach(), _K, _rel.score_bias(_q, torch.arange(_T), torch.arange(_T)).detach()))
 with forbid("lib.positional.RelativePosition", "lib.positional.relative_distances"):
     for _q, _table, _K, _ref in _refs:
         _got = relative_logits(_q, _table, _K)
@@ -677,21 +679,24 @@ try:
     _q = torch.randn(2, 3, 9, 8)
     _lower = causal_mask(9)  # (T, T): j <= i
     _got = relative_logits_skewed(_q, _rel.rel_k.detach(), 4)
-    check_close(_got[..., _lower], _rel.score_bias(_q, 9).detach()[..., _lower], "skewed relative logits, j <= i")
+    check_close(_got[..., _lower], _rel.score_bias(_q, torch.arange(9), torch.arange(9)).detach()[..., _lower], "skewed relative logits, j <= i")
     passed("the skewing trick gives Shaw's relative logits on and below the diagonal")
 except NotImplementedError:
     print("stretch not attempted (that is fine)")
 
 # %% [markdown]
 # `pos.RelativePosition(d_head, max_distance)` exposes both terms as hooks that
-# `MultiHeadAttention(positional=...)` calls: `score_bias(q, Tk)` is added to the scaled
-# scores and `value_term(weights)` to `weights @ v`. So Shaw's attention is one argument away:
+# `MultiHeadAttention(positional=...)` calls, given the positions of queries and keys:
+# `score_bias(q, q_positions, k_positions)` is added to the scaled scores and
+# `value_term(weights, q_positions, k_positions)` to `weights @ v`. So Shaw's attention is one argument away:
 
 # %%
 _ = torch.manual_seed(0)
 shaw_attention = MultiHeadAttention(16, 4, positional=pos.RelativePosition(4, max_distance=2)).eval()
 x = torch.randn(1, 6, 16)
-out, w = shaw_attention(x, mask=causal_mask(6), need_weights=True)
+record = Record(need_weights=True)
+out = shaw_attention(x, mask=causal_mask(6), record=record)
+w = record.weights[0]  # (B, H, T, T)
 print("output", tuple(out.shape), " weights", tuple(w.shape))
 print("learned relative tables a^K, a^V:", tuple(shaw_attention.positional.rel_k.shape),
       tuple(shaw_attention.positional.rel_v.shape))
@@ -722,14 +727,14 @@ q, k = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
 
 
 def rope_score(m: int, n: int) -> float:
-    qm = rope.rotate_one(q.view(1, 8), torch.tensor([m]))  # (1, Dh): q rotated to position m
-    kn = rope.rotate_one(k.view(1, 8), torch.tensor([n]))
+    qm = rope.rotate(q.view(1, 8), torch.tensor([m]))  # (1, Dh): q rotated to position m
+    kn = rope.rotate(k.view(1, 8), torch.tensor([n]))
     return (qm @ kn.T).item()
 
 
 for m, n in [(2, 0), (7, 5), (102, 100)]:
     print(f"score(m={m:3d}, n={n:3d}) = {rope_score(m, n):+.4f}   (offset m - n = {m - n})")
-print("rotation keeps norms:", torch.allclose(rope.rotate_one(q.view(1, 8), torch.tensor([50])).norm(), q.norm()))
+print("rotation keeps norms:", torch.allclose(rope.rotate(q.view(1, 8), torch.tensor([50])).norm(), q.norm()))
 
 # %% [markdown]
 # ### ALiBi: attention with linear biases

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib.attention import Record
 from lib.checks import check_close, check_permutation_equivariance, check_shape, passed
 from lib.ffn import PositionWiseFFN
 from lib.memory import (
@@ -572,7 +573,9 @@ Bm, Tm, Dm, Hm, Fm = 4, 16, 32, 4, 128
 block = EncoderBlock(Dm, Hm, Fm)
 xm = torch.randn(Bm, Tm, Dm, requires_grad=True)
 
-out_m, w_m = block(xm, need_weights=True)
+record = Record(need_weights=True)
+out_m = block(xm, record=record)
+w_m = record.weights[0]  # (B, H, T, T)
 print(f"attention weights {tuple(w_m.shape)}: measured {w_m.element_size() * w_m.nelement():,} bytes, "
       f"formula {attention_matrix_bytes(Bm, Hm, Tm):,}")
 

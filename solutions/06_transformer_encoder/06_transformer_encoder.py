@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader
 
 from lib.attention import DotProductAttention
 from lib.checks import check_close, check_shape, passed
-from lib.multihead import MultiHeadAttention, keras_parameter_count
+from lib.interop import keras_parameter_count
+from lib.multihead import MultiHeadAttention
 from lib.plot import plot_curves
 from lib.positional import LearnedPositionalEmbedding
 from lib.runtime import QUICK, device, pick, seed_everything
