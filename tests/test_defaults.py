@@ -430,8 +430,8 @@ def test_device_default_consults_the_environment(monkeypatch):
 def test_check_close_default_tolerances():
     e = torch.ones(3)
     checks.check_close(e + 0.9e-5, e)  # atol 1e-5 (+ rtol 1e-4 x 1)
-    with pytest.raises(AssertionError, match="^result: values differ"):  # name "result"
-        checks.check_close(e + 2e-4, e)
+    with pytest.raises(AssertionError, match="^result: values differ"):  # name "result"; 1e-5 + 1e-4 < 1.5e-4
+        checks.check_close(e + 1.5e-4, e)
     checks.check_close(e + 2e-4, e, atol=1e-3)
     with pytest.raises(AssertionError, match="^tensor: expected shape"):
         checks.check_shape(e, (2,))
