@@ -28,6 +28,7 @@ from lib import (
     checks,
     data,
     ffn,
+    interop,
     memory,
     multihead,
     positional,
@@ -557,9 +558,9 @@ def test_mha_size_defaults():
     assert sum(p.numel() for p in mha.parameters()) == sum(p.numel() for p in torch_ref.parameters())
     kv = multihead.MultiHeadAttention(12, 3, key_dim=5)
     assert kv.value_dim == 5  # value_dim defaults to key_dim, not to D // H
-    assert multihead.keras_parameter_count(16, 2, 2) == 284  # the docstring's Keras example
-    assert multihead.keras_parameter_count(16, 2, 2, 2, 16, kdim=16, vdim=16, bias=True) == 284
-    assert multihead.masks_from_torch() == (None, None)
+    assert interop.keras_parameter_count(16, 2, 2) == 284  # the docstring's Keras example
+    assert interop.keras_parameter_count(16, 2, 2, 2, 16, kdim=16, vdim=16, bias=True) == 284
+    assert interop.masks_from_torch() == (None, None)
 
 
 def test_mha_is_deterministic_in_training_by_default():
@@ -649,10 +650,10 @@ def test_rotary_base_and_pairing(base, interleaved):
     else:  # pairs (p, p + Dh/2)
         a, b = x[..., : Dh // 2].double(), x[..., Dh // 2:].double()
         out = torch.cat((a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos()), -1)
-    assert equal(rope.rotate_one(x), out.float())
+    assert equal(rope.rotate(x), out.float())
     if base == 10000.0 and not interleaved:  # the defaults
-        assert equal(positional.RotaryEmbedding(Dh).rotate_one(x), out.float())
-    assert equal(rope.rotate_one(x), rope.rotate_one(x, torch.arange(T)))  # positions default 0..T-1
+        assert equal(positional.RotaryEmbedding(Dh).rotate(x), out.float())
+    assert equal(rope.rotate(x), rope.rotate(x, torch.arange(T)))  # positions default 0..T-1
     assert rope.cos_sin(torch.arange(3))[0].dtype == torch.float32
 
 
