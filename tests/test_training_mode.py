@@ -324,3 +324,69 @@ def test_a_stack_in_training_is_embedding_dropout_then_its_blocks():
 
     assert_same(seeded(lambda: enc(tokens, valid_lens=valid)), seeded(written_out))
     assert_dropout_active(enc, tokens)
+
+
+# ---------------------------------------------------------------------------
+# The decoder block against torch.nn.TransformerDecoderLayer's placement, in training mode
+# ---------------------------------------------------------------------------
+
+
+def _torch_decoder_written_out(layer: nn.TransformerDecoderLayer, x, memory, causal, memory_padding, p=P):
+    """TransformerDecoderLayer.forward in training mode over its own sub-modules (see the encoder's)."""
+    def sa(h):
+        return layer.self_attn(h, h, h, attn_mask=~causal, need_weights=False)[0].contiguous()
+
+    def ca(h):
+        return layer.multihead_attn(h, memory, memory, key_padding_mask=memory_padding,
+                                    need_weights=False)[0].contiguous()
+
+    def ff(h):
+        return layer.linear2(F.dropout(F.gelu(layer.linear1(h)), p))
+
+    if layer.norm_first:
+        x = x + F.dropout(sa(layer.norm1(x)), p)
+        x = x + F.dropout(ca(layer.norm2(x)), p)
+        return x + F.dropout(ff(layer.norm3(x)), p)
+    x = layer.norm1(x + F.dropout(sa(x), p))
+    x = layer.norm2(x + F.dropout(ca(x), p))
+    return layer.norm3(x + F.dropout(ff(x), p))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decoder_block_matches_torch_in_training(norm_first):
+    """Dropout on both attentions' weights, the FFN's hidden layer and all three residual branches."""
+    from lib.attention import causal_mask
+    from lib.transformer import DecoderBlock
+
+    B, T, S, D, H, Fh = 2, 5, 6, 16, 4, 32
+    torch.manual_seed(0)
+    layer = nn.TransformerDecoderLayer(
+        D, H, dim_feedforward=Fh, dropout=P, activation="gelu", batch_first=True, norm_first=norm_first
+    ).train()
+    block = DecoderBlock(
+        D, H, Fh, dropout=P, norm_first=norm_first, activation="gelu",
+        self_attention=MultiHeadAttention.from_torch(layer.self_attn),
+        cross_attention=MultiHeadAttention.from_torch(layer.multihead_attn),
+    ).train()
+    _copy_(block.ffn.fc1, layer.linear1)
+    _copy_(block.ffn.fc2, layer.linear2)
+    for ours, theirs in ((block.residual1, layer.norm1), (block.residual2, layer.norm2), (block.residual3, layer.norm3)):
+        with torch.no_grad():
+            theirs.weight.normal_(1.0, 0.2)
+            theirs.bias.normal_(0.0, 0.2)
+        _copy_(ours.norm, theirs)
+    x, memory = torch.randn(B, T, D), torch.randn(B, S, D)
+    causal = causal_mask(T)
+    valid = torch.tensor([6, 2])
+    memory_padding = torch.arange(S)[None, :] >= valid[:, None]
+    expected = seeded(_torch_decoder_written_out, layer, x, memory, causal, memory_padding)
+    got = seeded(block, x, memory, self_mask=causal, memory_mask=padding_mask(valid, S))
+    assert_same(got, expected)
+    assert not torch.allclose(seeded(block, x, memory, seed=1), seeded(block, x, memory, seed=2))
+    # the written-out form is torch's own forward (at dropout 0)
+    for m in layer.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    layer.self_attn.dropout = layer.multihead_attn.dropout = 0.0
+    expected = _torch_decoder_written_out(layer, x, memory, causal, memory_padding, p=0.0)
+    assert_same(expected, layer(x, memory, tgt_mask=~causal, memory_key_padding_mask=memory_padding))
