@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import os
 import stat
 import tarfile
@@ -28,6 +29,9 @@ from lib import data
 NAMES = sorted(data.REGISTRY)
 MODES = ("fast", "full", "none")
 WHERE = ("cache", "mirror")
+EVERY_PLACE_MODE_AND_KIND = pytest.mark.parametrize(
+    ("name", "verify", "where"), list(itertools.product(NAMES, MODES, WHERE))
+)
 
 
 def content_of(ds: data.Dataset) -> dict[str, bytes] | bytes:
@@ -124,9 +128,7 @@ def leftovers(root: Path) -> list[str]:
     return sorted(p.name for p in root.rglob("*") if ".part" in p.name or ".extract-" in p.name)
 
 
-@pytest.mark.parametrize("where", WHERE)
-@pytest.mark.parametrize("verify", MODES)
-@pytest.mark.parametrize("name", NAMES)
+@EVERY_PLACE_MODE_AND_KIND
 def test_archive_with_a_wrong_checksum_is_refused(env, tmp_path, name, verify, where):
     cache, mirror, calls = env
     ds, archive, _ = twin(name, tmp_path, right_checksums=False)
@@ -144,9 +146,7 @@ def test_archive_with_a_wrong_checksum_is_refused(env, tmp_path, name, verify, w
     assert leftovers(cache) == []
 
 
-@pytest.mark.parametrize("where", WHERE)
-@pytest.mark.parametrize("verify", MODES)
-@pytest.mark.parametrize("name", NAMES)
+@EVERY_PLACE_MODE_AND_KIND
 def test_archive_with_the_right_checksum_is_used(env, tmp_path, name, verify, where):
     cache, mirror, calls = env
     ds, archive, content = twin(name, tmp_path, right_checksums=True)
