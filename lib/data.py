@@ -10,7 +10,8 @@
    relative entries are taken from the repository root), laid out as the
    archives extract;
 3. an **archive placed by hand** in the cache (e.g. ``data/aclImdb_v1.tar.gz``),
-   checked and extracted;
+   or else in a mirror (``<mirror>/aclImdb_v1.tar.gz``), checked against the
+   archive checksums and extracted into the cache;
 4. a **download** from the canonical URL (urllib, with a tqdm progress bar),
    checked against the archive checksum, then extracted atomically.
 
@@ -21,7 +22,15 @@ remembers a successful check in ``<cache>/.verified.json``, keyed by the
 absolute path and a fingerprint of the tree (mtime and size of every folder
 and file counted).  The next check re-reads only that
 fingerprint (stat calls, no hashing).  ``verify="full"`` always hashes
-everything; ``verify="none"`` only checks that the path exists.
+everything; ``verify="none"`` only checks that an extracted folder exists.
+
+An archive is checked against its archive checksums before it is extracted,
+whatever ``verify`` says: one put in the cache or a mirror by hand whose
+checksum is wrong is refused with ``ChecksumError``, even when its content
+looks right.  A single-file dataset (``kind="file"``) is its own archive, so it
+is checked (archive checksums and content digest) the first time it is seen at
+a path, in every mode; ``"fast"`` and ``"none"`` then trust the stamp until the
+file's size or mtime changes, and ``"full"`` checks it again every time.
 
 Atomicity: downloads go to ``<file>.part`` and are renamed only after the
 checksum matches; archives extract into a temporary folder next to the target,
@@ -298,6 +307,30 @@ def _write_stamp(key: str, value: dict) -> None:
         pass
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in ("fast", "full", "none"):
+        raise ValueError(f"verify must be 'fast', 'full' or 'none', got {mode!r}")
+
+
+def _stamp_key(ds: Dataset, path: Path) -> str:
+    return f"{ds.name}:{path.resolve()}"
+
+
+def _stamped_fingerprint(ds: Dataset, path: Path) -> str | None:
+    """The fingerprint of ``path`` (None when it cannot be taken, e.g. a folder is missing)."""
+    try:
+        return _fingerprint(ds, path)
+    except (OSError, ChecksumError):
+        return None
+
+
+def _is_stamped(ds: Dataset, path: Path) -> bool:
+    """Whether a successful check of ``path`` is on record and the path has not changed since."""
+    fingerprint = _stamped_fingerprint(ds, path)
+    stamp = _read_stamps().get(_stamp_key(ds, path))
+    return fingerprint is not None and stamp == {"digest": ds.digest, "fingerprint": fingerprint}
+
+
 def verify_path(ds: Dataset, path: Path, mode: str = "fast") -> None:
     """Check ``path`` holds dataset ``ds``; raise ``ChecksumError`` naming both digests if not.
 
@@ -306,19 +339,14 @@ def verify_path(ds: Dataset, path: Path, mode: str = "fast") -> None:
             for this path and the same fingerprint (mtimes and sizes) exists;
             ``"none"`` checks nothing.
     """
-    if mode not in ("fast", "full", "none"):
-        raise ValueError(f"verify must be 'fast', 'full' or 'none', got {mode!r}")
+    _check_mode(mode)
     if mode == "none":
         return
-    key = f"{ds.name}:{path.resolve()}"
+    key = _stamp_key(ds, path)
     fingerprint = None
     if mode == "fast":
-        try:
-            fingerprint = _fingerprint(ds, path)
-        except (OSError, ChecksumError):
-            fingerprint = None
-        stamp = _read_stamps().get(key)
-        if fingerprint is not None and stamp == {"digest": ds.digest, "fingerprint": fingerprint}:
+        fingerprint = _stamped_fingerprint(ds, path)
+        if fingerprint is not None and _read_stamps().get(key) == {"digest": ds.digest, "fingerprint": fingerprint}:
             return
     actual = _content_digest(ds, path)
     if actual != ds.digest:
@@ -350,6 +378,20 @@ def _check_archive(ds: Dataset, path: Path) -> None:
                 f"{ds.name}: checksum mismatch for {path}: expected {algo} {expected}, got {actual}. "
                 f"The file is incomplete or not the one at {ds.url}."
             )
+
+
+def _verify_file(ds: Dataset, path: Path, mode: str) -> None:
+    """Check a single-file dataset, which is its own archive (see the module docstring).
+
+    Its archive checksums and content digest are checked unless ``mode`` is
+    ``"fast"`` or ``"none"`` and a stamp says this very file passed before: a
+    file put in place by hand has no stamp, so it is always checked once.
+    """
+    _check_mode(mode)
+    if mode != "full" and _is_stamped(ds, path):
+        return
+    _check_archive(ds, path)
+    verify_path(ds, path, "full")  # content digest, then the stamp
 
 
 def _download(ds: Dataset, dest: Path, progress: bool = True) -> None:
@@ -433,7 +475,7 @@ def _not_found(ds: Dataset, cache: Path, mirrors: list[Path], reason: str) -> Da
         f"It comes from {ds.url}\n"
         f"To fix it, either {hand},\n"
         f"or point COURSE_DATA_MIRROR (an {os.pathsep!r}-separated list of folders) at a read-only copy "
-        f"laid out as {ds.target}. Looked in:\n  - {cache / ds.target}\n{where}"
+        f"laid out as {ds.target} (or holding {ds.filename}). Looked in:\n  - {cache / ds.target}\n{where}"
     )
 
 
@@ -460,28 +502,29 @@ def fetch(
 
     Raises:
         KeyError: unknown name.
-        ChecksumError: a file or folder found does not match its digest.
+        ChecksumError: a file or folder found does not match its digest, or an archive
+            (or a single-file dataset) found or downloaded does not match its checksums.
         DataError: an archive is truncated or corrupt.
         DatasetNotFoundError: offline and nothing found; the message says where to put it.
     """
     reg = REGISTRY if registry is None else registry
     if name not in reg:
         raise KeyError(f"unknown dataset {name!r}; known: {sorted(reg)}")
+    _check_mode(verify)
     ds = reg[name]
     cache = cache_dir()
     mirrors = mirror_dirs()
+    check = _verify_file if ds.kind == "file" else verify_path
 
-    cached = cache / ds.target
-    if cached.exists():
-        verify_path(ds, cached, verify)
-        return cached
-    for mirror in mirrors:
-        candidate = mirror / ds.target
+    for root in (cache, *mirrors):
+        candidate = root / ds.target
         if candidate.exists():
-            verify_path(ds, candidate, verify)
+            check(ds, candidate, verify)
             return candidate
 
     archive = cache / ds.filename
+    if not archive.exists():  # an archive put in a mirror by hand: checked, extracted into the cache
+        archive = next((m / ds.filename for m in mirrors if (m / ds.filename).is_file()), archive)
     downloaded = False
     if not archive.exists():
         if not download or _offline():
@@ -493,11 +536,11 @@ def fetch(
                 raise
             raise _not_found(ds, cache, mirrors, f"the download failed ({err})") from err
         downloaded = True
-    else:
-        _check_archive(ds, archive)
+    elif ds.kind != "file":
+        _check_archive(ds, archive)  # placed by hand: checked in every verify mode
 
     if ds.kind == "file":
-        verify_path(ds, archive, verify)
+        _verify_file(ds, archive, verify)  # archive checksums too, unless stamped
         return archive
     target = _extract(ds, archive, cache)
     if downloaded:

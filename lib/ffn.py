@@ -84,7 +84,7 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def _same_settings(cls: type[M], other: Any, *, bias: bool) -> M:
-    """A fresh ``cls`` FFN with ``other``'s sizes, activation and dropout (weights copied by the caller)."""
+    """A fresh ``cls`` FFN with ``other``'s sizes, activation and dropout (weights and mode set by the caller)."""
     return cls(other.d_model, other.d_ff, activation=_copy_activation(other.act), dropout=other.drop.p, bias=bias)
 
 
@@ -139,16 +139,16 @@ class PositionWiseFFN(nn.Module):
         return self.fc2(h)  # (B, T, D)
 
     def to_conv(self) -> PositionWiseFFNConv:
-        """The Conv1d twin with copies of these weights (same device and dtype)."""
+        """The Conv1d twin with copies of these weights (same device, dtype and train/eval mode)."""
         return PositionWiseFFNConv.from_linear(self)
 
     @classmethod
     def from_conv(cls, conv: PositionWiseFFNConv) -> PositionWiseFFN:
-        """A Linear FFN with copies of the weights of a ``PositionWiseFFNConv``."""
+        """A Linear FFN with copies of the weights of a ``PositionWiseFFNConv``, in its train/eval mode."""
         ffn = _same_settings(cls, conv, bias=conv.conv1.bias is not None)
         ffn.fc1 = conv1d_to_linear(conv.conv1)
         ffn.fc2 = conv1d_to_linear(conv.conv2)
-        return ffn
+        return ffn.train(conv.training)
 
 
 class PositionWiseFFNConv(nn.Module):
@@ -194,16 +194,16 @@ class PositionWiseFFNConv(nn.Module):
         return out.transpose(1, 2)  # (B, T, D)
 
     def to_linear(self) -> PositionWiseFFN:
-        """The Linear twin with copies of these weights."""
+        """The Linear twin with copies of these weights (same train/eval mode)."""
         return PositionWiseFFN.from_conv(self)
 
     @classmethod
     def from_linear(cls, ffn: PositionWiseFFN) -> PositionWiseFFNConv:
-        """A Conv1d FFN with copies of the weights of a ``PositionWiseFFN``."""
+        """A Conv1d FFN with copies of the weights of a ``PositionWiseFFN``, in its train/eval mode."""
         conv = _same_settings(cls, ffn, bias=ffn.fc1.bias is not None)
         conv.conv1 = linear_to_conv1d(ffn.fc1)
         conv.conv2 = linear_to_conv1d(ffn.fc2)
-        return conv
+        return conv.train(ffn.training)
 
 
 def linear_to_conv1d(linear: nn.Linear) -> nn.Conv1d:
@@ -220,7 +220,7 @@ def linear_to_conv1d(linear: nn.Linear) -> nn.Conv1d:
         conv.weight.copy_(linear.weight.unsqueeze(-1))  # (out, in) -> (out, in, 1)
         if linear.bias is not None:
             conv.bias.copy_(linear.bias)
-    return conv
+    return conv.train(linear.training)
 
 
 def conv1d_to_linear(conv: nn.Conv1d) -> nn.Linear:
@@ -241,4 +241,4 @@ def conv1d_to_linear(conv: nn.Conv1d) -> nn.Linear:
         linear.weight.copy_(conv.weight.squeeze(-1))  # (out, in, 1) -> (out, in)
         if conv.bias is not None:
             linear.bias.copy_(conv.bias)
-    return linear
+    return linear.train(conv.training)
