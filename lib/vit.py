@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lib.attention import Record
 from lib.ffn import PositionWiseFFN
 from lib.multihead import MultiHeadAttention
 from lib.transformer import EncoderBlock
@@ -413,11 +414,12 @@ def vit_block(
     weights is ``attn_dropout`` (timm's ``attn_drop_rate``), the FFN's hidden dropout and
     the two residual dropouts are ``dropout`` (timm's ``proj_drop_rate``).
     """
-    block = EncoderBlock(d_model, num_heads, d_ff, dropout=dropout, norm_first=True, activation="gelu", eps=eps)
-    # The sub-layers a ViT uses, injected into the generic pre-norm block.
-    block.attention = MultiHeadAttention(d_model, num_heads, dropout=attn_dropout, fused_qkv=True, fast=fast)
-    block.ffn = PositionWiseFFN(d_model, d_ff, activation="gelu", dropout=dropout)
-    return block
+    return EncoderBlock(  # the generic pre-norm block with the sub-layers a ViT uses injected
+        d_model,
+        attention=MultiHeadAttention(d_model, num_heads, dropout=attn_dropout, fused_qkv=True, fast=fast),
+        ffn=PositionWiseFFN(d_model, d_ff, activation="gelu", dropout=dropout),
+        dropout=dropout, norm_first=True, eps=eps,
+    )
 
 
 def _block_parts(block: EncoderBlock) -> tuple[nn.LayerNorm, MultiHeadAttention, nn.LayerNorm, PositionWiseFFN]:
@@ -550,19 +552,15 @@ class ViT(nn.Module):
             x = x + pos  # (B, T, D) + (1, T, D)
         return self.pos_drop(x)  # (B, T, D)
 
-    def _encode(self, images: Tensor, weights: list[Tensor] | None) -> Tensor:
+    def forward_features(self, images: Tensor, *, record: Record | None = None) -> Tensor:
+        """All tokens after the last block (normalised with "token" pooling), (B, T, D).
+
+        ``record=Record(need_weights=True)`` collects each block's attention weights.
+        """
         x = self.embed(images)  # (B, T, D)
         for block in self.blocks:
-            if weights is None:
-                x = block(x)  # (B, T, D)
-            else:
-                x, w = block(x, need_weights=True)  # w (B, H, T, T)
-                weights.append(w)
+            x = block(x, record=record)  # (B, T, D)
         return self.norm(x)  # (B, T, D)
-
-    def forward_features(self, images: Tensor) -> Tensor:
-        """All tokens after the last block (normalised with "token" pooling), (B, T, D)."""
-        return self._encode(images, None)
 
     def pool(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, D): the class token, or the mean over the patch tokens (axis 1)."""
@@ -574,15 +572,15 @@ class ViT(nn.Module):
         """(B, T, D) -> logits (B, K)."""
         return self.head(self.fc_norm(self.pool(x)))  # (B, K)
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(images))  # (B, K)
+    def forward(self, images: Tensor, *, record: Record | None = None) -> Tensor:
+        return self.forward_head(self.forward_features(images, record=record))  # (B, K)
 
     @torch.no_grad()
     def attention_maps(self, images: Tensor) -> list[Tensor]:
         """The attention weights of every block, L tensors (B, H, T, T) (row = query token)."""
-        weights: list[Tensor] = []
-        self._encode(images, weights)
-        return weights
+        record = Record(need_weights=True)
+        self.forward_features(images, record=record)
+        return record.weights
 
     # -- timm --------------------------------------------------------------------
 
