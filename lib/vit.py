@@ -142,16 +142,17 @@ class _PatchEmbedBase(nn.Module):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] | None,
-        patch_size: int | tuple[int, int],
-        in_chans: int,
-        d_model: int,
+        img_size: int | tuple[int, int] | None = None,
+        patch_size: int | tuple[int, int] = 16,
+        in_chans: int = 3,
+        d_model: int = 768,
         *,
-        norm: bool,
-        eps: float,
-        flatten: bool,
-        strict_img_size: bool,
-        dynamic_img_pad: bool,
+        norm: bool = False,
+        eps: float = 1e-6,
+        flatten: bool = True,
+        bias: bool = True,
+        strict_img_size: bool = True,
+        dynamic_img_pad: bool = False,
     ) -> None:
         super().__init__()
         if in_chans < 1 or d_model < 1:
@@ -178,6 +179,10 @@ class _PatchEmbedBase(nn.Module):
             self.grid_size = (math.ceil(H / Ph), math.ceil(W / Pw))  # (Gh, Gw)
             self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.norm: nn.Module = nn.LayerNorm(d_model, eps=eps) if norm else nn.Identity()
+        self.proj = self._projection(bias)
+
+    def _projection(self, bias: bool) -> nn.Module:
+        raise NotImplementedError
 
     def _prepare(self, x: Tensor) -> Tensor:
         """Check (B, C, H, W) against the sizes; pad when asked."""
@@ -238,25 +243,8 @@ class PatchEmbed(_PatchEmbedBase):
             into patches (without ``dynamic_img_pad``); the message names the sizes.
     """
 
-    def __init__(
-        self,
-        img_size: int | tuple[int, int] | None = None,
-        patch_size: int | tuple[int, int] = 16,
-        in_chans: int = 3,
-        d_model: int = 768,
-        *,
-        norm: bool = False,
-        eps: float = 1e-6,
-        flatten: bool = True,
-        bias: bool = True,
-        strict_img_size: bool = True,
-        dynamic_img_pad: bool = False,
-    ) -> None:
-        super().__init__(
-            img_size, patch_size, in_chans, d_model, norm=norm, eps=eps, flatten=flatten,
-            strict_img_size=strict_img_size, dynamic_img_pad=dynamic_img_pad,
-        )
-        self.proj = nn.Conv2d(in_chans, d_model, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+    def _projection(self, bias: bool) -> nn.Conv2d:
+        return nn.Conv2d(self.in_chans, self.d_model, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._prepare(x)  # (B, C, H, W)
@@ -290,26 +278,9 @@ class PatchEmbedLinear(_PatchEmbedBase):
         x (B, C, H, W) -> (B, N, D), or (B, D, Gh, Gw) with ``flatten=False``.
     """
 
-    def __init__(
-        self,
-        img_size: int | tuple[int, int] | None = None,
-        patch_size: int | tuple[int, int] = 16,
-        in_chans: int = 3,
-        d_model: int = 768,
-        *,
-        norm: bool = False,
-        eps: float = 1e-6,
-        flatten: bool = True,
-        bias: bool = True,
-        strict_img_size: bool = True,
-        dynamic_img_pad: bool = False,
-    ) -> None:
-        super().__init__(
-            img_size, patch_size, in_chans, d_model, norm=norm, eps=eps, flatten=flatten,
-            strict_img_size=strict_img_size, dynamic_img_pad=dynamic_img_pad,
-        )
+    def _projection(self, bias: bool) -> nn.Linear:
         Ph, Pw = self.patch_size
-        self.proj = nn.Linear(in_chans * Ph * Pw, d_model, bias=bias)  # E: (D, C*Ph*Pw)
+        return nn.Linear(self.in_chans * Ph * Pw, self.d_model, bias=bias)  # E: (D, C*Ph*Pw)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._prepare(x)  # (B, C, H, W)
