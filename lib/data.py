@@ -546,3 +546,135 @@ def fetch(
     if downloaded:
         archive.unlink(missing_ok=True)  # keep the cache small; an archive put there by hand stays
     return target
+
+
+# ---------------------------------------------------------------------------
+# Images for the Vision Transformer (lesson 08): Fashion-MNIST (IDX files) and
+# scikit-learn's digits (offline, with a fixed stratified split)
+# ---------------------------------------------------------------------------
+
+_FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# (split, part) -> (file name, md5 from the dataset's README, sha256). The md5 sums are the
+# canonical ones (../shared/data/README.md) and are what ``load_fashion_mnist`` checks; the
+# sha256 sums (the registry's content digest) come from a third-party loader and were not
+# re-checked here, since these machines have no copy of the files.
+_FASHION_FILES = {
+    ("train", "images"): ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                          "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc"),
+    ("train", "labels"): ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe",
+                          "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc"),
+    ("test", "images"): ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79",
+                         "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229"),
+    ("test", "labels"): ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310",
+                         "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf"),
+}
+for (_split, _part), (_file, _md5, _sha256) in _FASHION_FILES.items():
+    REGISTRY[f"fashion-mnist-{_split}-{_part}"] = Dataset(
+        name=f"fashion-mnist-{_split}-{_part}",
+        url=_FASHION_URL + _file,
+        filename=f"fashion-mnist/{_file}",
+        checksums={"md5": _md5},
+        kind="file",
+        target=f"fashion-mnist/{_file}",
+        digest=_sha256,
+        description=f"Fashion-MNIST (Xiao, Rasul and Vollgraf 2017), {_split} {_part}, IDX format, gzipped",
+    )
+del _split, _part, _file, _md5, _sha256
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+# IDX type byte -> numpy dtype (big-endian), as in LeCun's MNIST page
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path | str):  # noqa: ANN201 - returns numpy.ndarray (numpy imported lazily)
+    """Read an IDX file (MNIST's format), gzipped or not, into a numpy array.
+
+    The format: two zero bytes, a type byte (0x08 uint8, 0x09 int8, 0x0B int16,
+    0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions, each size
+    as a big-endian int32, then the values in C order, big-endian.
+
+    Raises:
+        DataError: a bad header, an unknown type, or a size that does not match the header.
+    """
+    import gzip
+
+    import numpy as np
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: cannot read the gzip stream ({type(err).__name__}: {err})") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (expected magic bytes 00 00 <type> <ndim>, got {raw[:4].hex(' ')})")
+    if raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: unknown IDX type byte 0x{raw[2]:02x}; known: {sorted(hex(k) for k in _IDX_DTYPES)}")
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header: {ndim} dimensions need {header} bytes, the file has {len(raw)}")
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: the header promises shape {shape} of {dtype.name} ({expected} bytes of data), "
+            f"but the file has {len(raw) - header}"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def load_fashion_mnist(split: str = "train", *, download: bool = True, progress: bool = True):  # noqa: ANN201
+    """Fashion-MNIST images (N, 28, 28) uint8 and labels (N,) int64, as numpy arrays.
+
+    Found like every dataset (cache, ``COURSE_DATA_MIRROR``, a file placed by hand,
+    a download); each file is checked against its canonical md5 sum.
+
+    Args:
+        split: ``"train"`` (60,000) or ``"test"`` (10,000).
+
+    Raises:
+        DatasetNotFoundError: offline and not found; the message names the URL and where to put the file.
+        ChecksumError: a file found does not have the canonical md5 sum.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    arrays = {}
+    for part in ("images", "labels"):
+        ds = REGISTRY[f"fashion-mnist-{split}-{part}"]
+        path = fetch(ds.name, verify="none", download=download, progress=progress)
+        _check_archive(ds, path)
+        arrays[part] = read_idx(path)
+    images, labels = arrays["images"], arrays["labels"].astype("int64")
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise DataError(f"Fashion-MNIST {split}: images {images.shape} and labels {labels.shape} do not pair up")
+    return images, labels
+
+
+def load_digits_split(test_size: float = 0.25, seed: int = 0):  # noqa: ANN201
+    """scikit-learn's 8 x 8 digits (1,797 images, offline) with a fixed stratified train/test split.
+
+    Pixel values 0..16 are scaled to [0, 1].  The split keeps each class's share in
+    both parts (``train_test_split(stratify=y, random_state=seed)``).
+
+    Returns:
+        ``(x_train, y_train, x_test, y_test)``: float32 images (N, 1, 8, 8) and int64 labels (N,),
+        as torch tensors.
+    """
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+    y = torch.tensor(digits.target, dtype=torch.int64)  # (N,)
+    train_idx, test_idx = train_test_split(
+        list(range(len(y))), test_size=test_size, random_state=seed, stratify=digits.target
+    )
+    train_idx, test_idx = torch.tensor(train_idx), torch.tensor(test_idx)
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
