@@ -11,7 +11,8 @@ Modules (each imports only from those above it):
     vit          patch embedding, ViT
     synthesizer  Dense and Random Synthesizer attention
 
-Beside them: checks (exercise feedback), plot, data, text, train, memory.
+Beside them: checks (exercise feedback), plot, data, text, train, memory, efficient
+(tiled attention with an online softmax, lesson 10).
 
 Submodules load on first use, so ``import lib`` is cheap and ``lib.attention``
 works without importing every module.
@@ -40,6 +41,7 @@ _SUBMODULES = (
     "train",
     "decode",
     "memory",
+    "efficient",
 )
 
 
