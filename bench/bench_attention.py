@@ -3,6 +3,7 @@
     python bench/bench_attention.py                 # B=1, H=8, Dh=64, T = 128 ... 8192, forward, no grad
     python bench/bench_attention.py --quick         # T = 128 ... 512, to check that it runs
     python bench/bench_attention.py --causal        # causal attention (the tiled path skips future blocks)
+    python bench/bench_attention.py --min-len 8192 --repeats 1   # one length only
     COURSE_DEVICE=cpu python bench/bench_attention.py
 
 Every variant computes softmax(q kᵀ/√Dh) v on the same (B, H, T, Dh) tensors and is checked
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--d-head", type=int, default=64)
     parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--min-len", type=int, default=128)
     parser.add_argument("--max-len", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev.type} ({torch.get_num_threads()} threads)"
     print(f"device: {name}   torch {torch.__version__}   dtype {args.dtype}   B={B} H={H} Dh={Dh}   "
           f"forward, no grad{'   causal' if args.causal else ''}")
-    lengths = [128 * 2**i for i in range(7) if 128 * 2**i <= (512 if args.quick else args.max_len)]
+    lengths = [T for T in (128 * 2**i for i in range(7)) if args.min_len <= T <= (512 if args.quick else args.max_len)]
     fns = variants(args.causal, args.block_size)
     peak = peak_flops(dev, dtype, args.peak_tflops)
     header = (f"{'T':>5} {'variant':<24} {'median ms':>10} {'vs sdpa':>8} {'peak memory':>12} {'vs sdpa':>8}"
