@@ -485,21 +485,23 @@ def decoder_layer_saved_tensors(
     return saved + _norm_stats(B, T, 3, dtype)
 
 
-def _sizes(config: object) -> tuple[int, int, int, int, str, bool]:
-    """(D, H, F, L, activation, norm_first) of an encoder/decoder config, checked."""
+def _sizes(config: object) -> tuple[int, int, int, int, str, bool, bool]:
+    """(D, H, F, L, activation, norm_first, final LayerNorm) of an encoder/decoder config, checked."""
     c = config
     if getattr(c, "dropout", 0.0):
         raise ValueError(f"the saved-tensor formulas assume dropout 0 (dropout adds masks), got {c.dropout}")
     if getattr(c, "key_dim", None) not in (None, c.d_model // c.num_heads):
         raise ValueError(f"the formulas assume key_dim = d_model // num_heads, got key_dim={c.key_dim}")
-    return c.d_model, c.num_heads, c.d_ff, c.num_layers, getattr(c, "activation", "relu"), c.norm_first
+    final = getattr(c, "final_norm", None)
+    final = c.norm_first if final is None else final
+    return c.d_model, c.num_heads, c.d_ff, c.num_layers, getattr(c, "activation", "relu"), c.norm_first, final
 
 
 def encoder_saved_tensors(
     config: object, batch: int, seq_len: int, *, masked: bool = False, dtype: torch.dtype = torch.float32
 ) -> list[SavedTensor]:
     """What autograd saves in a whole ``lib.transformer.Encoder`` (dropout 0): every layer, the token ids,
-    and with pre-norm the final LayerNorm's input and statistics.
+    and with a final LayerNorm (``final_norm``, by default with pre-norm) its input and statistics.
 
     Args:
         config: an ``EncoderConfig`` (any object with d_model, num_heads, d_ff, num_layers, norm_first).
@@ -507,12 +509,12 @@ def encoder_saved_tensors(
         masked: a padding (or other) mask is passed.
         dtype: dtype of the activations.
     """
-    D, H, F, L, act, pre = _sizes(config)
+    D, H, F, L, act, pre, final = _sizes(config)
     saved = [SavedTensor("token ids (for the embedding's backward)", (batch, seq_len), torch.int64, _IDS)]
     for _ in range(L):
         saved += encoder_layer_saved_tensors(batch, seq_len, D, H, F, activation=act, masked=masked,
                                              norm_first=pre, dtype=dtype)
-    if pre:
+    if final:
         saved.append(SavedTensor("last block output (final LayerNorm input)", (batch, seq_len, D), dtype, _D))
         saved += _norm_stats(batch, seq_len, 1, dtype, first=0)
     return saved
@@ -529,13 +531,13 @@ def decoder_saved_tensors(
         config: a ``DecoderConfig`` (d_model, num_heads, d_ff, num_layers, norm_first).
         batch, tgt_len, src_len: B, T (target positions), S (source positions).
     """
-    D, H, F, L, act, pre = _sizes(config)
+    D, H, F, L, act, pre, final = _sizes(config)
     B, T = batch, tgt_len
     saved = [SavedTensor("target ids (for the embedding's backward)", (B, T), torch.int64, _IDS)]
     for i in range(L):
         saved += decoder_layer_saved_tensors(B, T, src_len, D, H, F, activation=act, memory_masked=memory_masked,
                                              norm_first=pre, include_memory=i == 0, dtype=dtype)
-    if pre:
+    if final:
         saved.append(SavedTensor("last block output (final LayerNorm input)", (B, T, D), dtype, _D))
         saved += _norm_stats(B, T, 1, dtype, first=0)
     saved.append(SavedTensor("decoder output (input of the vocabulary projection)", (B, T, D), dtype, _D))
@@ -550,11 +552,11 @@ def transformer_saved_tensors(
     and nothing more -- the memory is saved once, by the decoder (the logits and the loss are the caller's).
 
     Args:
-        config: a ``TransformerConfig`` with ``encoder`` and ``decoder`` configs, or one config used for both.
+        config: a ``TransformerConfig`` (its ``encoder()`` and ``decoder()`` configs), or one config for both.
         src_masked: a source padding mask is passed (to the encoder and as the decoder's memory mask).
     """
-    enc = getattr(config, "encoder", config)
-    dec = getattr(config, "decoder", config)
+    enc = config.encoder() if callable(getattr(config, "encoder", None)) else config
+    dec = config.decoder() if callable(getattr(config, "decoder", None)) else config
     return (encoder_saved_tensors(enc, batch, src_len, masked=src_masked, dtype=dtype)
             + decoder_saved_tensors(dec, batch, tgt_len, src_len, memory_masked=src_masked, dtype=dtype))
 
