@@ -11,7 +11,8 @@ Modules (each imports only from those above it):
     transformer  Residual, EncoderBlock, DecoderBlock, Encoder, Decoder, Transformer
 
 Beside them: interop (converters from torch, d2l, Keras sizes), checks (exercise feedback),
-plot, data, text, train, memory.  Modules that later lessons add (decode, vit, synthesizer)
+plot, data, text, train, memory, efficient (tiled attention with an online softmax, lesson 10).
+Modules that later lessons add (decode, vit, synthesizer)
 join the list when they exist.
 
 Submodules load on first use, so ``import lib`` is cheap and ``lib.attention``
@@ -39,6 +40,7 @@ _SUBMODULES = (
     "text",
     "train",
     "memory",
+    "efficient",
 )
 
 

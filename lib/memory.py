@@ -32,11 +32,14 @@ References:
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
     "bytes_per_element",
@@ -54,8 +57,17 @@ __all__ = [
     "SavedTensor",
     "encoder_layer_saved_tensors",
     "encoder_layer_activation_bytes",
+    "group_bytes",
+    "decoder_layer_saved_tensors",
+    "encoder_saved_tensors",
+    "decoder_saved_tensors",
+    "transformer_saved_tensors",
     "measure_saved_tensors",
     "cuda_peak_bytes",
+    "measure_peak_bytes",
+    "TrainingStepBytes",
+    "training_step_bytes",
+    "measure_training_step",
     "format_bytes",
 ]
 
@@ -284,7 +296,7 @@ def attention_matrix_bytes(
     return batch * num_heads * seq_len * Tk * num_saved * bytes_per_element(dtype)
 
 
-_D, _F, _ATT, _STATS = "(B, T, D)", "(B, T, F)", "attention", "norm statistics"
+_D, _F, _ATT, _STATS, _IDS = "(B, T, D)", "(B, T, F)", "attention", "norm statistics", "token ids"
 
 
 @dataclass(frozen=True)
@@ -294,11 +306,60 @@ class SavedTensor:
     name: str  # what it is and which operation saves it
     shape: tuple[int, ...]  # its shape
     dtype: torch.dtype  # its dtype
-    kind: str  # "(B, T, D)", "(B, T, F)", "attention" or "norm statistics"
+    kind: str  # "(B, T, D)", "(B, T, F)", "attention", "norm statistics" or "token ids"
 
     @property
     def bytes(self) -> int:
         return tensor_bytes(self.shape, self.dtype)
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in ("relu", "gelu"):
+        raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+
+
+def _attention_saved(
+    B: int, Tq: int, Tk: int, D: int, H: int, *, masked: bool, dtype: torch.dtype, query_input: str,
+    key_input: str | None = None, prefix: str = "",
+) -> list[SavedTensor]:
+    """What one explicit multi-head attention saves: its input(s), q, k, v, the weights, the merged heads.
+
+    ``key_input=None`` is self-attention (one input feeds W_q, W_k, W_v); otherwise the
+    key/value input is someone else's tensor (cross-attention's encoder memory) and not listed.
+    """
+    BqD, BkD, BHQK = (B, Tq, D), (B, Tk, D), (B, H, Tq, Tk)
+    who = "W_q, W_k, W_v" if key_input is None else "W_q"
+    saved = [
+        SavedTensor(f"{query_input} (input of {prefix}{who})", BqD, dtype, _D),
+        SavedTensor(f"{prefix}q (for q kᵀ)", BqD, dtype, _D),
+        SavedTensor(f"{prefix}k (for q kᵀ)", BkD, dtype, _D),
+        SavedTensor(f"{prefix}v (for weights @ v)", BkD, dtype, _D),
+        SavedTensor(f"{prefix}softmax output: attention weights", BHQK, dtype, _ATT),
+    ]
+    if masked:
+        saved.append(SavedTensor(f"{prefix}masked weights (for weights @ v)", BHQK, dtype, _ATT))
+    saved.append(SavedTensor(f"{prefix}heads merged (input of W_o)", BqD, dtype, _D))
+    return saved
+
+
+def _ffn_saved(B: int, T: int, F: int, activation: str, dtype: torch.dtype) -> list[SavedTensor]:
+    """The FFN's hidden tensors (its input is listed by the caller): ReLU one (B, T, F), GELU two."""
+    if activation == "relu":
+        return [SavedTensor("ReLU output (also the input of fc2)", (B, T, F), dtype, _F)]
+    return [
+        SavedTensor("fc1 output (GELU input)", (B, T, F), dtype, _F),
+        SavedTensor("GELU output (input of fc2)", (B, T, F), dtype, _F),
+    ]
+
+
+def _norm_stats(B: int, T: int, num_norms: int, dtype: torch.dtype, first: int = 1) -> list[SavedTensor]:
+    """Each LayerNorm saves its mean and 1/std, (B, T, 1), in fp32 for 16-bit inputs."""
+    stats = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    out = []
+    for i in range(first, first + num_norms):
+        out.append(SavedTensor(f"LayerNorm {i} mean", (B, T, 1), stats, _STATS))
+        out.append(SavedTensor(f"LayerNorm {i} 1/std", (B, T, 1), stats, _STATS))
+    return out
 
 
 def encoder_layer_saved_tensors(
@@ -327,42 +388,21 @@ def encoder_layer_saved_tensors(
     """
     B, T, D, H = batch, seq_len, d_model, num_heads
     F = 4 * D if d_ff is None else d_ff
-    if activation not in ("relu", "gelu"):
-        raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
-    BTD, BTF, BHTT, BT1 = (B, T, D), (B, T, F), (B, H, T, T), (B, T, 1)
-    if norm_first:
-        first = [
-            SavedTensor("x: block input (LayerNorm 1 input)", BTD, dtype, _D),
-            SavedTensor("LayerNorm 1 output (input of W_q, W_k, W_v)", BTD, dtype, _D),
-        ]
-    else:
-        first = [SavedTensor("x: block input (input of W_q, W_k, W_v)", BTD, dtype, _D)]
-    saved = first + [
-        SavedTensor("q (for q kᵀ)", BTD, dtype, _D),
-        SavedTensor("k (for q kᵀ)", BTD, dtype, _D),
-        SavedTensor("v (for weights @ v)", BTD, dtype, _D),
-        SavedTensor("softmax output: attention weights", BHTT, dtype, _ATT),
-    ]
-    if masked:
-        saved.append(SavedTensor("masked weights (for weights @ v)", BHTT, dtype, _ATT))
-    saved.append(SavedTensor("heads merged (input of W_o)", BTD, dtype, _D))
+    _check_activation(activation)
+    BTD = (B, T, D)
+    first = [SavedTensor("x: block input (LayerNorm 1 input)", BTD, dtype, _D)] if norm_first else []
+    attn_in = "LayerNorm 1 output" if norm_first else "x: block input"
+    saved = first + _attention_saved(B, T, T, D, H, masked=masked, dtype=dtype, query_input=attn_in)
     if norm_first:
         saved.append(SavedTensor("x + attention (LayerNorm 2 input)", BTD, dtype, _D))
         saved.append(SavedTensor("LayerNorm 2 output (input of fc1)", BTD, dtype, _D))
     else:
         saved.append(SavedTensor("x + attention (LayerNorm 1 input)", BTD, dtype, _D))
         saved.append(SavedTensor("LayerNorm 1 output (input of fc1)", BTD, dtype, _D))
-    if activation == "relu":
-        saved.append(SavedTensor("ReLU output (also the input of fc2)", BTF, dtype, _F))
-    else:
-        saved.append(SavedTensor("fc1 output (GELU input)", BTF, dtype, _F))
-        saved.append(SavedTensor("GELU output (input of fc2)", BTF, dtype, _F))
+    saved += _ffn_saved(B, T, F, activation, dtype)
     if not norm_first:
         saved.append(SavedTensor("h + FFN (LayerNorm 2 input)", BTD, dtype, _D))
-    stats = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype  # LayerNorm keeps fp32 statistics
-    for i in (1, 2):
-        saved.append(SavedTensor(f"LayerNorm {i} mean", BT1, stats, _STATS))
-        saved.append(SavedTensor(f"LayerNorm {i} 1/std", BT1, stats, _STATS))
+    saved += _norm_stats(B, T, 2, dtype)
     return saved
 
 
@@ -379,12 +419,146 @@ def encoder_layer_activation_bytes(
     With ReLU, F = 4D and no mask: 12·B·T·D + B·H·T² elements (+ 4·B·T statistics).
     Arguments as ``encoder_layer_saved_tensors``.
     """
-    saved = encoder_layer_saved_tensors(batch, seq_len, d_model, num_heads, d_ff, **kwargs)  # type: ignore[arg-type]
-    groups = {kind: 0 for kind in (_D, _F, _ATT, _STATS)}
+    return group_bytes(encoder_layer_saved_tensors(batch, seq_len, d_model, num_heads, d_ff, **kwargs))  # type: ignore[arg-type]
+
+
+def group_bytes(saved: Iterable[SavedTensor]) -> dict[str, int]:
+    """Bytes of a list of ``SavedTensor`` by kind ("(B, T, D)", "(B, T, F)", "attention", "norm statistics",
+    "token ids"), and their "total"."""
+    groups = {kind: 0 for kind in (_D, _F, _ATT, _STATS, _IDS)}
     for t in saved:
         groups[t.kind] += t.bytes
     groups["total"] = sum(groups.values())
     return groups
+
+
+def decoder_layer_saved_tensors(
+    batch: int,
+    tgt_len: int,
+    src_len: int,
+    d_model: int,
+    num_heads: int,
+    d_ff: int | None = None,
+    *,
+    activation: str = "relu",
+    memory_masked: bool = False,
+    norm_first: bool = False,
+    include_memory: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> list[SavedTensor]:
+    """The tensors autograd saves in one decoder layer (explicit attention, dropout 0).
+
+    Vaswani et al. (2017), section 3.1: causal self-attention, cross-attention to the
+    encoder's output (the *memory*, (B, S, D) with S = ``src_len``), FFN, three residuals.
+    The causal mask makes the self-attention save two (B, H, T, T) tensors; the
+    cross-attention saves (B, H, T, S) weights (two with a memory mask).  The memory
+    feeds W_k and W_v of every decoder layer: it is one tensor for the whole stack
+    (``include_memory=False`` leaves it out, for all layers but one).
+
+    Returns:
+        A list of ``SavedTensor``, as ``encoder_layer_saved_tensors``.
+    """
+    B, T, S, D, H = batch, tgt_len, src_len, d_model, num_heads
+    F = 4 * D if d_ff is None else d_ff
+    _check_activation(activation)
+    BTD = (B, T, D)
+    if norm_first:
+        saved = [SavedTensor("y: block input (LayerNorm 1 input)", BTD, dtype, _D)]
+        saved += _attention_saved(B, T, T, D, H, masked=True, dtype=dtype, query_input="LayerNorm 1 output")
+        saved.append(SavedTensor("y + self-attention (LayerNorm 2 input)", BTD, dtype, _D))
+        saved += _attention_saved(B, T, S, D, H, masked=memory_masked, dtype=dtype, prefix="cross ",
+                                  query_input="LayerNorm 2 output", key_input="memory")
+        saved.append(SavedTensor("+ cross-attention (LayerNorm 3 input)", BTD, dtype, _D))
+        saved.append(SavedTensor("LayerNorm 3 output (input of fc1)", BTD, dtype, _D))
+        saved += _ffn_saved(B, T, F, activation, dtype)
+    else:
+        saved = _attention_saved(B, T, T, D, H, masked=True, dtype=dtype, query_input="y: block input")
+        saved.append(SavedTensor("y + self-attention (LayerNorm 1 input)", BTD, dtype, _D))
+        saved += _attention_saved(B, T, S, D, H, masked=memory_masked, dtype=dtype, prefix="cross ",
+                                  query_input="LayerNorm 1 output", key_input="memory")
+        saved.append(SavedTensor("+ cross-attention (LayerNorm 2 input)", BTD, dtype, _D))
+        saved.append(SavedTensor("LayerNorm 2 output (input of fc1)", BTD, dtype, _D))
+        saved += _ffn_saved(B, T, F, activation, dtype)
+        saved.append(SavedTensor("+ FFN (LayerNorm 3 input)", BTD, dtype, _D))
+    if include_memory:
+        saved.append(SavedTensor("memory: encoder output (input of cross W_k, W_v)", (B, S, D), dtype, _D))
+    return saved + _norm_stats(B, T, 3, dtype)
+
+
+def _sizes(config: object) -> tuple[int, int, int, int, str, bool, bool]:
+    """(D, H, F, L, activation, norm_first, final LayerNorm) of an encoder/decoder config, checked."""
+    c = config
+    if getattr(c, "dropout", 0.0):
+        raise ValueError(f"the saved-tensor formulas assume dropout 0 (dropout adds masks), got {c.dropout}")
+    if getattr(c, "key_dim", None) not in (None, c.d_model // c.num_heads):
+        raise ValueError(f"the formulas assume key_dim = d_model // num_heads, got key_dim={c.key_dim}")
+    final = getattr(c, "final_norm", None)
+    final = c.norm_first if final is None else final
+    return c.d_model, c.num_heads, c.d_ff, c.num_layers, getattr(c, "activation", "relu"), c.norm_first, final
+
+
+def encoder_saved_tensors(
+    config: object, batch: int, seq_len: int, *, masked: bool = False, dtype: torch.dtype = torch.float32
+) -> list[SavedTensor]:
+    """What autograd saves in a whole ``lib.transformer.Encoder`` (dropout 0): every layer, the token ids,
+    and with a final LayerNorm (``final_norm``, by default with pre-norm) its input and statistics.
+
+    Args:
+        config: an ``EncoderConfig`` (any object with d_model, num_heads, d_ff, num_layers, norm_first).
+        batch, seq_len: B, T.
+        masked: a padding (or other) mask is passed.
+        dtype: dtype of the activations.
+    """
+    D, H, F, L, act, pre, final = _sizes(config)
+    saved = [SavedTensor("token ids (for the embedding's backward)", (batch, seq_len), torch.int64, _IDS)]
+    for _ in range(L):
+        saved += encoder_layer_saved_tensors(batch, seq_len, D, H, F, activation=act, masked=masked,
+                                             norm_first=pre, dtype=dtype)
+    if final:
+        saved.append(SavedTensor("last block output (final LayerNorm input)", (batch, seq_len, D), dtype, _D))
+        saved += _norm_stats(batch, seq_len, 1, dtype, first=0)
+    return saved
+
+
+def decoder_saved_tensors(
+    config: object, batch: int, tgt_len: int, src_len: int, *, memory_masked: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> list[SavedTensor]:
+    """What autograd saves in a decoder stack (dropout 0): the target ids, every layer (the memory once),
+    with pre-norm the final LayerNorm, and the output projection's input (the last hidden states).
+
+    Args:
+        config: a ``DecoderConfig`` (d_model, num_heads, d_ff, num_layers, norm_first).
+        batch, tgt_len, src_len: B, T (target positions), S (source positions).
+    """
+    D, H, F, L, act, pre, final = _sizes(config)
+    B, T = batch, tgt_len
+    saved = [SavedTensor("target ids (for the embedding's backward)", (B, T), torch.int64, _IDS)]
+    for i in range(L):
+        saved += decoder_layer_saved_tensors(B, T, src_len, D, H, F, activation=act, memory_masked=memory_masked,
+                                             norm_first=pre, include_memory=i == 0, dtype=dtype)
+    if final:
+        saved.append(SavedTensor("last block output (final LayerNorm input)", (B, T, D), dtype, _D))
+        saved += _norm_stats(B, T, 1, dtype, first=0)
+    saved.append(SavedTensor("decoder output (input of the vocabulary projection)", (B, T, D), dtype, _D))
+    return saved
+
+
+def transformer_saved_tensors(
+    config: object, batch: int, src_len: int, tgt_len: int, *, src_masked: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> list[SavedTensor]:
+    """Encoder + decoder (``lib.transformer.Transformer``, dropout 0): the encoder's tensors, the decoder's,
+    and nothing more -- the memory is saved once, by the decoder (the logits and the loss are the caller's).
+
+    Args:
+        config: a ``TransformerConfig`` (its ``encoder()`` and ``decoder()`` configs), or one config for both.
+        src_masked: a source padding mask is passed (to the encoder and as the decoder's memory mask).
+    """
+    enc = config.encoder() if callable(getattr(config, "encoder", None)) else config
+    dec = config.decoder() if callable(getattr(config, "decoder", None)) else config
+    return (encoder_saved_tensors(enc, batch, src_len, masked=src_masked, dtype=dtype)
+            + decoder_saved_tensors(dec, batch, tgt_len, src_len, memory_masked=src_masked, dtype=dtype))
 
 
 def measure_saved_tensors(
@@ -433,3 +607,143 @@ def cuda_peak_bytes(fn: Callable[[], object], device: torch.device | str | None 
     fn()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+# ---------------------------------------------------------------------------
+# Peak memory, on any device: a dispatch mode that counts live tensors
+# ---------------------------------------------------------------------------
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Counts the bytes of every storage that an operation allocates while active, until it is freed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._storages: dict[int, weakref.ref] = {}
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        if self._storages.pop(key, None) is not None:
+            self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, Tensor) and t.device.type != "meta"}
+        for t in pytree.tree_leaves(out):
+            if not isinstance(t, Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            if storage.data_ptr() in inputs and storage.nbytes():
+                continue  # a view of an input or an in-place result: no new memory
+            key = id(storage)
+            if key in self._storages and self._storages[key]() is storage:
+                continue  # a view or an in-place result: nothing new
+            nbytes = storage.nbytes()
+            self._storages[key] = weakref.ref(storage, lambda _, k=key, n=nbytes: self._freed(k, n))
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        return out
+
+
+def measure_peak_bytes(fn: Callable[[], object]) -> int:
+    """Measured on any device: the peak bytes of the tensors allocated while ``fn()`` runs.
+
+    Every ATen operation's outputs are counted from the moment they are made until
+    their storage is freed (a ``TorchDispatchMode`` with weak references), so the
+    result is the high-water mark *above* what existed before the call, as
+    ``cuda_peak_bytes`` measures it on a GPU.  It sees what the program allocates;
+    a kernel's private scratch space and the allocator's rounding are not included.
+    What ``fn`` returns is dropped before the call returns.
+    """
+    tracker = _LiveTensorBytes()
+    with tracker:
+        out = fn()
+    del out
+    return tracker.peak
+
+
+# ---------------------------------------------------------------------------
+# A whole training step
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingStepBytes:
+    """The four parts of a training step's memory, in bytes, and their sum.
+
+    The sum is the usual estimate of the peak: at the start of the backward pass
+    every saved activation is still alive, and by its end every gradient is.
+    """
+
+    parameters: int  # the weights
+    gradients: int  # one per parameter, same dtype
+    optimizer_state: int  # e.g. Adam's two moments and step counters
+    activations: int  # what autograd saves for the backward pass
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_state + self.activations
+
+    def rows(self) -> list[tuple[str, int]]:
+        """``(name, bytes)`` for each part and the total, for a table."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self)] + [("total", self.total)]
+
+
+def training_step_bytes(
+    model: nn.Module, activations: int, *, optimizer: str = "adam", mixed_precision: bool = False
+) -> TrainingStepBytes:
+    """Predicted memory of one training step of ``model``: parameters, gradients, optimizer state, activations.
+
+    Args:
+        model: the module (its parameters are counted; trainable ones get gradients and state).
+        activations: saved bytes, e.g. ``group_bytes(encoder_saved_tensors(...))["total"]``.
+        optimizer: "adam" (two fp32 moments per parameter and a step counter per tensor) or "sgd" (none).
+        mixed_precision: 16-bit weights and gradients with fp32 master weights, gradients and Adam moments:
+            20 bytes per parameter split as ``adam_mixed_precision_bytes`` does.
+    """
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    params = [p for p in model.parameters()]
+    trainable = [p for p in params if p.requires_grad]
+    P, Pt = sum(p.numel() for p in params), sum(p.numel() for p in trainable)
+    if mixed_precision:
+        if optimizer != "adam":
+            raise ValueError("mixed_precision=True describes mixed-precision Adam; use optimizer='adam'")
+        mp = adam_mixed_precision_bytes(P)
+        return TrainingStepBytes(
+            parameters=mp.fp16_weights + mp.fp32_master_weights,
+            gradients=mp.fp16_gradients + mp.fp32_gradients,
+            optimizer_state=mp.fp32_momentum + mp.fp32_variance,
+            activations=activations,
+        )
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    grad_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    dtype = trainable[0].dtype if trainable else torch.float32
+    state = adam_state_bytes(Pt, len(trainable), dtype) if optimizer == "adam" else 0
+    return TrainingStepBytes(param_bytes, grad_bytes, state, activations)
+
+
+def measure_training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], Tensor]
+) -> dict[str, int]:
+    """Measured: one step (zero_grad, forward, backward, optimizer.step) and its peak memory.
+
+    Run one step first so that the optimizer's state exists, as it does in every step
+    but the first.  Returns ``{"parameters", "optimizer_state", "step peak" (above them,
+    ``measure_peak_bytes``), "peak" (their sum)}``.  On CUDA compare with
+    ``cuda_peak_bytes``.
+    """
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    state = optimizer_state_bytes(optimizer)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        optimizer.step()
+
+    optimizer.zero_grad(set_to_none=True)
+    extra = measure_peak_bytes(step)
+    return {"parameters": param_bytes, "optimizer_state": state, "step peak": extra,
+            "peak": param_bytes + state + extra}

@@ -18,15 +18,23 @@ from lib.memory import (
     bytes_per_element,
     count_parameters,
     cuda_peak_bytes,
+    decoder_layer_saved_tensors,
+    decoder_saved_tensors,
     encoder_layer_activation_bytes,
     encoder_layer_saved_tensors,
+    encoder_saved_tensors,
     format_bytes,
+    group_bytes,
     layer_parameter_breakdown,
     layer_parameters,
+    measure_peak_bytes,
     measure_saved_tensors,
+    measure_training_step,
     optimizer_state_bytes,
     parameter_bytes,
     tensor_bytes,
+    training_step_bytes,
+    transformer_saved_tensors,
 )
 from lib.transformer import Encoder, EncoderBlock, EncoderConfig
 
@@ -240,3 +248,200 @@ def test_cuda_retained_activations_of_a_block():
     retained = torch.cuda.memory_allocated() - before - out.nbytes
     expected = encoder_layer_activation_bytes(B, T, D, H, F)["total"]
     assert expected <= retained <= expected + 64 * 1024  # allocator rounding of the small tensors
+
+
+# ---------------------------------------------------------------------------
+# Whole models: encoder, decoder, encoder-decoder
+# ---------------------------------------------------------------------------
+
+
+def _bytes_saved(fn, module):
+    measured = measure_saved_tensors(fn, exclude=module.parameters())
+    return Counter(m[2] for m in measured if m[1] != torch.bool)  # boolean masks are not modelled
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_encoder_saved_tensors_match_autograd(norm_first, masked, activation):
+    torch.manual_seed(4)
+    cfg = EncoderConfig(vocab_size=50, d_model=16, num_heads=4, d_ff=24, num_layers=3, dropout=0.0, max_len=20,
+                        norm_first=norm_first, activation=activation)
+    enc = Encoder(cfg).train()
+    tokens = torch.randint(0, 50, (3, 7))
+    valid = torch.tensor([7, 5, 2]) if masked else None
+    measured = _bytes_saved(lambda: enc(tokens, valid_lens=valid), enc)
+    model = encoder_saved_tensors(cfg, 3, 7, masked=masked)
+    assert measured == Counter(t.bytes for t in model)
+    one = encoder_layer_activation_bytes(3, 7, 16, 4, 24, activation=activation, masked=masked, norm_first=norm_first)
+    extra = (3 * 7 * 16 * 4 + 2 * 3 * 7 * 4) if norm_first else 0  # the final LayerNorm
+    assert group_bytes(model)["total"] == 3 * one["total"] + 3 * 7 * 8 + extra  # + the int64 token ids
+
+
+class _RefDecoderBlock(nn.Module):
+    """The paper's decoder layer composed from lib's pieces: causal self-attention, cross-attention, FFN."""
+
+    def __init__(self, D, H, F, *, norm_first, activation):
+        super().__init__()
+        from lib.ffn import PositionWiseFFN
+        from lib.multihead import MultiHeadAttention
+        from lib.transformer import Residual
+
+        self.self_attention = MultiHeadAttention(D, H)
+        self.cross_attention = MultiHeadAttention(D, H)
+        self.ffn = PositionWiseFFN(D, F, activation=activation)
+        self.r1, self.r2, self.r3 = (Residual(D, norm_first=norm_first) for _ in range(3))
+
+    def forward(self, y, memory, memory_mask=None):
+        from lib.attention import causal_mask
+
+        T = y.shape[1]
+        y = self.r1(y, lambda h: self.self_attention(h, h, h, mask=causal_mask(T)))
+        y = self.r2(y, lambda h: self.cross_attention(h, memory, memory, mask=memory_mask))
+        return self.r3(y, self.ffn)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("memory_masked", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_decoder_layer_saved_tensors_match_autograd(norm_first, memory_masked, activation):
+    torch.manual_seed(5)
+    B, T, S, D, H, F = 2, 5, 9, 16, 4, 40  # T != S: the cross-attention weights are (B, H, T, S)
+    blocks = nn.ModuleList(_RefDecoderBlock(D, H, F, norm_first=norm_first, activation=activation) for _ in range(2))
+    y = torch.randn(B, T, D, requires_grad=True)
+    memory = torch.randn(B, S, D, requires_grad=True)
+    mmask = padding_mask(torch.tensor([9, 4]), S) if memory_masked else None
+
+    def run():
+        h = y
+        for block in blocks:
+            h = block(h, memory, mmask)
+        return h
+
+    measured = _bytes_saved(run, blocks)
+    kw = dict(activation=activation, memory_masked=memory_masked, norm_first=norm_first)
+    model = decoder_layer_saved_tensors(B, T, S, D, H, F, **kw) + decoder_layer_saved_tensors(
+        B, T, S, D, H, F, include_memory=False, **kw)
+    assert measured == Counter(t.bytes for t in model)
+    cross = [t for t in model if t.kind == "attention" and t.shape == (B, H, T, S)]
+    assert len(cross) == 2 * (2 if memory_masked else 1)
+    assert sum(t.shape == (B, S, D) for t in model) == 2 * 2 + 1  # k, v per layer and the memory once
+
+
+def _transformer_classes():
+    import lib.transformer as tr
+
+    names = ("Decoder", "DecoderConfig", "Transformer", "TransformerConfig")
+    if not all(hasattr(tr, n) for n in names):
+        pytest.skip("lib.transformer has no Decoder/Transformer yet")
+    return [getattr(tr, n) for n in names]
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_saved_tensors_match_autograd(norm_first):
+    _, _, Transformer, TransformerConfig = _transformer_classes()
+    torch.manual_seed(6)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=40, d_model=16, num_heads=4, d_ff=32,
+                            num_encoder_layers=2, num_decoder_layers=3, dropout=0.0, norm_first=norm_first)
+    model = Transformer(cfg).train()
+    src, tgt = torch.randint(0, 30, (2, 7)), torch.randint(0, 40, (2, 5))
+    measured = _bytes_saved(lambda: model(src, tgt), model)
+    assert measured == Counter(t.bytes for t in transformer_saved_tensors(cfg, 2, 7, 5))
+    padded = _bytes_saved(lambda: model(src, tgt, src_valid_lens=torch.tensor([7, 3])), model)
+    assert padded == Counter(t.bytes for t in transformer_saved_tensors(cfg, 2, 7, 5, src_masked=True))
+
+
+def test_decoder_stack_formula_parts():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(d_model=8, num_heads=2, d_ff=16, num_layers=3, norm_first=False, dropout=0.0)
+    saved = decoder_saved_tensors(cfg, 2, 5, 7)
+    assert sum(t.name.startswith("memory") for t in saved) == 1
+    assert group_bytes(saved)["token ids"] == 2 * 5 * 8
+    both = transformer_saved_tensors(cfg, 2, 7, 5)
+    assert group_bytes(both)["total"] == group_bytes(encoder_saved_tensors(cfg, 2, 7))["total"] + group_bytes(saved)["total"]
+    with pytest.raises(ValueError, match="dropout"):
+        encoder_saved_tensors(SimpleNamespace(**{**vars(cfg), "dropout": 0.1}), 2, 5)
+
+
+# ---------------------------------------------------------------------------
+# Peak memory and a whole training step
+# ---------------------------------------------------------------------------
+
+
+def test_measure_peak_bytes_counts_live_tensors():
+    assert measure_peak_bytes(lambda: torch.empty(10, 10)) == 400
+    assert measure_peak_bytes(lambda: [torch.ones(100) for _ in range(3)]) == 1200  # all alive together
+    assert measure_peak_bytes(lambda: [torch.ones(100).sum() for _ in range(3)]) == 400 + 3 * 4  # freed in turn
+    x = torch.ones(1000)
+    assert measure_peak_bytes(lambda: x.view(10, 100).t().add_(1)) == 0  # views and in-place: nothing new
+    a = torch.randn(64, 64)
+    assert measure_peak_bytes(lambda: (a @ a).relu()) == 2 * 64 * 64 * 4  # product, then relu's output
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("T", [8, 64, 192])
+def test_training_step_peak_between_bounds(norm_first, T):
+    """The peak is at least params + Adam state + every saved activation (all alive at the start of
+    the backward pass), and the four-part sum misses only temporaries (scores, gradients of the weights)."""
+    torch.manual_seed(7)
+    B = 4
+    cfg = EncoderConfig(vocab_size=64, d_model=32, num_heads=4, d_ff=128, num_layers=2, dropout=0.0, max_len=256,
+                        norm_first=norm_first)
+    enc = Encoder(cfg).train()
+    tokens = torch.randint(0, 64, (B, T))
+    opt = torch.optim.Adam(enc.parameters())
+    enc(tokens).sum().backward()
+    opt.step()
+    predicted = training_step_bytes(enc, group_bytes(encoder_saved_tensors(cfg, B, T))["total"])
+    assert predicted.parameters == predicted.gradients == 4 * count_parameters(enc)
+    measured = measure_training_step(enc, opt, lambda: enc(tokens).sum())
+    assert measured["optimizer_state"] == predicted.optimizer_state
+    lower = predicted.parameters + predicted.optimizer_state + predicted.activations
+    transients = 3 * attention_matrix_bytes(B, 4, T) + 4 * predicted.parameters
+    assert lower <= measured["peak"] <= predicted.total + transients
+
+
+def test_training_step_bytes_mixed_precision_and_errors():
+    block = EncoderBlock(16, 4, 32)
+    P = count_parameters(block)
+    mp = training_step_bytes(block, 1000, mixed_precision=True)
+    assert mp.total - 1000 == 20 * P and mp.parameters == 6 * P and mp.gradients == 6 * P and mp.optimizer_state == 8 * P
+    sgd = training_step_bytes(block, 0, optimizer="sgd")
+    assert sgd.optimizer_state == 0 and sgd.total == 8 * P
+    assert dict(sgd.rows())["total"] == sgd.total
+    with pytest.raises(ValueError, match="optimizer"):
+        training_step_bytes(block, 0, optimizer="lion")
+    with pytest.raises(ValueError, match="mixed"):
+        training_step_bytes(block, 0, optimizer="sgd", mixed_precision=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("T", [128, 512])
+def test_cuda_training_step_peak(T):
+    """The allocator's peak of a training step lies between the same bounds as on the CPU."""
+    torch.manual_seed(8)
+    B = 8
+    cfg = EncoderConfig(vocab_size=128, d_model=64, num_heads=4, d_ff=256, num_layers=2, dropout=0.0, max_len=T,
+                        norm_first=True)
+    enc = Encoder(cfg).cuda().train()
+    tokens = torch.randint(0, 128, (B, T), device="cuda")
+    opt = torch.optim.Adam(enc.parameters())
+    for _ in range(2):  # the optimizer's state and cuBLAS' workspace exist from here on
+        opt.zero_grad(set_to_none=True)
+        enc(tokens).sum().backward()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    predicted = training_step_bytes(enc, group_bytes(encoder_saved_tensors(cfg, B, T))["total"])
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        enc(tokens).sum().backward()
+        opt.step()
+
+    held = torch.cuda.memory_allocated()
+    peak = held + cuda_peak_bytes(step)
+    assert held >= predicted.parameters + predicted.optimizer_state
+    lower = predicted.parameters + predicted.optimizer_state + predicted.activations
+    transients = 3 * attention_matrix_bytes(B, 4, T) + 4 * predicted.parameters + 64 * 2**20  # + workspaces
+    assert lower <= peak <= predicted.total + transients

@@ -1,0 +1,706 @@
+# %% [markdown]
+# # 10 · What attention costs, and how to pay less
+#
+# Self-attention compares every position with every other: for $T$ positions it builds a
+# $T \times T$ matrix of scores in every head. This lesson **measures** what that costs in memory,
+# accounts for a whole training step, and then removes the quadratic memory with the idea behind
+# FlashAttention (Dao et al. 2022): compute the softmax **online**, one block of keys at a time.
+#
+# Shapes: **B** batch, **H** heads, **T** positions, **D** $= d_\text{model}$, **F** $= d_\text{ff}$,
+# **Dh** $= D/H$ per head, **Bk** keys per block, **P** parameters.
+#
+# In this lesson you will
+#
+# 1. count the memory of attention, $B \cdot H \cdot T^2$ numbers for the scores and as many for the
+#    weights, against the rest of a layer, predicted and measured, and find the $T$ where the quadratic
+#    term takes over for the course's model sizes;
+# 2. predict and measure the whole memory of a training step: parameters, gradients, optimizer state
+#    (16 or 20 bytes per parameter for mixed-precision Adam) and saved activations;
+# 3. derive the online softmax, write its update for one block (exercise 1), build tiled attention from
+#    it, check it against PyTorch's `scaled_dot_product_attention` (SDPA), and measure its memory: linear in $T$;
+# 4. look at what PyTorch does: SDPA's backends (math, flash, memory-efficient, cuDNN), which one runs
+#    here, and `torch.compile` on the encoder;
+# 5. write the memory formula of one layer yourself (exercise 2).
+#
+# **Points in this lesson: 10** (exercise 1: 5, exercise 2: 5).
+
+# %%
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+from lib.attention import causal_mask, padding_mask, scaled_dot_product_attention
+from lib.checks import check_close, check_shape, passed
+from lib.efficient import online_softmax_finish, online_softmax_init, online_softmax_update, tiled_attention
+from lib.memory import (
+    adam_mixed_precision_bytes,
+    attention_matrix_bytes,
+    count_parameters,
+    cuda_peak_bytes,
+    encoder_layer_activation_bytes,
+    encoder_layer_saved_tensors,
+    encoder_saved_tensors,
+    format_bytes,
+    group_bytes,
+    measure_peak_bytes,
+    measure_saved_tensors,
+    measure_training_step,
+    training_step_bytes,
+    transformer_saved_tensors,
+)
+from lib.runtime import device, pick, seed_everything, time_steps
+from lib.transformer import Encoder, EncoderBlock, EncoderConfig
+
+seed_everything(0)
+dev = device()
+torch.set_printoptions(precision=4, sci_mode=False)
+
+# %% [markdown]
+# ## 1. The memory of attention
+#
+# For queries and keys $q, k \in \mathbb{R}^{B \times H \times T \times D_h}$ the explicit attention
+# (`lib.attention.scaled_dot_product_attention`, lesson 02) computes
+#
+# $$S = \frac{q k^\top}{\sqrt{D_h}} \in \mathbb{R}^{B \times H \times T \times T}, \qquad
+# A = \operatorname{softmax}(S), \qquad O = A\,v .$$
+#
+# $S$ and $A$ are $B \cdot H \cdot T^2$ numbers **each**. In training, autograd keeps $A$ for the
+# backward pass (softmax's gradient needs its output, and $A\,v$'s gradient with respect to $v$ needs
+# $A$); with a mask it also keeps the masked copy. Everything else an encoder layer keeps grows like
+# $B \cdot T \cdot D$: lesson 05 counted eight $(B, T, D)$ tensors and one $(B, T, F)$, so with $F = 4D$
+#
+# $$\text{saved elements per layer} \approx 12\,B T D + B H T^2
+# \quad\Longrightarrow\quad \text{attention dominates once } T > \frac{12 D}{H}.$$
+#
+# `lib.memory.encoder_layer_saved_tensors` lists every tensor exactly. First one layer, one small
+# configuration, formula against the tensors that autograd actually saves:
+
+# %%
+B1, T1, D1, H1, F1 = 2, 64, 32, 4, 128
+block = EncoderBlock(D1, H1, F1)
+x1 = torch.randn(B1, T1, D1, requires_grad=True)
+measured = measure_saved_tensors(lambda: block(x1), exclude=block.parameters())
+predicted = encoder_layer_saved_tensors(B1, T1, D1, H1, F1)
+for t in predicted:
+    print(f"{t.name:<48} {str(t.shape):<16} {t.bytes:>8,} bytes")
+print(f"{'formula':<48} {'':<16} {sum(t.bytes for t in predicted):>8,} bytes")
+print(f"{'measured (saved_tensors_hooks)':<48} {'':<16} {sum(m[2] for m in measured):>8,} bytes "
+      f"in {len(measured)} tensors")
+
+# %% [markdown]
+# Now the same count against $T$, for three model sizes of the course: the IMDB block of lesson 06
+# (Keras' tutorial: $D = 32$, $H = 2$, $F = 32$), a small encoder ($D = 128$, $H = 4$, $F = 512$) and
+# the paper's base model ($D = 512$, $H = 8$, $F = 2048$). The table splits the formula into the part
+# linear in $T$ and the attention part, and measures the saved bytes for the smallest model
+# (for the larger ones the measurement is the same code, only slower).
+
+# %%
+models = {"IMDB (lesson 06)": (32, 2, 32), "small encoder": (128, 4, 512), "paper base": (512, 8, 2048)}
+B = 4
+lengths = pick(full=[32, 64, 128, 256, 512, 1024], quick=[32, 64, 128, 256, 512, 1024])
+
+
+def split(D, H, F_, T, **kw):
+    """(bytes linear in T, bytes of attention matrices) of one layer's saved tensors."""
+    g = encoder_layer_activation_bytes(B, T, D, H, F_, **kw)
+    return g["total"] - g["attention"], g["attention"]
+
+
+print(f"{'T':>5} " + " ".join(f"{name + ': rest / attention':>34}" for name in models) + f" {'IMDB measured':>14}")
+imdb = EncoderBlock(*models["IMDB (lesson 06)"])
+for T in lengths:
+    cells = []
+    for D, H, F_ in models.values():
+        rest, att = split(D, H, F_, T)
+        cells.append(f"{format_bytes(rest):>12} / {format_bytes(att):>10} {'*' if att > rest else ' ':>1}")
+    xi = torch.randn(B, T, 32, requires_grad=True)
+    got = sum(m[2] for m in measure_saved_tensors(lambda: imdb(xi), exclude=imdb.parameters()))
+    ok = "= formula" if got == sum(split(32, 2, 32, T)) else "≠ formula"
+    print(f"{T:>5} " + " ".join(f"{c:>34}" for c in cells) + f" {format_bytes(got):>10} {ok}")
+print("* the attention matrices take more than everything else the layer saves")
+for name, (D, H, F_) in models.items():
+    cross = next(T for T in range(1, 10**5) if split(D, H, F_, T)[1] > split(D, H, F_, T)[0])
+    print(f"{name:<17}: attention overtakes the rest from T = {cross} (12 D / H = {12 * D / H:.0f})")
+
+# %% [markdown]
+# For the IMDB model the crossover is at 147 positions (its $F$ is only $D$, so its rest is smaller
+# than $12BTD$ and the crossover comes before $12D/H = 192$): at the 256 tokens lesson 06 trains on,
+# the attention weights already take most of the memory. The small encoder crosses at 386, the
+# paper's base model at 769, BERT's size ($D = 768$, $H = 12$) at about the same $12 D / H = 768$.
+#
+# The *peak* of the forward pass is more than what is saved: the scores $S$ live until the softmax
+# has made $A$, so for a moment both matrices exist. `lib.memory.measure_peak_bytes` counts every tensor
+# PyTorch allocates while a function runs (above its inputs) until it is freed; here it is
+# plotted against the formula for the saved tensors and for "saved + scores":
+
+# %% tags=["nbval-ignore-output"]
+D, H, F_ = models["small encoder"]
+small = EncoderBlock(D, H, F_)
+peak_lengths = pick(full=[64, 128, 256, 512, 1024, 2048], quick=[64, 128, 256, 512])
+rows = []
+for T in peak_lengths:
+    xs = torch.randn(B, T, D, requires_grad=True)
+    saved = sum(split(D, H, F_, T))
+    peak = measure_peak_bytes(lambda: small(xs))
+    rows.append((T, saved, saved + attention_matrix_bytes(B, H, T), peak))
+    print(f"T={T:>5}: saved (formula) {format_bytes(saved):>11}   + scores {format_bytes(rows[-1][2]):>11}   "
+          f"measured forward peak {format_bytes(peak):>11}   peak / (saved + scores) {peak / rows[-1][2]:.2f}")
+fig, ax = plt.subplots(figsize=(5.5, 3.4))
+_ = ax.plot([r[0] for r in rows], [r[1] / 2**20 for r in rows], "o-", label="saved tensors (formula)")
+_ = ax.plot([r[0] for r in rows], [r[2] / 2**20 for r in rows], "s--", label="saved + scores (formula)")
+_ = ax.plot([r[0] for r in rows], [r[3] / 2**20 for r in rows], "x:", label="forward peak (measured)")
+_ = ax.plot([r[0] for r in rows], [2 * attention_matrix_bytes(B, H, r[0]) / 2**20 for r in rows], color="gray",
+            lw=0.8, label="2 B·H·T² floats alone")
+_ = ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="MiB",
+           title=f"one encoder layer, B={B}, D={D}, H={H}, fp32")
+_ = ax.legend(fontsize=8)
+
+# %% [markdown]
+# The measured peak lies between the two formulas: above what is saved (the scores and short-lived
+# copies come on top), below "saved + scores" (the scores are freed before the FFN's tensors exist).
+# From a few hundred positions on all three run parallel to the grey line of the two $B H T^2$
+# matrices alone: doubling $T$ quadruples the memory.
+#
+# ## 2. A whole training step
+#
+# Training holds four things at its peak:
+#
+# | part | bytes (fp32 Adam) | mixed-precision Adam |
+# | --- | --- | --- |
+# | parameters | $4P$ | $2P$ (fp16) + $4P$ (fp32 master copy) |
+# | gradients | $4P$ | $2P$ (fp16) + $4P$ (fp32, optional) |
+# | optimizer state | $8P$ (Adam's $m$ and $v$) | $8P$ |
+# | activations | the saved tensors of every layer | the same in fp16 |
+#
+# That is 16 bytes per parameter in fp32 and 20 in mixed precision (16 in ZeRO's count, which
+# drops the fp32 gradients; Rajbhandari et al. 2020). `lib.memory.training_step_bytes` adds the four
+# parts; `lib.memory.encoder_saved_tensors` counts a whole `Encoder`'s activations (every layer, the
+# token ids, the final LayerNorm in pre-norm). `measure_training_step` runs one real step
+# (`zero_grad`, forward, backward, `optimizer.step()`) and measures its peak.
+
+# %%
+for name, P in [("the small encoder below", None), ("BERT base", 110_000_000), ("GPT-2 XL", 1_500_000_000)]:
+    if P is None:
+        P = count_parameters(Encoder(EncoderConfig(vocab_size=1000, d_model=128, num_heads=4, d_ff=512,
+                                                   num_layers=2, dropout=0.0, max_len=1024)))
+    mp = adam_mixed_precision_bytes(P)
+    zero = adam_mixed_precision_bytes(P, fp32_gradients=False)
+    print(f"{name:<24} P = {P:>13,}: fp32 Adam {format_bytes(16 * P):>10}, mixed precision "
+          f"{format_bytes(mp.total):>10} ({mp.per_parameter:.0f} B/param), ZeRO's count "
+          f"{format_bytes(zero.total):>10} ({zero.per_parameter:.0f} B/param)")
+
+# %% [markdown]
+# Predicted against measured for a small encoder (2 layers, $D = 128$, $H = 4$, $F = 512$, vocabulary
+# 1,000, batch 8), trained with fp32 Adam; the loss is `out.sum()` so that no loss head adds tensors
+# of its own. The optimizer's state exists from the second step on, so one step runs first:
+
+# %% tags=["nbval-ignore-output"]
+cfg = EncoderConfig(vocab_size=1000, d_model=128, num_heads=4, d_ff=512, num_layers=2, dropout=0.0, max_len=1024)
+step_lengths = pick(full=[32, 128, 256, 512, 1024], quick=[32, 128, 256])
+Bt = 8
+table = []
+for T in step_lengths:
+    seed_everything(0)
+    enc = Encoder(cfg).train()
+    tokens = torch.randint(0, cfg.vocab_size, (Bt, T))
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-4)
+    enc(tokens).sum().backward()
+    opt.step()
+    pred = training_step_bytes(enc, group_bytes(encoder_saved_tensors(cfg, Bt, T))["total"])
+    meas = measure_training_step(enc, opt, lambda: enc(tokens).sum())
+    table.append((T, pred, meas))
+print(f"{'T':>5} {'params':>9} {'grads':>9} {'Adam':>9} {'activations':>12} {'sum of 4':>11} "
+      f"{'+ 2 BHT²':>11} {'measured peak':>14} {'/ sum':>6} {'/ (+ 2 BHT²)':>12} {'attention share':>16}")
+for T, pred, meas in table:
+    att = group_bytes(encoder_saved_tensors(cfg, Bt, T))["attention"]
+    plus = pred.total + 2 * attention_matrix_bytes(Bt, cfg.num_heads, T)  # backward's two temporaries
+    print(f"{T:>5} {format_bytes(pred.parameters):>9} {format_bytes(pred.gradients):>9} "
+          f"{format_bytes(pred.optimizer_state):>9} {format_bytes(pred.activations):>12} {format_bytes(pred.total):>11} "
+          f"{format_bytes(plus):>11} {format_bytes(meas['peak']):>14} {meas['peak'] / pred.total:>6.2f} "
+          f"{meas['peak'] / plus:>12.2f} {att / pred.activations:>15.0%}")
+
+# %% [markdown]
+# Parameters, gradients and Adam's state do not depend on $T$; the activations do, and from a few
+# hundred positions on the attention weights are most of them. The four-part sum, the usual
+# accounting, is close at short sequences (the measured peak is a little *below* it at $T = 32$:
+# the last layer's activations are freed before the first layer's gradients exist) but falls
+# behind as $T$ grows, to 1.6 times at $T = 1024$. What it leaves out is quadratic too: in the backward
+# pass of the softmax, the gradient of the weights and the gradient of the scores, $B H T^2$ numbers
+# each, exist together while most activations are still alive. Adding those two matrices
+# ("+ 2 BHT²") predicts the measured peak within about 15% at every length. The tests
+# (`tests/test_memory.py`) check that the peak is never below parameters + state + activations.
+#
+# The same formulas cover the decoder and the encoder-decoder Transformer
+# (`decoder_saved_tensors`, `transformer_saved_tensors`): the decoder's causal self-attention keeps
+# two $(B, H, T, T)$ matrices (softmax output and masked copy), its cross-attention a
+# $(B, H, T_\text{tgt}, T_\text{src})$ one, and the encoder's output (the *memory*) is saved once for all
+# decoder layers. For the paper's base Transformer, batch 8:
+
+# %%
+base = EncoderConfig(vocab_size=37000, d_model=512, num_heads=8, d_ff=2048, num_layers=6, dropout=0.0)
+for Ts, Tt in [(128, 128), (512, 512), (2048, 2048)]:
+    g = group_bytes(transformer_saved_tensors(base, 8, Ts, Tt))
+    print(f"source {Ts:>4}, target {Tt:>4}: activations {format_bytes(g['total']):>10}, of which attention "
+          f"matrices {format_bytes(g['attention']):>10} ({g['attention'] / g['total']:.0%})")
+
+# %% [markdown]
+# On a GPU, the allocator's own counter (`torch.cuda.max_memory_allocated`) measures the same step.
+# This cell measures only where CUDA is present:
+
+# %% tags=["nbval-ignore-output"]
+if torch.cuda.is_available():
+    seed_everything(0)
+    genc = Encoder(cfg).to(dev).train()
+    gtok = torch.randint(0, cfg.vocab_size, (Bt, 512), device=dev)
+    gopt = torch.optim.Adam(genc.parameters())
+    for _ in range(2):
+        gopt.zero_grad(set_to_none=True)
+        genc(gtok).sum().backward()
+        gopt.step()
+    gopt.zero_grad(set_to_none=True)
+
+    def gstep():
+        gopt.zero_grad(set_to_none=True)
+        genc(gtok).sum().backward()
+        gopt.step()
+
+    held = torch.cuda.memory_allocated(dev)
+    gpeak = held + cuda_peak_bytes(gstep, dev)
+    gpred = training_step_bytes(genc, group_bytes(encoder_saved_tensors(cfg, Bt, 512))["total"])
+    print(f"{torch.cuda.get_device_name(dev)}: peak {format_bytes(gpeak)}, predicted {format_bytes(gpred.total)}, "
+          f"ratio {gpeak / gpred.total:.2f}")
+else:
+    print(f"no CUDA here ({dev.type}): torch.cuda.max_memory_allocated is not measured")
+
+# %% [markdown]
+# ## 3. The online softmax
+#
+# The softmax of one row of scores $s_1, \dots, s_{T}$ is computed stably by subtracting the
+# maximum $m = \max_j s_j$:
+#
+# $$o = \frac{\sum_j e^{s_j - m}\, v_j}{\sum_j e^{s_j - m}} .$$
+#
+# Suppose we have seen a first block of keys and kept only three things per query: the maximum $m$
+# so far, the sum $\ell = \sum_j e^{s_j - m}$ and the unnormalised output
+# $a = \sum_j e^{s_j - m} v_j$. A new block with scores $s'_1, \dots, s'_{B_k}$ and values
+# $v'_1, \dots, v'_{B_k}$ arrives. Its maximum may be larger, $m' = \max(m, \max_j s'_j)$, and everything
+# kept so far was scaled by $e^{-m}$ instead of $e^{-m'}$. Multiplying by $e^{m - m'}$ fixes that:
+#
+# $$m' = \max\!\big(m, \max_j s'_j\big), \qquad
+# \ell' = e^{m - m'}\,\ell + \sum_j e^{s'_j - m'}, \qquad
+# a' = e^{m - m'}\,a + \sum_j e^{s'_j - m'}\, v'_j .$$
+#
+# After the last block, $o = a / \ell$: exactly the softmax, without ever holding a whole row
+# (Milakov & Gimelshein 2018). Starting from $m = -\infty$, $\ell = 0$, $a = 0$ every block is handled alike.
+#
+# Masks need care. A masked key gets score $-\infty$, so $e^{s - m'} = 0$. But if a **whole block**
+# is masked and nothing has been seen yet, $m' = -\infty$ and $e^{m - m'} = e^{-\infty + \infty}$ is
+# NaN. The fix: where $m' = -\infty$, subtract 0 instead; then $e^{-\infty} = 0$ everywhere and the state
+# stays $(-\infty, 0, 0)$. A row with no key at all to attend ends with $\ell = 0$ and gets a zero output,
+# as `lib.attention` gives.
+#
+# Two blocks by hand first: a row of 6 scores split in halves, merged, against `torch.softmax`:
+
+# %%
+g = torch.Generator().manual_seed(0)
+s = torch.randn(6, generator=g) * 3
+s[3:] += 4  # the second block holds the larger scores: the maximum grows
+vals = torch.randn(6, 2, generator=g)
+m1 = s[:3].max()
+l1 = torch.exp(s[:3] - m1).sum()
+a1 = torch.exp(s[:3] - m1) @ vals[:3]
+m2 = torch.maximum(m1, s[3:].max())
+l2 = torch.exp(m1 - m2) * l1 + torch.exp(s[3:] - m2).sum()
+a2 = torch.exp(m1 - m2) * a1 + torch.exp(s[3:] - m2) @ vals[3:]
+print("two blocks, merged:", a2 / l2)
+print("softmax(s) @ v:    ", torch.softmax(s, dim=0) @ vals)
+print("without rescaling: ", (a1 + torch.exp(s[3:] - m2) @ vals[3:]) / (l1 + torch.exp(s[3:] - m2).sum()))
+
+# %% [markdown]
+# ### Exercise 1: the online-softmax update for one block (5 points)
+#
+# Write `my_online_softmax_update(m, l, acc, scores, v, mask=None)` returning the new `(m, l, acc)`:
+#
+# * `m`, `l`: `(..., Tq, 1)` running maximum and running sum; `acc`: `(..., Tq, Dv)` unnormalised output;
+# * `scores`: `(..., Tq, Bk)` this block's (scaled) scores; `v`: `(..., Bk, Dv)` its values;
+# * `mask`: `None` or boolean broadcastable to `scores`, True = may attend.
+#
+# Masked keys must contribute nothing, and a block where a row's keys are all masked must leave that
+# row unchanged, **without NaN** (also when nothing has been seen yet, `m = -inf`).
+# Use tensor operations (`torch.exp`, `torch.maximum`, `amax`, `masked_fill`, `@`), not `lib.efficient`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex1_online_softmax", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def my_online_softmax_update(m, l, acc, scores, v, mask=None):
+    ### BEGIN SOLUTION
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)  # masked keys: exp(-inf) = 0
+    m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))  # (..., Tq, 1)
+    m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # no -inf - (-inf)
+    p = torch.exp(scores - m_safe)  # (..., Tq, Bk)
+    alpha = torch.exp(m - m_safe)  # (..., Tq, 1): rescale what came before
+    return m_new, l * alpha + p.sum(dim=-1, keepdim=True), acc * alpha + p @ v
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex1_online_softmax_check", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+def _fold(update, s, v, mask, block):
+    """Run an update over the key blocks of s (..., Tq, Tk); return acc / l (zeros where l = 0) and l."""
+    m = torch.full((*s.shape[:-1], 1), -math.inf, dtype=s.dtype)
+    l = torch.zeros_like(m)
+    acc = torch.zeros(*s.shape[:-1], v.shape[-1], dtype=s.dtype)
+    for j in range(0, s.shape[-1], block):
+        blk = None if mask is None else mask[..., j : j + block]
+        m, l, acc = update(m, l, acc, s[..., j : j + block], v[..., j : j + block, :], blk)
+    return torch.where(l > 0, acc / l.clamp_min(1e-30), torch.zeros_like(acc)), l
+
+
+def _no_rescale(m, l, acc, s, v, mask=None):  # the predictable mistake: forget exp(m_old - m_new)
+    if mask is not None:
+        s = s.masked_fill(~mask, -math.inf)
+    m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+    m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+    p = torch.exp(s - m_safe)
+    return m_new, l + p.sum(-1, keepdim=True), acc + p @ v
+
+
+g = torch.Generator().manual_seed(1)
+s = torch.randn(2, 5, 12, generator=g) * 4
+vv = torch.randn(2, 12, 3, generator=g)
+expected = torch.softmax(s, dim=-1) @ vv
+got, _ = _fold(my_online_softmax_update, s, vv, None, 4)
+check_shape(got, (2, 5, 3), "output after three blocks of 4 keys")
+wrong, _ = _fold(_no_rescale, s, vv, None, 4)
+if torch.allclose(got, wrong, atol=1e-5) and not torch.allclose(got, expected, atol=1e-5):
+    raise AssertionError("your update does not rescale l and acc by exp(m_old - m_new) when the maximum grows")
+check_close(got, expected, "three blocks folded vs softmax(s) @ v")
+mask = torch.ones(2, 5, 12, dtype=torch.bool)
+mask[..., :4] = False  # the FIRST block entirely masked: m is still -inf after it
+mask[1, 2] = False  # and one row with nothing to attend at all
+got, l = _fold(my_online_softmax_update, s, vv, mask, 4)
+if got.isnan().any():
+    raise AssertionError("NaN after a fully masked block: exp(-inf - (-inf)) is NaN; subtract 0 where the max is -inf")
+ref = torch.softmax(s.masked_fill(~mask, -math.inf), dim=-1).nan_to_num(0.0) @ vv
+check_close(got, ref, "with a fully masked first block and a fully masked row")
+check_close(l[1, 2], torch.zeros(1), "l of a row with nothing to attend")
+passed("my_online_softmax_update folds blocks into softmax(s) @ v, masks included")
+
+# %% nbgrader={"grade": true, "grade_id": "ex1_online_softmax_hidden", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# Hidden tests run here when your notebook is graded.
+### BEGIN HIDDEN TESTS
+from lib.checks import forbid
+
+g = torch.Generator().manual_seed(21)
+cases = []
+for shape, Tk, Dv, block in [((3,), 1, 2, 1), ((2, 3), 17, 4, 5), ((1, 2, 4), 33, 8, 8), ((2, 6), 10, 1, 3),
+                             ((4,), 64, 16, 64)]:
+    s_ = torch.randn(*shape, 7, Tk, generator=g, dtype=torch.float64) * 6
+    v_ = torch.randn(*shape, Tk, Dv, generator=g, dtype=torch.float64)
+    mask_ = torch.rand(*shape, 7, Tk, generator=g) > 0.5
+    mask_[..., : min(block, Tk)] = False  # first block fully masked
+    mask_[..., 3, :] = False  # a fully masked row
+    cases.append((s_, v_, mask_, block))
+# one block with a (Bk,)-broadcast mask, from a state that is already past some keys
+st = online_softmax_update(online_softmax_init(cases[1][0], cases[1][1]), cases[1][0][..., :5], cases[1][1][..., :5, :])
+key_mask = torch.tensor([True, False, True, True, False])
+ref_state = online_softmax_update(st, cases[1][0][..., 5:10], cases[1][1][..., 5:10, :], key_mask)
+with forbid("lib.efficient.online_softmax_update", "lib.efficient.tiled_attention"):
+    results = [(_fold(my_online_softmax_update, s_, v_, None, b)[0], _fold(my_online_softmax_update, s_, v_, m_, b)[0])
+               for s_, v_, m_, b in cases]
+    mine = my_online_softmax_update(*st, cases[1][0][..., 5:10], cases[1][1][..., 5:10, :], key_mask)
+for (s_, v_, m_, b), (plain, masked) in zip(cases, results):
+    check_close(plain, torch.softmax(s_, -1) @ v_, f"scores {tuple(s_.shape)}, blocks of {b}", atol=1e-9, rtol=1e-9)
+    ref = torch.softmax(s_.masked_fill(~m_, -math.inf), -1).nan_to_num(0.0) @ v_
+    assert not masked.isnan().any(), f"NaN with scores {tuple(s_.shape)} and masks"
+    check_close(masked, ref, f"masked scores {tuple(s_.shape)}, blocks of {b}", atol=1e-9, rtol=1e-9)
+for name, a, b in zip(("m", "l", "acc"), mine, ref_state):
+    check_close(a, b, f"one update's {name} vs lib.efficient.online_softmax_update", atol=1e-9, rtol=1e-9)
+passed("hidden tests passed")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Tiled attention, step by step
+#
+# With the update, attention over blocks of keys is a loop: start from $(-\infty, 0, 0)$, fold in
+# each block's scores $q k_\text{block}^\top / \sqrt{D_h}$ and values, divide at the end. Here with your
+# update (or lib's, if the exercise is not done yet), against SDPA for several block sizes:
+
+# %%
+try:  # your update if it works, else lib's, so the rest of the lesson runs
+    update = my_online_softmax_update
+    update(*online_softmax_init(torch.zeros(1, 1), torch.zeros(1, 1)), torch.zeros(1, 1), torch.zeros(1, 1))
+except NotImplementedError:
+    print("my_online_softmax_update is not written yet: using lib.efficient.online_softmax_update")
+
+    def update(m, l, acc, scores, v, mask=None):
+        return online_softmax_update((m, l, acc), scores, v, mask)
+
+
+def my_tiled_attention(q, k, v, block_size):
+    scale = 1 / math.sqrt(q.shape[-1])
+    state = online_softmax_init(q, v)  # m (B, H, Tq, 1), l (B, H, Tq, 1), acc (B, H, Tq, Dv)
+    for j in range(0, k.shape[-2], block_size):
+        scores = q @ k[..., j : j + block_size, :].transpose(-2, -1) * scale  # (B, H, Tq, Bk)
+        state = update(*state, scores, v[..., j : j + block_size, :])
+    return online_softmax_finish(state)  # (B, H, Tq, Dv)
+
+
+q, k, v = (torch.randn(2, 4, 100, 16) for _ in range(3))
+reference = F.scaled_dot_product_attention(q, k, v)
+for bs in (1, 7, 32, 100, 128):
+    diff = (my_tiled_attention(q, k, v, bs) - reference).abs().max().item()
+    print(f"block size {bs:>3}: max |tiled - SDPA| < 1e-5: {diff < 1e-5}")
+
+# %% [markdown]
+# `lib.efficient.tiled_attention` is the same loop, with masks, additive biases, causal attention (it
+# skips blocks entirely in the future) and blocks of queries too. It agrees with SDPA and with
+# lib's explicit path:
+
+# %%
+q, k, v = torch.randn(2, 4, 37, 16), torch.randn(2, 4, 53, 16), torch.randn(2, 4, 53, 8)
+pad = padding_mask(torch.tensor([53, 0]), 53)  # the second sequence has nothing to attend
+checks = {
+    "plain vs SDPA": (tiled_attention(q, k, v, block_size=16), F.scaled_dot_product_attention(q, k, v)),
+    "padding mask (one empty sequence) vs explicit": (tiled_attention(q, k, v, mask=pad, block_size=8),
+                                                      scaled_dot_product_attention(q, k, v, mask=pad)[0]),
+    "causal, 9 x 5 blocks vs explicit": (tiled_attention(q, k, v, causal=True, block_size=9, query_block_size=5),
+                                         scaled_dot_product_attention(q, k, v, mask=causal_mask(37, 53))[0]),
+}
+for name, (a, b) in checks.items():
+    print(f"{name:<48} max difference < 1e-5: {(a - b).abs().max().item() < 1e-5}, NaN: {a.isnan().any().item()}")
+
+# %% [markdown]
+# ### Its memory: linear in $T$
+#
+# The explicit path holds the scores and the weights, two $(B, H, T, T)$ tensors. The tiled path holds
+# one $(B, H, B_q, B_k)$ block of scores and the running state: its extra memory grows like the output,
+# linearly. Measured with `measure_peak_bytes` (inference, `torch.no_grad()`; with autograd the tiled
+# loop would save every block for the backward pass, which FlashAttention avoids by recomputing them):
+
+# %% tags=["nbval-ignore-output"]
+Bm, Hm, Dm, blk = 1, 4, 32, 64
+mem_lengths = pick(full=[256, 512, 1024, 2048, 4096], quick=[256, 512, 1024])
+curve = []
+with torch.no_grad():
+    for T in mem_lengths:
+        q, k, v = (torch.randn(Bm, Hm, T, Dm) for _ in range(3))
+        explicit_peak = measure_peak_bytes(lambda: scaled_dot_product_attention(q, k, v))
+        tiled_peak = measure_peak_bytes(lambda: tiled_attention(q, k, v, block_size=blk, query_block_size=blk))
+        curve.append((T, explicit_peak, tiled_peak))
+print(f"{'T':>5} {'explicit':>11} {'tiled':>11} {'explicit / tiled':>17} {'growth explicit':>16} {'growth tiled':>13}")
+for i, (T, e, t) in enumerate(curve):
+    growth = "" if i == 0 else f"{e / curve[i - 1][1]:>15.2f}x {t / curve[i - 1][2]:>12.2f}x"
+    print(f"{T:>5} {format_bytes(e):>11} {format_bytes(t):>11} {e / t:>16.1f}x {growth}")
+fig, ax = plt.subplots(figsize=(5.5, 3.4))
+_ = ax.plot([c[0] for c in curve], [c[1] / 2**20 for c in curve], "o-", label="explicit (scores + weights)")
+_ = ax.plot([c[0] for c in curve], [c[2] / 2**20 for c in curve], "s-", label=f"tiled, {blk}x{blk} blocks")
+_ = ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="extra MiB (measured)",
+           title=f"attention forward, B={Bm}, H={Hm}, Dh={Dm}")
+_ = ax.legend()
+
+# %% [markdown]
+# Each doubling of $T$ multiplies the explicit path's memory by about 4 and the tiled path's by at most 2.
+# In pure Python the tiled loop is slow (one small matrix product per block); FlashAttention is the same
+# algorithm in one fused GPU kernel, where the blocks live in the fast on-chip memory.
+#
+# ## 4. What PyTorch does: SDPA's backends and `torch.compile`
+#
+# `torch.nn.functional.scaled_dot_product_attention` chooses among backends (`torch.nn.attention.SDPBackend`):
+#
+# * **math**: the explicit formula in ATen ops, any device and dtype, materialises the weights;
+# * **flash**: FlashAttention (Dao et al. 2022; FlashAttention-2 on CUDA), tiled with the online softmax;
+#   PyTorch also has a CPU implementation;
+# * **memory-efficient**: xFormers' kernel (Rabe & Staats 2021), CUDA only, also tiled, supports arbitrary masks;
+# * **cuDNN**: NVIDIA's fused attention (recent GPUs).
+#
+# Which of them run on this machine, and what each costs at one length (the benchmark
+# `bench/bench_attention.py` does this for $T$ up to 8192):
+
+# %% tags=["nbval-ignore-output"]
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+T = pick(full=1024, quick=256)
+q, k, v = (torch.randn(1, 8, T, 64, device=dev) for _ in range(3))
+candidates = {"explicit (lib)": lambda: scaled_dot_product_attention(q, k, v)[0],
+              "tiled (lib)": lambda: tiled_attention(q, k, v, block_size=128, query_block_size=128),
+              "sdpa (PyTorch's choice)": lambda: F.scaled_dot_product_attention(q, k, v)}
+for name in ("MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
+    backend = getattr(SDPBackend, name)
+
+    def run_backend(backend=backend):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    try:
+        with torch.no_grad():
+            run_backend()
+        candidates[f"sdpa {name.lower()}"] = run_backend
+        print(f"{name:<20} runs on {dev.type}")
+    except RuntimeError as err:
+        print(f"{name:<20} not available on {dev.type}: {str(err).splitlines()[0][:60]}")
+with torch.no_grad():
+    ms = time_steps(candidates, dev, warmup=1, repeats=pick(full=5, quick=2))
+    peaks = {name: (cuda_peak_bytes(fn, dev) if dev.type == "cuda" else measure_peak_bytes(fn))
+             for name, fn in candidates.items()}
+base_ms, base_mem = ms["sdpa (PyTorch's choice)"], peaks["sdpa (PyTorch's choice)"]
+print(f"\nT={T}, B=1, H=8, Dh=64, forward:")
+for name in candidates:
+    print(f"{name:<26} {ms[name]:>9.2f} ms ({ms[name] / base_ms:>6.2f}x)   peak {format_bytes(peaks[name]):>10} "
+          f"({peaks[name] / max(base_mem, 1):>5.2f}x)")
+
+# %% [markdown]
+# On this CPU, PyTorch's own choice is its flash kernel, as the two rows with the same memory (and
+# similar times) show; the math backend costs the same memory as the explicit path. Memory-efficient and cuDNN need a
+# GPU.
+#
+# ### `torch.compile` on the encoder
+#
+# `torch.compile` traces a model into a graph and generates fused kernels for it (TorchInductor:
+# C++/OpenMP on the CPU, Triton on GPUs). The first call pays for the compilation. Measured here on the
+# small encoder's forward pass, only in full mode (compiling takes minutes on 2 busy cores); the cell
+# reports the error instead of failing where compilation is not possible:
+
+# %% tags=["nbval-ignore-output"]
+seed_everything(0)
+enc = Encoder(cfg).to(dev).eval()
+tokens = torch.randint(0, cfg.vocab_size, (8, 256), device=dev)
+if pick(full=True, quick=False):
+    try:
+        compiled = torch.compile(enc)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out_c = compiled(tokens)
+        compile_s = time.perf_counter() - start
+        with torch.no_grad():
+            same = (out_c - enc(tokens)).abs().max().item() < 1e-4
+            ms = time_steps({"eager": lambda: enc(tokens), "compiled": lambda: compiled(tokens)}, dev,
+                            warmup=1, repeats=10)
+        print(f"first call (compilation) {compile_s:.1f} s; outputs agree: {same}")
+        print(f"eager {ms['eager']:.2f} ms, compiled {ms['compiled']:.2f} ms: speed-up {ms['eager'] / ms['compiled']:.2f}x")
+    except Exception as err:  # noqa: BLE001 -- a missing compiler or an unsupported op: report it, go on
+        print(f"torch.compile failed here: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+else:
+    print("quick mode: torch.compile is skipped (compilation alone takes minutes on a small CPU)")
+
+# %% [markdown]
+# In the run stored here (a busy 2-core CPU, so the times are rough) the first call took 11.8 s and
+# the compiled forward pass was about 1.13 times faster: a gain of about 0.15 s per call, so it pays
+# for itself only after some 80 calls. (The very first compilation on this machine took 54 s; Inductor
+# caches its generated kernels on disk, so later runs compile faster.) The matrix products run in the same BLAS library either way;
+# what fusion removes is the separate elementwise passes over memory (masking, softmax pieces,
+# residual adds, LayerNorm), a modest part of the time on a CPU. On a GPU, where each kernel launch
+# and each pass through memory costs more, compilation usually pays off sooner. Where it fails
+# (no C++ compiler, an unsupported operation) the cell prints the error and the lesson goes on.
+#
+# ## 5. Exercise 2: the memory formula of one layer (5 points)
+#
+# Write `my_layer_activation_bytes(B, T, D, H, F, masked=False)`: the bytes autograd saves in one
+# post-norm encoder layer with ReLU (`EncoderBlock(D, H, F)`), fp32, explicit attention, no dropout.
+# Count, as section 1 listed them:
+#
+# * eight $(B, T, D)$ tensors, one $(B, T, F)$ (ReLU's output, also fc2's input);
+# * the attention weights $(B, H, T, T)$, and with `masked=True` the masked copy as a second one;
+# * four $(B, T, 1)$ LayerNorm statistics (mean and 1/std of each LayerNorm);
+# * 4 bytes per element.
+#
+# Use arithmetic, not `lib.memory` and not a module.
+
+# %% nbgrader={"grade": false, "grade_id": "ex2_layer_memory", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def my_layer_activation_bytes(B: int, T: int, D: int, H: int, F: int, masked: bool = False) -> int:
+    ### BEGIN SOLUTION
+    elements = 8 * B * T * D + B * T * F + (2 if masked else 1) * B * H * T * T + 4 * B * T
+    return 4 * elements
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex2_layer_memory_check", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+def _explain(got, B, T, D, H, F, masked):
+    """Name the predictable mistake that ``got`` matches."""
+    attn = B * H * T * T
+    right = 8 * B * T * D + B * T * F + (2 if masked else 1) * attn + 4 * B * T
+    wrong = {
+        "the number of elements, not bytes (multiply by 4)": right,
+        "no LayerNorm statistics (4 x (B, T, 1))": 4 * (right - 4 * B * T),
+        "the masked copy of the weights is missing (masked=True saves two (B, H, T, T))": 4 * (right - attn),
+        "the scores counted as saved too (only the softmax output is)": 4 * (right + attn),
+        "the attention matrix without heads (B·T² instead of B·H·T²)": 4 * (right - (2 if masked else 1) * attn
+                                                                             + (2 if masked else 1) * B * T * T),
+    }
+    for what, value in wrong.items():
+        if got == value and value != 4 * right:
+            return f" -- it looks like {what}"
+    return ""
+
+
+for (Bc, Tc, Dc, Hc, Fc, mk) in [(2, 16, 32, 4, 128, False), (3, 7, 16, 2, 40, True)]:
+    got = my_layer_activation_bytes(Bc, Tc, Dc, Hc, Fc, masked=mk)
+    assert isinstance(got, int), f"return an int, got {type(got).__name__}"
+    exp = encoder_layer_activation_bytes(Bc, Tc, Dc, Hc, Fc, masked=mk)["total"]
+    assert got == exp, (f"B={Bc}, T={Tc}, D={Dc}, H={Hc}, F={Fc}, masked={mk}: lib.memory gives {exp:,} bytes, "
+                        f"you gave {got:,}{_explain(got, Bc, Tc, Dc, Hc, Fc, mk)}")
+blk2 = EncoderBlock(16, 2, 40)
+x2 = torch.randn(3, 7, 16, requires_grad=True)
+mask2 = padding_mask(torch.tensor([7, 4, 1]), 7)
+real = [m for m in measure_saved_tensors(lambda: blk2(x2, mask=mask2), exclude=blk2.parameters()) if m[1] != torch.bool]
+assert my_layer_activation_bytes(3, 7, 16, 2, 40, masked=True) == sum(m[2] for m in real), (
+    f"a real EncoderBlock with a padding mask saves {sum(m[2] for m in real):,} bytes (boolean masks aside)")
+passed("my_layer_activation_bytes matches lib.memory and what autograd saves")
+
+# %% nbgrader={"grade": true, "grade_id": "ex2_layer_memory_hidden", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# Hidden tests run here when your notebook is graded.
+### BEGIN HIDDEN TESTS
+import random as _random
+from unittest import mock
+
+import lib.memory
+import lib.transformer
+from lib.checks import forbid
+
+rng = _random.Random(17)
+configs = [(1, 1, 1, 1, 1, False), (1, 1, 8, 2, 4, True), (8, 512, 768, 12, 3072, False)] + [
+    (rng.randint(1, 9), rng.randint(1, 300), 4 * rng.randint(1, 64), rng.choice([1, 2, 4]), rng.randint(1, 500),
+     rng.random() < 0.5) for _ in range(20)
+]
+expected = [encoder_layer_activation_bytes(b, t, d, h, f, masked=mk)["total"] for b, t, d, h, f, mk in configs]
+
+
+def _refuse_memory(*args, **kwargs):
+    raise AssertionError("your code called lib.memory or built a module; this exercise asks for the arithmetic")
+
+
+references = (lib.memory.encoder_layer_activation_bytes, lib.memory.encoder_layer_saved_tensors,
+              lib.memory.attention_matrix_bytes, lib.memory.activation_bytes, lib.transformer.EncoderBlock)
+aliases = {name: _refuse_memory for name, value in list(globals().items()) if any(value is r for r in references)}
+answers = []
+with forbid("lib.memory.encoder_layer_activation_bytes", "lib.memory.encoder_layer_saved_tensors",
+            "lib.memory.attention_matrix_bytes", "lib.memory.activation_bytes", "lib.transformer.EncoderBlock"), \
+        mock.patch.dict(globals(), aliases):
+    answers.extend(my_layer_activation_bytes(b, t, d, h, f, masked=mk) for b, t, d, h, f, mk in configs)
+for cfg_, exp, ans in zip(configs, expected, answers):
+    assert ans == exp, f"(B, T, D, H, F, masked) = {cfg_}: expected {exp:,} bytes, got {ans:,}"
+for b, t, d, h, f in [(2, 9, 8, 2, 24), (1, 30, 12, 3, 48)]:  # against autograd
+    real_block = EncoderBlock(d, h, f)
+    xr = torch.randn(b, t, d, requires_grad=True)
+    saved = sum(m[2] for m in measure_saved_tensors(lambda: real_block(xr), exclude=real_block.parameters()))
+    assert my_layer_activation_bytes(b, t, d, h, f) == saved, f"{(b, t, d, h, f)}: autograd saves {saved:,} bytes"
+passed("hidden tests passed")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## Summary
+#
+# * Explicit attention holds $B \cdot H \cdot T^2$ scores and as many weights; in training the weights
+#   (and, with a mask, their masked copy) are saved for the backward pass. The rest of a layer grows
+#   like $12\,BTD$, so attention dominates from $T \approx 12D/H$: 147 positions for lesson 06's model,
+#   769 for the paper's base model.
+# * A training step holds parameters, gradients and optimizer state (16 bytes per parameter with fp32 Adam,
+#   20 with mixed precision, 16 in ZeRO's count) plus the activations; the measured peak adds
+#   quadratic temporaries (the gradients of the weights and of the scores) on top of that sum.
+# * The online softmax keeps a running maximum, a running sum and an unnormalised output per query,
+#   rescaling both by $e^{m_\text{old} - m_\text{new}}$ when the maximum grows; fully masked blocks need
+#   $-\infty$ handled without NaN. Attention over key blocks then needs memory linear in $T$.
+# * PyTorch's SDPA picks a fused backend (flash, memory-efficient, cuDNN) where it can, and the math
+#   backend otherwise; `torch.compile` fuses the rest of the model, which pays off on GPUs more than
+#   on a small CPU.
