@@ -71,9 +71,8 @@ class Decoded:
 # ---------------------------------------------------------------------------
 
 
-def _new_record():  # noqa: ANN202 - lib.attention.Record
-    from lib.attention import Record
-    from lib.multihead import KVCache
+def _new_record():  # noqa: ANN202 - lib.transformer.Record
+    from lib.transformer import KVCache, Record
 
     return Record(cache=KVCache())
 

@@ -430,7 +430,8 @@ class TranslationBatches:
     (**teacher forcing**): position t sees the reference tokens before t and is trained to predict token t.
 
     Yields:
-        ``(src (B, S), src_len (B,), tgt_in (B, T), tgt_out (B, T))``, int64, padded with ``pad``.
+        ``(src (B, S), tgt_in (B, T), src_len (B,), tgt_out (B, T))``, int64, padded with ``pad``: the
+        first three are the inputs of ``lib.transformer.Transformer(src, tgt_in, src_len)``, the last its target.
     """
 
     def __init__(
@@ -463,13 +464,14 @@ class TranslationBatches:
         return len(self.batches)
 
     def collate(self, idx: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Pad the pairs ``idx`` into one batch (see the class docstring)."""
         src = [self.pairs[i][0] for i in idx]
         tgt = [self.pairs[i][1] for i in idx]
         S, T = max(len(s) for s in src), max(len(t) for t in tgt)
         src_t = pad_sequences(src, S, value=self.pad)  # (B, S)
         tgt_out = pad_sequences(tgt, T, value=self.pad, truncating="post")  # (B, T)
         tgt_in = torch.cat([torch.full((len(idx), 1), self.bos), tgt_out[:, :-1]], dim=1)  # (B, T): shifted right
-        return src_t, torch.tensor([len(s) for s in src]), tgt_in, tgt_out
+        return src_t, tgt_in, torch.tensor([len(s) for s in src]), tgt_out
 
     def __iter__(self):  # noqa: ANN204
         order = list(range(len(self.batches)))

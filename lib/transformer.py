@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from lib.attention import check_sequence, padding_mask
+from lib.attention import causal_mask, check_sequence, padding_mask, scaled_dot_product_attention
 from lib.ffn import Activation, PositionWiseFFN
 from lib.multihead import MultiHeadAttention
-from lib.positional import LearnedPositionalEmbedding, SinusoidalEncoding
+from lib.positional import LearnedPositionalEmbedding, SinusoidalEncoding, sinusoidal_table
 
 __all__ = [
     "AddNorm",
@@ -45,6 +45,13 @@ __all__ = [
     "EncoderBlock",
     "EncoderConfig",
     "Encoder",
+    "Record",
+    "KVCache",
+    "DecoderBlock",
+    "DecoderConfig",
+    "Decoder",
+    "TransformerConfig",
+    "Transformer",
 ]
 
 
@@ -325,8 +332,230 @@ class Encoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# Decoder side (to come): DecoderBlock (masked self-attention, cross-attention,
-# FFN, three Residuals), DecoderConfig, Decoder, and Transformer (encoder +
-# decoder + output projection).  They reuse Residual, PositionWiseFFN,
-# lib.positional and lib.attention.causal_mask.
+# Decoder side.  NOTE: a stand-in written on branch `translate` for lesson 07, following
+# the contract of /work/wt/API.md (Record, KVCache, DecoderBlock, Decoder, Transformer);
+# branch `lib-core` owns the real one and replaces this on merge.
 # ---------------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values of every attention layer, for incremental decoding (updated in place).
+
+    ``slots[key] = (k, v)``, each (B, H, T, Dh): a decoder block's self-attention appends the
+    new token's key and value at every step; its cross-attention stores the projections of
+    the encoder output once.  ``length`` counts the target positions seen so far.
+    """
+
+    def __init__(self) -> None:
+        self.slots: dict[object, tuple[Tensor, Tensor]] = {}
+        self.length = 0
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows ``index`` of every slot (beam search: each new beam continues an old one)."""
+        self.slots = {key: (k.index_select(0, index), v.index_select(0, index)) for key, (k, v) in self.slots.items()}
+
+
+@dataclass
+class Record:
+    """What a forward pass should record besides its output (filled in by the call).
+
+    Attributes:
+        need_weights: append every attention call's weights (B, H, Tq, Tk) to ``weights``, in call order.
+        cache: a ``KVCache`` to read and extend (incremental decoding), or None.
+        weights: the collected weights.
+    """
+
+    need_weights: bool = False
+    cache: KVCache | None = None
+    weights: list[Tensor] = field(default_factory=list)
+
+
+def _attend(
+    mha: MultiHeadAttention, query: Tensor, source: Tensor, mask: Tensor | None, record: Record | None,
+    slot: object, *, append: bool,
+) -> Tensor:
+    """Multi-head attention from ``query`` to ``source`` that reads/extends ``record.cache``.
+
+    ``append=True`` (self-attention): the new keys/values are appended to the cached ones.
+    ``append=False`` (cross-attention): the source's keys/values are computed once and reused.
+    """
+    cache = record.cache if record is not None else None
+    B, Tq, _ = query.shape
+    H = mha.num_heads
+    if cache is not None and not append and slot in cache.slots:
+        q = mha.W_q(query).view(B, Tq, H, mha.key_dim).transpose(1, 2)  # (B, H, Tq, Dh)
+        k, v = cache.slots[slot]  # (B, H, Tk, Dh), (B, H, Tk, Dv)
+    else:
+        q, k, v = mha.project_qkv(query, source, source)  # (B, H, Tq, Dh), (B, H, Tk, Dh), (B, H, Tk, Dv)
+        if cache is not None:
+            if append and slot in cache.slots:
+                k0, v0 = cache.slots[slot]
+                k, v = torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2)  # (B, H, T_past + Tq, Dh)
+            cache.slots[slot] = (k, v)
+    need = record is not None and record.need_weights
+    dropout_p = mha.dropout if mha.training else 0.0
+    out, weights = scaled_dot_product_attention(q, k, v, mask, None, dropout_p, fast=mha.fast and not need)
+    if need:
+        record.weights.append(weights)  # (B, H, Tq, Tk)
+    out = out.transpose(1, 2).reshape(B, Tq, H * mha.value_dim)  # (B, Tq, H*Dv)
+    return mha.W_o(out)  # (B, Tq, D)
+
+
+class DecoderBlock(nn.Module):
+    """One decoder layer: causal self-attention, cross-attention to the encoder output, FFN (section 3.1).
+
+    Each sub-layer sits in a ``Residual`` with explicit ``norm_first``.
+
+    Shapes:
+        x (B, T, D), memory (B, S, D); self_mask broadcastable to (B, H, T, T_past + T),
+        memory_mask to (B, H, T, S) (True = may attend) -> (B, T, D).
+    """
+
+    def __init__(
+        self, d_model: int, num_heads: int, d_ff: int, *, dropout: float = 0.0, norm_first: bool = False,
+        activation: Activation = "relu", eps: float = 1e-5, bias: bool = True, fast: bool = False,
+    ) -> None:
+        super().__init__()
+        if d_model % num_heads != 0:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        self.d_model = d_model
+        self.self_attention = MultiHeadAttention(d_model, num_heads, bias=bias, dropout=dropout, fast=fast)
+        self.cross_attention = MultiHeadAttention(d_model, num_heads, bias=bias, dropout=dropout, fast=fast)
+        self.ffn = PositionWiseFFN(d_model, d_ff, activation=activation, dropout=dropout, bias=bias)
+        self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+        self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+        self.residual3 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+
+    def forward(
+        self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None, memory_mask: Tensor | None = None,
+        *, record: Record | None = None,
+    ) -> Tensor:
+        check_sequence(x, self.d_model, "DecoderBlock")
+        x = self.residual1(x, lambda h: _attend(self.self_attention, h, h, self_mask, record, (id(self), "self"),
+                                                 append=True))  # (B, T, D)
+        x = self.residual2(x, lambda h: _attend(self.cross_attention, h, memory, memory_mask, record,
+                                                 (id(self), "cross"), append=False))  # (B, T, D)
+        return self.residual3(x, self.ffn)  # (B, T, D)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Hyper-parameters of a Transformer decoder (the paper's base model by default)."""
+
+    vocab_size: int  # target vocabulary size V
+    d_model: int = 512  # feature size D
+    num_heads: int = 8  # attention heads H
+    d_ff: int = 2048  # FFN hidden size F
+    num_layers: int = 6  # decoder blocks L
+    dropout: float = 0.1  # residual, attention, FFN and embedding dropout
+    max_len: int = 512  # rows of the positional table precomputed
+    norm_first: bool = False  # pre-norm (True) or post-norm (False, the paper)
+    activation: str = "relu"  # FFN activation
+    eps: float = 1e-5  # LayerNorm epsilon
+    fast: bool = False  # PyTorch's fused attention kernel when weights are not requested
+
+
+class Decoder(nn.Module):
+    """Target embedding, sinusoidal positions, a stack of ``DecoderBlock``s (section 3.1).
+
+    With ``record.cache`` the positions continue from ``cache.length`` and only the new tokens are fed.
+
+    Shapes:
+        tokens (B, T), memory (B, S, D) -> (B, T, D).
+    """
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embedding = nn.Embedding(c.vocab_size, c.d_model)
+        nn.init.normal_(self.embedding.weight, std=c.d_model**-0.5)
+        self.register_buffer("P", sinusoidal_table(c.max_len, c.d_model), persistent=False)  # (max_len, D)
+        self.dropout = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(c.d_model, c.num_heads, c.d_ff, dropout=c.dropout, norm_first=c.norm_first,
+                         activation=c.activation, eps=c.eps, fast=c.fast)
+            for _ in range(c.num_layers)
+        )
+        self.final_norm = nn.LayerNorm(c.d_model, eps=c.eps) if c.norm_first else nn.Identity()
+
+    def forward(
+        self, tokens: Tensor, memory: Tensor, memory_mask: Tensor | None = None, *,
+        valid_lens: Tensor | None = None, record: Record | None = None,
+    ) -> Tensor:
+        if tokens.dim() != 2:
+            raise ValueError(f"Decoder expects token ids (B, T), got {tuple(tokens.shape)}")
+        cache = record.cache if record is not None else None
+        past = cache.length if cache is not None else 0
+        T = tokens.shape[1]
+        if past + T > self.config.max_len:
+            raise ValueError(f"Decoder has positions up to max_len={self.config.max_len}, asked for {past + T}")
+        x = self.embedding(tokens) * math.sqrt(self.config.d_model) + self.P[past:past + T]  # (B, T, D)
+        x = self.dropout(x)
+        self_mask = causal_mask(T, past + T, device=tokens.device)  # (T, past + T)
+        if valid_lens is not None:
+            self_mask = self_mask & padding_mask(valid_lens, past + T)  # (B, 1, T, past + T)
+        for block in self.blocks:
+            x = block(x, memory, self_mask, memory_mask, record=record)  # (B, T, D)
+        if cache is not None:
+            cache.length = past + T
+        return self.final_norm(x)  # (B, T, D)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Hyper-parameters of the encoder-decoder Transformer (Vaswani et al. 2017, table 3, base)."""
+
+    src_vocab_size: int  # source vocabulary size
+    tgt_vocab_size: int  # target vocabulary size
+    d_model: int = 512  # feature size D
+    num_heads: int = 8  # attention heads H
+    d_ff: int = 2048  # FFN hidden size F
+    num_encoder_layers: int = 6  # encoder blocks
+    num_decoder_layers: int = 6  # decoder blocks
+    dropout: float = 0.1  # everywhere dropout applies
+    max_len: int = 512  # positions
+    norm_first: bool = False  # pre-norm (True) or post-norm (False, the paper)
+    tie_embeddings: bool = True  # output projection shares the target embedding's weights (section 3.4)
+    fast: bool = False  # PyTorch's fused attention kernel when weights are not requested
+
+
+class Transformer(nn.Module):
+    """Encoder, decoder and output projection to target-vocabulary logits (section 3).
+
+    ``forward(src, tgt, src_valid_lens)`` is teacher forcing: ``tgt`` is the target shifted right
+    (``<bos>`` first), logits (B, T, V) predict the target.  ``encode`` / ``decode`` are the two
+    halves that ``lib.decode`` calls at inference.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.encoder = Encoder(EncoderConfig(
+            c.src_vocab_size, c.d_model, c.num_heads, c.d_ff, c.num_encoder_layers, c.dropout, c.max_len,
+            c.norm_first, fast=c.fast,
+        ))
+        self.decoder = Decoder(DecoderConfig(
+            c.tgt_vocab_size, c.d_model, c.num_heads, c.d_ff, c.num_decoder_layers, c.dropout, c.max_len,
+            c.norm_first, fast=c.fast,
+        ))
+        self.output = nn.Linear(c.d_model, c.tgt_vocab_size)
+        if c.tie_embeddings:
+            self.output.weight = self.decoder.embedding.weight
+
+    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """(B, S) ids -> memory (B, S, D)."""
+        return self.encoder(src, mask=src_mask)  # (B, S, D)
+
+    def decode(
+        self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None = None, *,
+        record: Record | None = None, tgt_valid_lens: Tensor | None = None,
+    ) -> Tensor:
+        """(B, T) target ids (only the new ones with a cache) -> logits (B, T, V)."""
+        h = self.decoder(tgt, memory, memory_mask, valid_lens=tgt_valid_lens, record=record)  # (B, T, D)
+        return self.output(h)  # (B, T, V)
+
+    def forward(self, src: Tensor, tgt: Tensor, src_valid_lens: Tensor | None = None, *,
+                record: Record | None = None) -> Tensor:
+        src_mask = padding_mask(src_valid_lens, src.shape[1]) if src_valid_lens is not None else None  # (B, 1, 1, S)
+        memory = self.encode(src, src_mask)  # (B, S, D)
+        return self.decode(tgt, memory, src_mask, record=record)  # (B, T, V)

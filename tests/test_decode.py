@@ -208,3 +208,73 @@ def test_errors_name_what_was_expected():
         beam_search(model, torch.zeros(1, 2, dtype=torch.long), bos=BOS, eos=EOS, max_len=3, beam_size=0)
     with pytest.raises(ValueError, match=r"scores \(B, K\)"):
         beam_step(torch.zeros(2, 3), torch.zeros(2, 4, 5), eos=1)
+
+
+# --- the real model: cached decoding = recomputing the prefix ------------------------------------
+
+
+def _transformer(norm_first: bool, V: int = 13):
+    from lib.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=11, tgt_vocab_size=V, d_model=16, num_heads=2, d_ff=32,
+                            num_encoder_layers=2, num_decoder_layers=2, dropout=0.1, norm_first=norm_first)
+    model = Transformer(cfg)
+    with torch.no_grad():  # sharpen the output so that decoding is far from ties
+        model.decoder.embedding.weight.mul_(8)
+    return model.train()  # decode must switch to eval mode (dropout off) itself
+
+
+def _sources():
+    from lib.attention import padding_mask
+
+    g = torch.Generator().manual_seed(5)
+    src = torch.randint(1, 11, (4, 6), generator=g)
+    lens = torch.tensor([6, 3, 1, 5])
+    src[torch.arange(6)[None] >= lens[:, None]] = 0
+    return src, padding_mask(lens, 6), lens
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_cached_logits_equal_recomputing_the_prefix(norm_first):
+    from lib.transformer import KVCache, Record
+
+    model = _transformer(norm_first).eval()
+    src, mask, _ = _sources()
+    tgt = torch.randint(3, 13, (4, 7))
+    memory = model.encode(src, mask)
+    full = model.decode(tgt, memory, mask)  # (B, T, V)
+    rec = Record(cache=KVCache())
+    steps = [model.decode(tgt[:, t:t + 1], memory, mask, record=rec) for t in range(7)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    # a cache fed the wrong positions (all from 0) must not match: the test can tell
+    wrong = [model.decode(tgt[:, t:t + 1], memory, mask) for t in range(7)]
+    assert not torch.allclose(torch.cat(wrong, dim=1), full, atol=1e-3)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_cached_decoding_is_token_identical_to_uncached(norm_first):
+    model = _transformer(norm_first)
+    src, mask, _ = _sources()
+    for search in (lambda c: greedy_decode(model, src, mask, bos=BOS, eos=EOS, max_len=9, use_cache=c),
+                   lambda c: beam_search(model, src, mask, bos=BOS, eos=EOS, max_len=9, beam_size=3, alpha=0.6,
+                                         use_cache=c)):
+        cached, uncached = search(True), search(False)
+        assert cached.tokens == uncached.tokens
+        assert cached.scores == pytest.approx(uncached.scores, abs=1e-4)
+        assert any(len(t) > 1 for t in cached.tokens), "the model should say more than one word"
+    assert model.training, "decoding restores the training mode"
+
+
+def test_transformer_batch_with_padding_decodes_as_one_by_one_and_k1_is_greedy():
+    model = _transformer(False)
+    src, mask, lens = _sources()
+    together = beam_search(model, src, mask, bos=BOS, eos=EOS, max_len=8, beam_size=4, alpha=0.8)
+    greedy = greedy_decode(model, src, mask, bos=BOS, eos=EOS, max_len=8)
+    k1 = beam_search(model, src, mask, bos=BOS, eos=EOS, max_len=8, beam_size=1, alpha=0.0)
+    assert k1.tokens == greedy.tokens
+    for b in range(4):
+        one = src[b:b + 1, : int(lens[b])]  # no padding at all
+        alone = beam_search(model, one, None, bos=BOS, eos=EOS, max_len=8, beam_size=4, alpha=0.8)
+        assert alone.tokens[0] == together.tokens[b]
+        assert greedy_decode(model, one, None, bos=BOS, eos=EOS, max_len=8).tokens[0] == greedy.tokens[b]

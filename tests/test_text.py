@@ -139,7 +139,7 @@ def test_fra_eng_split_is_by_english_sentence_seeded_and_keeps_every_reference()
     assert not train_sources & set(data.test_sources), "a test sentence leaked into training"
     assert len(data.test_sources) == 5 == len(set(data.test_sources))
     assert len(data.train) + len(data.test_indices) == len(pairs)
-    for en, refs in zip(data.test_sources, data.test_references):
+    for en, refs in zip(data.test_sources, data.test_references, strict=True):
         assert sorted(refs) == sorted(fr for e, fr in pairs if e == en)
     assert [pairs[i][0] in data.test_sources for i in data.test_indices] == [True] * len(data.test_indices)
     again = load_fra_eng(5, pairs=pairs, min_freq=1)
@@ -157,7 +157,7 @@ def test_translation_batches_shift_the_target_and_group_by_length():
     pairs = [([5] * (1 + i % 4), [6 + i % 5] * (1 + i % 7) + [3]) for i in range(50)]
     batches = TranslationBatches(pairs, batch_tokens=24, bos=2, seed=0)
     seen = []
-    for src, src_len, tgt_in, tgt_out in batches:
+    for src, tgt_in, src_len, tgt_out in batches:
         assert tgt_in.shape == tgt_out.shape and src.shape[0] == tgt_in.shape[0] == len(src_len)
         assert tgt_out.numel() <= 24 or tgt_out.shape[0] == 1
         assert (tgt_in[:, 0] == 2).all(), "the decoder input starts with <bos>"
