@@ -325,7 +325,7 @@ def beam_search(
             for b in range(B):
                 if done[b]:
                     continue
-                for s, i in zip(fin_scores[b], fin_beams[b]):
+                for s, i in zip(fin_scores[b], fin_beams[b], strict=True):
                     if s != -float("inf") and len(finished[b]) < K:
                         hyp = prefix[b * K + i, 1:].tolist()
                         finished[b].append((s / lp, hyp, True))
