@@ -152,6 +152,8 @@ def fit(
     scheduler_interval: str = "epoch",
     seed: int | None = None,
     verbose: bool = True,
+    max_steps: int | None = None,
+    time_limit: float | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs; return the per-epoch history.
 
@@ -172,6 +174,9 @@ def fit(
         scheduler_interval: ``"epoch"`` (most schedulers) or ``"step"`` (warm-up, OneCycle).
         seed: if given, ``torch.manual_seed(seed)`` first, so the shuffling and
             dropout of a CPU run repeat exactly.
+        max_steps: stop after this many optimizer steps in all (the epoch in progress ends there).
+        time_limit: stop after the step during which this many seconds of training have passed
+            (a budget for shared machines; the number of steps then depends on the machine).
 
     Raises:
         ValueError: bad ``epochs``, ``grad_clip``, ``scheduler_interval``, batch
@@ -189,7 +194,14 @@ def fit(
         raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit must be positive seconds or None, got {time_limit!r}")
     from tqdm.auto import tqdm
+
+    began = time.perf_counter()
+    stop = False
 
     if seed is not None:
         torch.manual_seed(seed)
@@ -222,6 +234,12 @@ def fit(
             correct += c or 0
             n += len(target)
             bar.set_postfix(loss=f"{total_loss / n:.4f}")
+            if (max_steps is not None and len(history.step_loss) >= max_steps) or (
+                time_limit is not None and time.perf_counter() - began >= time_limit
+            ):
+                stop = True
+                break
+        bar.close()
         if n == 0:
             raise ValueError("fit: the training loader yielded no examples")
         if scheduler is not None and scheduler_interval == "epoch":
@@ -242,6 +260,8 @@ def fit(
                 if not math.isnan(history.val_acc[-1]):
                     line += f", acc {history.val_acc[-1]:.4f}"
             tqdm.write(line + f" ({history.epoch_time[-1]:.1f} s)")  # print() that keeps bars intact
+        if stop:
+            break
     return history
 
 

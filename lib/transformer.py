@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from lib.attention import causal_mask, check_sequence, padding_mask, scaled_dot_product_attention
+from lib.attention import Record, causal_mask, check_sequence, padding_mask
 from lib.ffn import Activation, PositionWiseFFN
 from lib.multihead import MultiHeadAttention
 from lib.positional import LearnedPositionalEmbedding, SinusoidalEncoding, sinusoidal_table
@@ -45,8 +45,6 @@ __all__ = [
     "EncoderBlock",
     "EncoderConfig",
     "Encoder",
-    "Record",
-    "KVCache",
     "DecoderBlock",
     "DecoderConfig",
     "Decoder",
@@ -333,72 +331,9 @@ class Encoder(nn.Module):
 
 # ---------------------------------------------------------------------------
 # Decoder side.  NOTE: a stand-in written on branch `translate` for lesson 07, following
-# the contract of /work/wt/API.md (Record, KVCache, DecoderBlock, Decoder, Transformer);
-# branch `lib-core` owns the real one and replaces this on merge.
+# the contract of /work/wt/API.md (DecoderBlock, Decoder, Transformer) on lib-core's
+# MultiHeadAttention/Record/KVCache; branch `lib-core` owns the real one and replaces this.
 # ---------------------------------------------------------------------------
-
-
-class KVCache:
-    """Keys and values of every attention layer, for incremental decoding (updated in place).
-
-    ``slots[key] = (k, v)``, each (B, H, T, Dh): a decoder block's self-attention appends the
-    new token's key and value at every step; its cross-attention stores the projections of
-    the encoder output once.  ``length`` counts the target positions seen so far.
-    """
-
-    def __init__(self) -> None:
-        self.slots: dict[object, tuple[Tensor, Tensor]] = {}
-        self.length = 0
-
-    def reorder(self, index: Tensor) -> None:
-        """Keep rows ``index`` of every slot (beam search: each new beam continues an old one)."""
-        self.slots = {key: (k.index_select(0, index), v.index_select(0, index)) for key, (k, v) in self.slots.items()}
-
-
-@dataclass
-class Record:
-    """What a forward pass should record besides its output (filled in by the call).
-
-    Attributes:
-        need_weights: append every attention call's weights (B, H, Tq, Tk) to ``weights``, in call order.
-        cache: a ``KVCache`` to read and extend (incremental decoding), or None.
-        weights: the collected weights.
-    """
-
-    need_weights: bool = False
-    cache: KVCache | None = None
-    weights: list[Tensor] = field(default_factory=list)
-
-
-def _attend(
-    mha: MultiHeadAttention, query: Tensor, source: Tensor, mask: Tensor | None, record: Record | None,
-    slot: object, *, append: bool,
-) -> Tensor:
-    """Multi-head attention from ``query`` to ``source`` that reads/extends ``record.cache``.
-
-    ``append=True`` (self-attention): the new keys/values are appended to the cached ones.
-    ``append=False`` (cross-attention): the source's keys/values are computed once and reused.
-    """
-    cache = record.cache if record is not None else None
-    B, Tq, _ = query.shape
-    H = mha.num_heads
-    if cache is not None and not append and slot in cache.slots:
-        q = mha.W_q(query).view(B, Tq, H, mha.key_dim).transpose(1, 2)  # (B, H, Tq, Dh)
-        k, v = cache.slots[slot]  # (B, H, Tk, Dh), (B, H, Tk, Dv)
-    else:
-        q, k, v = mha.project_qkv(query, source, source)  # (B, H, Tq, Dh), (B, H, Tk, Dh), (B, H, Tk, Dv)
-        if cache is not None:
-            if append and slot in cache.slots:
-                k0, v0 = cache.slots[slot]
-                k, v = torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2)  # (B, H, T_past + Tq, Dh)
-            cache.slots[slot] = (k, v)
-    need = record is not None and record.need_weights
-    dropout_p = mha.dropout if mha.training else 0.0
-    out, weights = scaled_dot_product_attention(q, k, v, mask, None, dropout_p, fast=mha.fast and not need)
-    if need:
-        record.weights.append(weights)  # (B, H, Tq, Tk)
-    out = out.transpose(1, 2).reshape(B, Tq, H * mha.value_dim)  # (B, Tq, H*Dv)
-    return mha.W_o(out)  # (B, Tq, D)
 
 
 class DecoderBlock(nn.Module):
@@ -431,10 +366,8 @@ class DecoderBlock(nn.Module):
         *, record: Record | None = None,
     ) -> Tensor:
         check_sequence(x, self.d_model, "DecoderBlock")
-        x = self.residual1(x, lambda h: _attend(self.self_attention, h, h, self_mask, record, (id(self), "self"),
-                                                 append=True))  # (B, T, D)
-        x = self.residual2(x, lambda h: _attend(self.cross_attention, h, memory, memory_mask, record,
-                                                 (id(self), "cross"), append=False))  # (B, T, D)
+        x = self.residual1(x, lambda h: self.self_attention(h, mask=self_mask, record=record))  # (B, T, D)
+        x = self.residual2(x, lambda h: self.cross_attention(h, memory, mask=memory_mask, record=record))  # (B, T, D)
         return self.residual3(x, self.ffn)  # (B, T, D)
 
 
@@ -458,7 +391,7 @@ class DecoderConfig:
 class Decoder(nn.Module):
     """Target embedding, sinusoidal positions, a stack of ``DecoderBlock``s (section 3.1).
 
-    With ``record.cache`` the positions continue from ``cache.length`` and only the new tokens are fed.
+    With ``record.cache`` the positions continue after the cached ones and only the new tokens are fed.
 
     Shapes:
         tokens (B, T), memory (B, S, D) -> (B, T, D).
@@ -485,7 +418,7 @@ class Decoder(nn.Module):
         if tokens.dim() != 2:
             raise ValueError(f"Decoder expects token ids (B, T), got {tuple(tokens.shape)}")
         cache = record.cache if record is not None else None
-        past = cache.length if cache is not None else 0
+        past = cache.length(self.blocks[0].self_attention) if cache is not None else 0
         T = tokens.shape[1]
         if past + T > self.config.max_len:
             raise ValueError(f"Decoder has positions up to max_len={self.config.max_len}, asked for {past + T}")
@@ -496,8 +429,6 @@ class Decoder(nn.Module):
             self_mask = self_mask & padding_mask(valid_lens, past + T)  # (B, 1, T, past + T)
         for block in self.blocks:
             x = block(x, memory, self_mask, memory_mask, record=record)  # (B, T, D)
-        if cache is not None:
-            cache.length = past + T
         return self.final_norm(x)  # (B, T, D)
 
 

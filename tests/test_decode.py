@@ -240,7 +240,8 @@ def _sources():
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_cached_logits_equal_recomputing_the_prefix(norm_first):
-    from lib.transformer import KVCache, Record
+    from lib.attention import Record
+    from lib.multihead import KVCache
 
     model = _transformer(norm_first).eval()
     src, mask, _ = _sources()

@@ -210,3 +210,18 @@ def test_warmup_schedule_is_the_papers_formula():
     assert transformer_lr(10, d, warm) == pytest.approx(10 * d**-0.5 * warm**-1.5)
     with pytest.raises(ValueError, match="from 1"):
         transformer_lr(0, d, warm)
+
+
+def test_fit_stops_at_max_steps_and_time_limit():
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    h = fit(model, loader, epochs=5, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), device="cpu", progress=False,
+            verbose=False, max_steps=11)
+    assert len(h.step_loss) == 11 and h.epochs == 2
+    h = fit(model, loader, epochs=5, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), device="cpu", progress=False,
+            verbose=False, time_limit=1e-9)
+    assert len(h.step_loss) == 1 and h.epochs == 1
+    with pytest.raises(ValueError, match="max_steps"):
+        fit(model, loader, epochs=1, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), max_steps=0)
