@@ -71,8 +71,9 @@ class Decoded:
 # ---------------------------------------------------------------------------
 
 
-def _new_record():  # noqa: ANN202 - lib.transformer.Record
-    from lib.transformer import KVCache, Record
+def _new_record():  # noqa: ANN202 - lib.attention.Record
+    from lib.attention import Record
+    from lib.multihead import KVCache
 
     return Record(cache=KVCache())
 
