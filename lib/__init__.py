@@ -3,15 +3,16 @@
 Modules (each imports only from those above it):
 
     runtime      device(), seed_everything(), QUICK
-    attention    masks, masked_softmax, scaled_dot_product_attention, scoring modules, pooling
-    multihead    MultiHeadAttention
-    positional   sinusoidal, learned, relative, rotary (RoPE), ALiBi
+    attention    masks, masked_softmax, the core attend() / scaled_dot_product_attention, Record,
+                 scoring modules, pooling
+    multihead    MultiHeadAttention, DotProductScores, the PositionalScheme contract, KVCache
+    positional   sinusoidal, learned, relative, rotary (RoPE), ALiBi; SCHEMES / build()
     ffn          PositionWiseFFN and its Conv1d twin
-    transformer  AddNorm, encoder and decoder blocks, Transformer
-    vit          patch embedding, ViT
-    synthesizer  Dense and Random Synthesizer attention
+    transformer  Residual, EncoderBlock, DecoderBlock, Encoder, Decoder, Transformer
 
-Beside them: checks (exercise feedback), plot, data, text, train, memory.
+Beside them: interop (converters from torch, d2l, Keras sizes), checks (exercise feedback),
+plot, data, text, train, memory.  Modules that later lessons add (decode, vit, synthesizer)
+join the list when they exist.
 
 Submodules load on first use, so ``import lib`` is cheap and ``lib.attention``
 works without importing every module.
@@ -31,14 +32,12 @@ _SUBMODULES = (
     "positional",
     "ffn",
     "transformer",
-    "vit",
-    "synthesizer",
+    "interop",
     "checks",
     "plot",
     "data",
     "text",
     "train",
-    "decode",
     "memory",
 )
 

@@ -18,7 +18,8 @@ are here behind ``use_cache``, and the tests prove they choose identical tokens.
 
 The model is anything with the two methods of ``lib.transformer.Transformer``:
 
-* ``encode(src, src_mask) -> memory`` (B, S, D);
+* ``encode(src, src_valid_lens) -> (memory, memory_mask)``: (B, S, D) and a mask broadcastable
+  to (B, H, T, S) or None;
 * ``decode(tgt, memory, memory_mask, record=None) -> logits`` (B, T_new, V),
   where ``record=Record(cache=KVCache())`` makes it read and extend the cache, so
   ``tgt`` holds only the new token(s).
@@ -126,13 +127,12 @@ class _Stepper:
             _reorder(self.record.cache, index)
 
 
-def _check_src(src: Tensor, src_mask: Tensor | None, max_len: int) -> None:
+def _check_src(src: Tensor, src_valid_lens: Tensor | None, max_len: int) -> None:
     if src.dim() != 2:
         raise ValueError(f"src must be token ids of shape (B, S), got {tuple(src.shape)}")
-    if src_mask is not None and src_mask.dtype != torch.bool:
-        raise ValueError(f"src_mask must be boolean (True = may attend), got dtype {src_mask.dtype}")
-    if src_mask is not None and src_mask.shape[0] not in (1, src.shape[0]):
-        raise ValueError(f"src_mask has batch size {src_mask.shape[0]}, expected 1 or {src.shape[0]} (src {tuple(src.shape)})")
+    if src_valid_lens is not None and (src_valid_lens.shape != (src.shape[0],) or src_valid_lens.is_floating_point()):
+        raise ValueError(f"src_valid_lens must be integer lengths of shape (B,) = ({src.shape[0]},), got "
+                         f"{tuple(src_valid_lens.shape)} {src_valid_lens.dtype}")
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
         raise ValueError(f"max_len must be a positive int, got {max_len!r}")
 
@@ -146,7 +146,7 @@ def _check_src(src: Tensor, src_mask: Tensor | None, max_len: int) -> None:
 def greedy_decode(
     model: nn.Module,
     src: Tensor,
-    src_mask: Tensor | None = None,
+    src_valid_lens: Tensor | None = None,
     *,
     bos: int,
     eos: int,
@@ -156,9 +156,10 @@ def greedy_decode(
     """Pick the most probable token at every step until ``<eos>`` or ``max_len`` tokens.
 
     Args:
-        model: ``encode(src, src_mask)`` and ``decode(tgt, memory, memory_mask, record=...)``, see the module docstring.
-        src: (B, S) source ids.
-        src_mask: bool, True = may attend, broadcastable to (B, H, T, S), e.g. ``padding_mask(valid_lens, S)``.
+        model: ``encode(src, src_valid_lens)`` and ``decode(tgt, memory, memory_mask, record=...)``, see the
+            module docstring (``lib.transformer.Transformer``).
+        src: (B, S) source ids, padded after the real tokens.
+        src_valid_lens: (B,) number of real tokens per source; None = no padding.
         bos, eos: the target's begin- and end-of-sentence ids.
         max_len: the most tokens generated per source (``<eos>`` included).
         use_cache: feed one new token per step with a key/value cache (True) or the whole prefix (False).
@@ -166,13 +167,13 @@ def greedy_decode(
     Returns:
         ``Decoded``; rows that reached ``<eos>`` stop growing while the others go on.
     """
-    _check_src(src, src_mask, max_len)
+    _check_src(src, src_valid_lens, max_len)
     was_training = model.training
     model.eval()
     try:
         B = src.shape[0]
-        memory = model.encode(src, src_mask)  # (B, S, D)
-        stepper = _Stepper(model, memory, src_mask, use_cache)
+        memory, memory_mask = model.encode(src, src_valid_lens)  # (B, S, D), (B, 1, 1, S) or None
+        stepper = _Stepper(model, memory, memory_mask, use_cache)
         prefix = torch.full((B, 1), bos, dtype=torch.long, device=src.device)  # (B, 1)
         scores = torch.zeros(B, device=src.device)
         done = torch.zeros(B, dtype=torch.bool, device=src.device)
@@ -272,7 +273,7 @@ def beam_step(scores: Tensor, log_probs: Tensor, eos: int) -> BeamStep:
 def beam_search(
     model: nn.Module,
     src: Tensor,
-    src_mask: Tensor | None = None,
+    src_valid_lens: Tensor | None = None,
     *,
     bos: int,
     eos: int,
@@ -290,14 +291,14 @@ def beam_search(
     finished hypothesis of highest penalised score.
 
     Args:
-        model, src, src_mask, bos, eos, max_len, use_cache: as in ``greedy_decode``.
+        model, src, src_valid_lens, bos, eos, max_len, use_cache: as in ``greedy_decode``.
         beam_size: K; ``beam_size=1`` with ``alpha=0`` is greedy search.
         alpha: the length-penalty exponent (0 = none; Wu et al. use 0.6-1.0 in practice).
 
     Returns:
         ``Decoded`` with the penalised scores.
     """
-    _check_src(src, src_mask, max_len)
+    _check_src(src, src_valid_lens, max_len)
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
     if alpha < 0:
@@ -306,9 +307,8 @@ def beam_search(
     model.eval()
     try:
         B, K, dev = src.shape[0], beam_size, src.device
-        memory = model.encode(src, src_mask)  # (B, S, D)
+        memory, mask = model.encode(src, src_valid_lens)  # (B, S, D), (B, 1, 1, S) or None
         rows = torch.arange(B, device=dev).repeat_interleave(K)  # (B*K,) source of each row
-        mask = src_mask
         if mask is not None and mask.shape[0] > 1:
             mask = mask.index_select(0, rows)  # (B*K, ...)
         stepper = _Stepper(model, memory.index_select(0, rows), mask, use_cache)  # memory (B*K, S, D)

@@ -28,8 +28,8 @@ class Markov(nn.Module):
         self.register_buffer("table", log_probs)
         self.calls: list[int] = []
 
-    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
-        return src[:, :1, None].float()  # (B, 1, 1): the memory carries the source id
+    def encode(self, src: Tensor, src_valid_lens: Tensor | None = None) -> tuple[Tensor, None]:
+        return src[:, :1, None].float(), None  # memory (B, 1, 1) carries the source id
 
     def decode(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None = None, record=None) -> Tensor:
         self.calls.append(tgt.shape[1])
@@ -202,8 +202,8 @@ def test_errors_name_what_was_expected():
         greedy_decode(model, torch.zeros(3, dtype=torch.long), bos=BOS, eos=EOS, max_len=3)
     with pytest.raises(ValueError, match="max_len"):
         greedy_decode(model, torch.zeros(1, 2, dtype=torch.long), bos=BOS, eos=EOS, max_len=0)
-    with pytest.raises(ValueError, match="boolean"):
-        beam_search(model, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 1, 1, 2), bos=BOS, eos=EOS, max_len=3)
+    with pytest.raises(ValueError, match="src_valid_lens"):
+        beam_search(model, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2), bos=BOS, eos=EOS, max_len=3)
     with pytest.raises(ValueError, match="beam_size"):
         beam_search(model, torch.zeros(1, 2, dtype=torch.long), bos=BOS, eos=EOS, max_len=3, beam_size=0)
     with pytest.raises(ValueError, match=r"scores \(B, K\)"):
@@ -218,24 +218,21 @@ def _transformer(norm_first: bool, V: int = 13):
 
     torch.manual_seed(0)
     cfg = TransformerConfig(src_vocab_size=11, tgt_vocab_size=V, d_model=16, num_heads=2, d_ff=32,
-                            num_encoder_layers=2, num_decoder_layers=2, dropout=0.1, norm_first=norm_first,
-                            tie_embeddings=False)
+                            num_encoder_layers=2, num_decoder_layers=2, dropout=0.1, norm_first=norm_first)
     model = Transformer(cfg)
     with torch.no_grad():  # a random output layer, sharp enough that beams differ and switch parents
-        model.output.weight.normal_(0, 1.0)
-        model.output.bias.zero_()
-        model.output.bias[EOS] = -1.0  # outputs of several tokens
+        model.decoder.out.weight.normal_(0, 1.0)
+        model.decoder.out.bias.zero_()
+        model.decoder.out.bias[EOS] = -1.0  # outputs of several tokens
     return model.train()  # decode must switch to eval mode (dropout off) itself
 
 
 def _sources():
-    from lib.attention import padding_mask
-
     g = torch.Generator().manual_seed(5)
     src = torch.randint(1, 11, (4, 6), generator=g)
     lens = torch.tensor([6, 3, 1, 5])
     src[torch.arange(6)[None] >= lens[:, None]] = 0
-    return src, padding_mask(lens, 6), lens
+    return src, lens
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
@@ -244,9 +241,9 @@ def test_cached_logits_equal_recomputing_the_prefix(norm_first):
     from lib.multihead import KVCache
 
     model = _transformer(norm_first).eval()
-    src, mask, _ = _sources()
+    src, lens = _sources()
     tgt = torch.randint(3, 13, (4, 7))
-    memory = model.encode(src, mask)
+    memory, mask = model.encode(src, lens)
     full = model.decode(tgt, memory, mask)  # (B, T, V)
     rec = Record(cache=KVCache())
     steps = [model.decode(tgt[:, t:t + 1], memory, mask, record=rec) for t in range(7)]
@@ -259,7 +256,7 @@ def test_cached_logits_equal_recomputing_the_prefix(norm_first):
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_cached_decoding_is_token_identical_to_uncached(norm_first):
     model = _transformer(norm_first)
-    src, mask, _ = _sources()
+    src, mask = _sources()
     for search in (lambda c: greedy_decode(model, src, mask, bos=BOS, eos=EOS, max_len=9, use_cache=c),
                    lambda c: beam_search(model, src, mask, bos=BOS, eos=EOS, max_len=9, beam_size=3, alpha=0.6,
                                          use_cache=c)):
@@ -272,7 +269,8 @@ def test_cached_decoding_is_token_identical_to_uncached(norm_first):
 
 def test_transformer_batch_with_padding_decodes_as_one_by_one_and_k1_is_greedy():
     model = _transformer(False)
-    src, mask, lens = _sources()
+    src, lens = _sources()
+    mask = lens
     together = beam_search(model, src, mask, bos=BOS, eos=EOS, max_len=8, beam_size=4, alpha=0.8)
     greedy = greedy_decode(model, src, mask, bos=BOS, eos=EOS, max_len=8)
     k1 = beam_search(model, src, mask, bos=BOS, eos=EOS, max_len=8, beam_size=1, alpha=0.0)

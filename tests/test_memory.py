@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
+from helpers import with_weights
 from torch import nn
 
 from lib.attention import padding_mask
@@ -32,6 +33,7 @@ from lib.transformer import Encoder, EncoderBlock, EncoderConfig
 # ---------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------
+
 
 
 @pytest.mark.parametrize("D,H,F", [(8, 2, 32), (16, 4, 24), (64, 8, 256), (512, 8, 2048)])
@@ -158,7 +160,7 @@ def test_attention_and_activation_bytes_against_tensors(dtype):
     torch.manual_seed(2)
     B, T, D, H = 3, 7, 16, 4
     block = EncoderBlock(D, H, 32).to(dtype).eval()
-    out, w = block(torch.randn(B, T, D, dtype=dtype), need_weights=True)
+    out, w = with_weights(block, torch.randn(B, T, D, dtype=dtype))
     assert w.shape == (B, H, T, T)
     assert attention_matrix_bytes(B, H, T, dtype=dtype) == w.element_size() * w.nelement()
     assert activation_bytes(B, T, D, dtype=dtype) == out.element_size() * out.nelement()

@@ -1,6 +1,6 @@
-"""Tests of lib.transformer (encoder side): residuals, EncoderBlock, Encoder.
+"""Tests of lib.transformer (encoder side): residuals, EncoderBlock, Encoder (decoder side: test_decoder.py).
 
-Parity with d2l (AddNorm, PositionWiseFFN, TransformerEncoderBlock, PositionalEncoding)
+Parity with d2l (AddNorm as Residual(norm_first=False), PositionWiseFFN, TransformerEncoderBlock, PositionalEncoding)
 and with torch.nn.TransformerEncoderLayer given the same weights; properties
 (permutation equivariance, padding invariance, gradient flow); errors.
 """
@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import with_all_weights, with_weights
 from torch import nn
 
 from lib.attention import padding_mask
@@ -18,11 +19,9 @@ from lib.checks import check_permutation_equivariance
 from lib.multihead import MultiHeadAttention
 from lib.positional import sinusoidal_table
 from lib.transformer import (
-    AddNorm,
     Encoder,
     EncoderBlock,
     EncoderConfig,
-    PreNormResidual,
     Residual,
 )
 
@@ -55,10 +54,25 @@ def test_add_norm_matches_d2l():
     torch.manual_seed(0)
     ref = d2l.AddNorm(16, 0.0).eval()
     _randomise_norms_(ref)
-    ours = AddNorm(16).eval()
+    ours = Residual(16, norm_first=False).eval()  # d2l's AddNorm(x, sublayer(x)) is residual(x, sublayer)
     _copy_(ours.norm, ref.ln)
     x, y = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
-    torch.testing.assert_close(ours(x, y), ref(x, y))
+    torch.testing.assert_close(ours(x, lambda _: y), ref(x, y))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_residual_training_mode_dropout_matches_written_out_reference(norm_first):
+    torch.manual_seed(1)
+    res = Residual(8, norm_first=norm_first, dropout=0.4).train()
+    _randomise_norms_(res)
+    sub = nn.Linear(8, 8)
+    x = torch.randn(3, 4, 8)
+    torch.manual_seed(5)
+    got = res(x, sub)
+    torch.manual_seed(5)
+    drop = nn.functional.dropout
+    ref = x + drop(sub(res.norm(x)), 0.4) if norm_first else res.norm(x + drop(sub(x), 0.4))
+    torch.testing.assert_close(got, ref)
 
 
 def test_residual_post_and_pre_norm():
@@ -69,13 +83,8 @@ def test_residual_post_and_pre_norm():
     pre = Residual(8, norm_first=True)
     _randomise_norms_(post)
     _copy_(pre.norm, post.norm)
-    add_norm, pre_norm = AddNorm(8), PreNormResidual(8)
-    _copy_(add_norm.norm, post.norm)
-    _copy_(pre_norm.norm, post.norm)
     torch.testing.assert_close(post(x, sub), post.norm(x + sub(x)))
-    torch.testing.assert_close(post(x, sub), add_norm(x, sub(x)))
     torch.testing.assert_close(pre(x, sub), x + sub(pre.norm(x)))
-    torch.testing.assert_close(pre(x, sub), pre_norm(x, sub))
 
 
 def test_residual_norm_first_has_no_default():
@@ -83,9 +92,9 @@ def test_residual_norm_first_has_no_default():
         Residual(8)  # type: ignore[call-arg]
 
 
-def test_add_norm_shape_mismatch():
-    with pytest.raises(ValueError, match=r"\(2, 3, 8\).*\(2, 3, 4\)"):
-        AddNorm(8)(torch.randn(2, 3, 8), torch.randn(2, 3, 4))
+def test_residual_shape_mismatch():
+    with pytest.raises(ValueError, match=r"expected \(2, 3, 8\), got \(2, 3, 4\)"):
+        Residual(8, norm_first=False)(torch.randn(2, 3, 8), lambda _: torch.randn(2, 3, 4))
 
 
 # ---------------------------------------------------------------------------
@@ -191,7 +200,7 @@ def test_block_weights_and_masking():
     block = EncoderBlock(16, 4, 32).eval()
     x = torch.randn(2, 5, 16)
     mask = padding_mask(torch.tensor([5, 2]), 5)
-    out, w = block(x, mask=mask, need_weights=True)
+    out, w = with_weights(block, x, mask=mask)
     assert out.shape == (2, 5, 16) and w.shape == (2, 4, 5, 5)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 5))
     assert torch.all(w[1, :, :, 2:] == 0)
@@ -249,7 +258,7 @@ def test_encoder_shapes_and_weights(positional, norm_first):
     torch.manual_seed(8)
     enc = Encoder(_tiny(positional=positional, norm_first=norm_first)).eval()
     tokens = torch.randint(0, 50, (3, 9))
-    out, weights = enc(tokens, valid_lens=torch.tensor([9, 4, 1]), need_weights=True)
+    out, weights = with_all_weights(enc, tokens, valid_lens=torch.tensor([9, 4, 1]))
     assert out.shape == (3, 9, 16)
     assert len(weights) == 2 and all(w.shape == (3, 4, 9, 9) for w in weights)
     assert isinstance(enc.final_norm, nn.LayerNorm if norm_first else nn.Identity)
@@ -317,7 +326,7 @@ def test_encoder_config_is_frozen_and_validated():
     cfg = _tiny()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.d_model = 32  # type: ignore[misc]
-    with pytest.raises(ValueError, match="positional"):
+    with pytest.raises(ValueError, match="positional must be one of"):
         _tiny(positional="rotary")
     with pytest.raises(ValueError, match="num_layers"):
         _tiny(num_layers=0)
