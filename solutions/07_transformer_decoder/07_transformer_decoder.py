@@ -241,12 +241,12 @@ def copy_task(n: int, g: torch.Generator) -> list[tuple[list[int], list[int]]]:
 
 
 def pad_batch(seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
-    """Sources padded to one length: ids (B, S) and the padding mask (B, 1, 1, S)."""
+    """Sources padded to one length: ids (B, S) and their lengths (B,)."""
     lens = torch.tensor([len(s) for s in seqs])
     ids = torch.zeros(len(seqs), int(lens.max()), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
-    return ids, padding_mask(lens, ids.shape[1])
+    return ids, lens
 
 
 g = torch.Generator().manual_seed(0)
@@ -264,8 +264,8 @@ toy_history = fit(toy, toy_batches, epochs=8, optimizer=opt, loss_fn=SequenceCro
                   scheduler=sched, scheduler_interval="step", device="cpu", seed=0)
 
 # %%
-src, src_mask = pad_batch([s for s, _ in toy_test])
-out = greedy_decode(toy, src, src_mask, bos=BOS, eos=EOS, max_len=10)
+src, src_lens = pad_batch([s for s, _ in toy_test])
+out = greedy_decode(toy, src, src_lens, bos=BOS, eos=EOS, max_len=10)
 exact = sum(o == t[:-1] for o, (_, t) in zip(out.tokens, toy_test, strict=True)) / len(toy_test)
 print(f"exact match on {len(toy_test)} unseen sequences: {exact:.0%}")
 print("source", toy_test[0][0], "-> output", out.tokens[0])
@@ -437,7 +437,7 @@ for en, refs in list(zip(data.test_sources, data.test_references, strict=True))[
 D = 128
 cfg = TransformerConfig(src_vocab_size=len(data.src_vocab), tgt_vocab_size=len(data.tgt_vocab), d_model=D,
                         num_heads=4, d_ff=512, num_encoder_layers=2, num_decoder_layers=2, dropout=0.1,
-                        max_len=128, norm_first=False, tie_embeddings=True, fast=True)
+                        max_len=128, norm_first=False, tie_weights=True, fast=True)
 _ = torch.manual_seed(0)
 model = Transformer(cfg)
 batches = TranslationBatches(data.train, batch_tokens=2048, bos=BOS, seed=0)
@@ -471,20 +471,20 @@ _ = ax.set(xlabel="step", ylabel="label-smoothed loss", title="Training loss per
 # leaves as it is; the scores are therefore *case-insensitive* BLEU and not comparable with
 # published cased newstest scores.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 def translate(sentences: list[str], *, beam: int = 1, alpha: float = 0.6, batch_size: int = 250,
               use_cache: bool = True) -> list[str]:
     """English sentences -> French, by greedy search (beam=1) or beam search, in batches."""
     out = []
     model.to(dev)
     for i in range(0, len(sentences), batch_size):
-        src, src_mask = pad_batch([data.encode_source(s) or [UNK] for s in sentences[i:i + batch_size]])
-        src, src_mask = src.to(dev), src_mask.to(dev)
+        src, src_lens = pad_batch([data.encode_source(s) or [UNK] for s in sentences[i:i + batch_size]])
+        src, src_lens = src.to(dev), src_lens.to(dev)
         max_len = src.shape[1] + 10
         if beam == 1:
-            dec = greedy_decode(model, src, src_mask, bos=BOS, eos=EOS, max_len=max_len, use_cache=use_cache)
+            dec = greedy_decode(model, src, src_lens, bos=BOS, eos=EOS, max_len=max_len, use_cache=use_cache)
         else:
-            dec = beam_search(model, src, src_mask, bos=BOS, eos=EOS, max_len=max_len, beam_size=beam,
+            dec = beam_search(model, src, src_lens, bos=BOS, eos=EOS, max_len=max_len, beam_size=beam,
                               alpha=alpha, use_cache=use_cache)
         out += [data.decode_target(t) for t in dec.tokens]
     return out
@@ -538,7 +538,7 @@ for en, greedy_fr, beam_fr in zip(examples, translate(examples), translate(examp
 #
 # Run the decoder once more over its own output (teacher forcing on the translation) with a
 # `Record(need_weights=True)`: every attention call appends its weights, in order
-# (self-attention, cross-attention, per block). We plot the last block's cross-attention
+# (the encoder's self-attentions, then per decoder block its self-attention and cross-attention). We plot the last block's cross-attention
 # averaged over heads: rows are generated words, columns source words.
 
 # %% tags=["nbval-ignore-output"]
