@@ -27,7 +27,9 @@ from torch import Tensor, nn
 
 from lib.runtime import device as default_device
 
-__all__ = ["History", "fit", "evaluate", "accuracy_count"]
+__all__ = [
+    "History", "fit", "evaluate", "accuracy_count", "SequenceCrossEntropy", "transformer_lr", "warmup_schedule",
+]
 
 
 @dataclass
@@ -150,6 +152,8 @@ def fit(
     scheduler_interval: str = "epoch",
     seed: int | None = None,
     verbose: bool = True,
+    max_steps: int | None = None,
+    time_limit: float | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs; return the per-epoch history.
 
@@ -170,6 +174,9 @@ def fit(
         scheduler_interval: ``"epoch"`` (most schedulers) or ``"step"`` (warm-up, OneCycle).
         seed: if given, ``torch.manual_seed(seed)`` first, so the shuffling and
             dropout of a CPU run repeat exactly.
+        max_steps: stop after this many optimizer steps in all (the epoch in progress ends there).
+        time_limit: stop after the step during which this many seconds of training have passed
+            (a budget for shared machines; the number of steps then depends on the machine).
 
     Raises:
         ValueError: bad ``epochs``, ``grad_clip``, ``scheduler_interval``, batch
@@ -187,7 +194,14 @@ def fit(
         raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit must be positive seconds or None, got {time_limit!r}")
     from tqdm.auto import tqdm
+
+    began = time.perf_counter()
+    stop = False
 
     if seed is not None:
         torch.manual_seed(seed)
@@ -220,6 +234,12 @@ def fit(
             correct += c or 0
             n += len(target)
             bar.set_postfix(loss=f"{total_loss / n:.4f}")
+            if (max_steps is not None and len(history.step_loss) >= max_steps) or (
+                time_limit is not None and time.perf_counter() - began >= time_limit
+            ):
+                stop = True
+                break
+        bar.close()
         if n == 0:
             raise ValueError("fit: the training loader yielded no examples")
         if scheduler is not None and scheduler_interval == "epoch":
@@ -240,4 +260,68 @@ def fit(
                 if not math.isnan(history.val_acc[-1]):
                     line += f", acc {history.val_acc[-1]:.4f}"
             tqdm.write(line + f" ({history.epoch_time[-1]:.1f} s)")  # print() that keeps bars intact
+        if stop:
+            break
     return history
+
+
+# ---------------------------------------------------------------------------
+# Sequence-to-sequence training: label-smoothed loss and the paper's warm-up schedule
+# ---------------------------------------------------------------------------
+
+
+class SequenceCrossEntropy(nn.Module):
+    """Token-level cross-entropy for (B, T, V) logits, padding ignored, optional label smoothing.
+
+    A thin wrapper of ``nn.CrossEntropyLoss(label_smoothing=eps, ignore_index=pad)`` that moves
+    the vocabulary axis where PyTorch wants it ((B, V, T)).  With smoothing eps the target
+    distribution is (1 - eps) on the reference token plus eps / V on every token
+    (Szegedy et al. 2016; Vaswani et al. 2017, section 5.4, use eps = 0.1).  The loss is the
+    mean over the non-padding tokens of the batch.
+
+    Shapes:
+        logits (B, T, V), target (B, T) int64 -> scalar.
+    """
+
+    def __init__(self, pad: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.pad = pad
+        self.loss = nn.CrossEntropyLoss(ignore_index=pad, label_smoothing=label_smoothing)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if logits.dim() != 3 or target.shape != logits.shape[:2]:
+            raise ValueError(
+                f"SequenceCrossEntropy expects logits (B, T, V) and target (B, T), got {tuple(logits.shape)} "
+                f"and {tuple(target.shape)}"
+            )
+        return self.loss(logits.transpose(1, 2), target)  # (B, V, T) against (B, T)
+
+
+def transformer_lr(step: int, d_model: int, warmup_steps: int) -> float:
+    """Vaswani et al. (2017), section 5.3: d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5).
+
+    The rate grows linearly for ``warmup_steps`` steps, peaks at (d_model * warmup_steps)^-0.5,
+    then decays as 1/sqrt(step).  ``step`` counts from 1.
+    """
+    if step < 1:
+        raise ValueError(f"step counts from 1, got {step}")
+    if warmup_steps < 1 or d_model < 1:
+        raise ValueError(f"d_model and warmup_steps must be positive, got {d_model}, {warmup_steps}")
+    return d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
+
+
+def warmup_schedule(
+    optimizer: torch.optim.Optimizer, d_model: int, warmup_steps: int, scale: float = 1.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The paper's learning-rate schedule as a ``LambdaLR`` to step every batch (``scheduler_interval="step"``).
+
+    The learning rate of step s (from 1) is ``scale * transformer_lr(s, d_model, warmup_steps)``,
+    whatever ``lr`` the optimizer was built with (the paper's Adam has beta2 = 0.98, eps = 1e-9).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = 1.0
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: scale * transformer_lr(i + 1, d_model, warmup_steps)
+    )

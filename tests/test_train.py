@@ -161,3 +161,67 @@ def test_fit_rejects_bad_batches_and_empty_loaders():
 def test_history_is_a_plain_dataclass():
     h = History()
     assert h.epochs == 0 and h.train_loss == []
+
+
+# --- sequence-to-sequence: label-smoothed loss, the paper's warm-up schedule ---------------------
+
+
+def test_sequence_cross_entropy_is_label_smoothing_over_real_tokens():
+    from lib.train import SequenceCrossEntropy
+
+    B, T, V, pad, eps = 3, 5, 7, 0, 0.1
+    logits = torch.randn(B, T, V, requires_grad=True)
+    target = torch.randint(1, V, (B, T))
+    target[0, 3:] = pad
+    target[2, 1:] = pad
+    loss = SequenceCrossEntropy(pad, label_smoothing=eps)(logits, target)
+    # written out: (1 - eps) * NLL of the reference + eps * mean over the vocabulary of -log p, real tokens only
+    logp = torch.log_softmax(logits, dim=-1)
+    nll = -logp.gather(-1, target[..., None]).squeeze(-1)  # (B, T)
+    smooth = -logp.mean(-1)  # (B, T)
+    real = target != pad
+    expected = ((1 - eps) * nll + eps * smooth)[real].mean()
+    assert torch.allclose(loss, expected, atol=1e-6)
+    plain = SequenceCrossEntropy(pad)(logits, target)
+    assert torch.allclose(plain, nll[real].mean(), atol=1e-6)
+    loss.backward()
+    assert logits.grad[0, 3:].abs().max() == 0, "padding positions must not get a gradient"
+    with pytest.raises(ValueError, match=r"\(B, T, V\)"):
+        SequenceCrossEntropy(pad)(logits[0], target[0])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        SequenceCrossEntropy(pad, label_smoothing=1.0)
+
+
+def test_warmup_schedule_is_the_papers_formula():
+    from lib.train import transformer_lr, warmup_schedule
+
+    d, warm = 512, 4000
+    model = nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.123, betas=(0.9, 0.98), eps=1e-9)
+    sched = warmup_schedule(opt, d, warm)
+    rates = []
+    for _ in range(8000):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    for step in (1, 2, 100, 3999, 4000, 4001, 8000):
+        assert rates[step - 1] == pytest.approx(d**-0.5 * min(step**-0.5, step * warm**-1.5), rel=1e-9)
+    assert max(rates) == pytest.approx((d * warm) ** -0.5) and rates.index(max(rates)) == warm - 1
+    assert transformer_lr(10, d, warm) == pytest.approx(10 * d**-0.5 * warm**-1.5)
+    with pytest.raises(ValueError, match="from 1"):
+        transformer_lr(0, d, warm)
+
+
+def test_fit_stops_at_max_steps_and_time_limit():
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    h = fit(model, loader, epochs=5, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), device="cpu", progress=False,
+            verbose=False, max_steps=11)
+    assert len(h.step_loss) == 11 and h.epochs == 2
+    h = fit(model, loader, epochs=5, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), device="cpu", progress=False,
+            verbose=False, time_limit=1e-9)
+    assert len(h.step_loss) == 1 and h.epochs == 1
+    with pytest.raises(ValueError, match="max_steps"):
+        fit(model, loader, epochs=1, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), max_steps=0)

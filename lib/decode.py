@@ -1,0 +1,351 @@
+"""Decoding a sequence-to-sequence model: greedy search and beam search, incremental with a key/value cache.
+
+Shape legend (used in every docstring and shape comment of this module):
+    B   batch size (number of source sentences)
+    K   beam size
+    S   source length
+    T   number of target tokens fed so far
+    V   target vocabulary size
+    D   d_model
+
+At inference the decoder is **auto-regressive**: token ``t`` is chosen from
+``p(y_t | y_<t, x)`` and fed back as the input of step ``t + 1``.  Recomputing
+the whole prefix at every step costs O(T^2) token-layer passes for T tokens;
+with a **key/value cache** every step feeds only the one new token, whose
+queries attend to the cached keys and values of the earlier positions (and to
+the encoder output, whose projections are cached too), O(T) in all.  Both paths
+are here behind ``use_cache``, and the tests prove they choose identical tokens.
+
+The model is anything with the two methods of ``lib.transformer.Transformer``:
+
+* ``encode(src, src_valid_lens) -> (memory, memory_mask)``: (B, S, D) and a mask broadcastable
+  to (B, H, T, S) or None;
+* ``decode(tgt, memory, memory_mask, record=None) -> logits`` (B, T_new, V),
+  where ``record=Record(cache=KVCache())`` makes it read and extend the cache, so
+  ``tgt`` holds only the new token(s).
+
+Beam search keeps the ``K`` best partial translations by total log-probability
+and, when a hypothesis ends in ``<eos>``, scores it with the length penalty of
+Wu et al. (2016), section 7::
+
+    score(Y) = log P(Y | X) / lp(Y),    lp(Y) = ((5 + |Y|) / 6) ** alpha
+
+Without it (``alpha = 0``) every extra token adds a negative log-probability, so
+short outputs win.  ``|Y|`` counts the generated tokens including ``<eos>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Decoded",
+    "BeamStep",
+    "length_penalty",
+    "beam_step",
+    "greedy_decode",
+    "beam_search",
+]
+
+
+@dataclass
+class Decoded:
+    """The output of ``greedy_decode`` / ``beam_search`` for a batch of sources.
+
+    Attributes:
+        tokens: one list of token ids per source, without ``<bos>`` and ``<eos>``.
+        scores: the total log-probability of each output (including ``<eos>`` when it was produced);
+            for beam search, divided by the length penalty (the quantity beam search maximises).
+        finished: whether each output ended with ``<eos>`` (False: cut at ``max_len``).
+    """
+
+    tokens: list[list[int]]
+    scores: list[float]
+    finished: list[bool]
+
+
+# ---------------------------------------------------------------------------
+# Stepping the model, with or without the cache
+# ---------------------------------------------------------------------------
+
+
+def _new_record():  # noqa: ANN202 - lib.attention.Record
+    from lib.attention import Record
+    from lib.multihead import KVCache
+
+    return Record(cache=KVCache())
+
+
+def _reorder(obj: object, index: Tensor) -> object:
+    """Select rows ``index`` along dim 0 of every tensor held in a cache (beam reordering)."""
+    if isinstance(obj, Tensor):
+        return obj.index_select(0, index)
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            obj[key] = _reorder(value, index)
+        return obj
+    if isinstance(obj, list):
+        obj[:] = [_reorder(v, index) for v in obj]
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_reorder(v, index) for v in obj)
+    if hasattr(obj, "reorder"):
+        obj.reorder(index)
+        return obj
+    if hasattr(obj, "__dict__"):
+        for key, value in vars(obj).items():
+            if isinstance(value, (Tensor, dict, list, tuple)) or hasattr(value, "reorder"):
+                setattr(obj, key, _reorder(value, index))
+        return obj
+    return obj
+
+
+class _Stepper:
+    """Next-token log-probabilities for a growing prefix: the cached or the recomputing way."""
+
+    def __init__(self, model: nn.Module, memory: Tensor, memory_mask: Tensor | None, use_cache: bool) -> None:
+        self.model, self.memory, self.memory_mask = model, memory, memory_mask
+        self.record = _new_record() if use_cache else None
+
+    def log_probs(self, prefix: Tensor) -> Tensor:
+        """prefix (N, T) ids fed so far -> log p(next | prefix) (N, V)."""
+        if self.record is not None:
+            logits = self.model.decode(prefix[:, -1:], self.memory, self.memory_mask, record=self.record)  # (N, 1, V)
+        else:
+            logits = self.model.decode(prefix, self.memory, self.memory_mask)  # (N, T, V)
+        return torch.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows ``index`` (N',) of everything that has a batch dimension."""
+        self.memory = self.memory.index_select(0, index)
+        if self.memory_mask is not None and self.memory_mask.shape[0] > 1:
+            self.memory_mask = self.memory_mask.index_select(0, index)
+        if self.record is not None:
+            _reorder(self.record.cache, index)
+
+
+def _check_src(src: Tensor, src_valid_lens: Tensor | None, max_len: int) -> None:
+    if src.dim() != 2:
+        raise ValueError(f"src must be token ids of shape (B, S), got {tuple(src.shape)}")
+    if src_valid_lens is not None and (src_valid_lens.shape != (src.shape[0],) or src_valid_lens.is_floating_point()):
+        raise ValueError(f"src_valid_lens must be integer lengths of shape (B,) = ({src.shape[0]},), got "
+                         f"{tuple(src_valid_lens.shape)} {src_valid_lens.dtype}")
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+
+
+# ---------------------------------------------------------------------------
+# Greedy search
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: nn.Module,
+    src: Tensor,
+    src_valid_lens: Tensor | None = None,
+    *,
+    bos: int,
+    eos: int,
+    max_len: int,
+    use_cache: bool = True,
+) -> Decoded:
+    """Pick the most probable token at every step until ``<eos>`` or ``max_len`` tokens.
+
+    Args:
+        model: ``encode(src, src_valid_lens)`` and ``decode(tgt, memory, memory_mask, record=...)``, see the
+            module docstring (``lib.transformer.Transformer``).
+        src: (B, S) source ids, padded after the real tokens.
+        src_valid_lens: (B,) number of real tokens per source; None = no padding.
+        bos, eos: the target's begin- and end-of-sentence ids.
+        max_len: the most tokens generated per source (``<eos>`` included).
+        use_cache: feed one new token per step with a key/value cache (True) or the whole prefix (False).
+
+    Returns:
+        ``Decoded``; rows that reached ``<eos>`` stop growing while the others go on.
+    """
+    _check_src(src, src_valid_lens, max_len)
+    was_training = model.training
+    model.eval()
+    try:
+        B = src.shape[0]
+        memory, memory_mask = model.encode(src, src_valid_lens)  # (B, S, D), (B, 1, 1, S) or None
+        stepper = _Stepper(model, memory, memory_mask, use_cache)
+        prefix = torch.full((B, 1), bos, dtype=torch.long, device=src.device)  # (B, 1)
+        scores = torch.zeros(B, device=src.device)
+        done = torch.zeros(B, dtype=torch.bool, device=src.device)
+        out: list[list[int]] = [[] for _ in range(B)]
+        for _ in range(max_len):
+            logp = stepper.log_probs(prefix)  # (B, V)
+            best_logp, token = logp.max(dim=-1)  # (B,), (B,)
+            scores = torch.where(done, scores, scores + best_logp)
+            for b in torch.nonzero(~done & (token != eos)).flatten().tolist():
+                out[b].append(int(token[b]))
+            done = done | (token == eos)
+            if bool(done.all()):
+                break
+            prefix = torch.cat([prefix, token[:, None]], dim=1)  # (B, T + 1)
+    finally:
+        model.train(was_training)
+    return Decoded(out, scores.tolist(), done.tolist())
+
+
+# ---------------------------------------------------------------------------
+# Beam search
+# ---------------------------------------------------------------------------
+
+
+def length_penalty(length: Tensor | int, alpha: float) -> Tensor:
+    """Wu et al. (2016), eq. 14: lp(Y) = ((5 + |Y|) / (5 + 1)) ** alpha; 1 for |Y| = 1 or alpha = 0."""
+    length = torch.as_tensor(length, dtype=torch.float32)
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@dataclass
+class BeamStep:
+    """One step of beam search for a batch (the output of ``beam_step``).
+
+    Attributes:
+        scores: (B, K) total log-probabilities of the K best continuations that do not end in ``<eos>``.
+        beams: (B, K) which previous beam each continuation extends.
+        tokens: (B, K) the token each continuation appends.
+        finished_scores: (B, K) total log-probabilities of the candidates that end in ``<eos>`` and rank
+            among the K best candidates overall; ``-inf`` where the j-th best candidate is no such one.
+        finished_beams: (B, K) the previous beam of each finished candidate (meaningless where -inf).
+    """
+
+    scores: Tensor
+    beams: Tensor
+    tokens: Tensor
+    finished_scores: Tensor
+    finished_beams: Tensor
+
+
+def beam_step(scores: Tensor, log_probs: Tensor, eos: int) -> BeamStep:
+    """Extend K beams by one token: top-K over beams x vocabulary, with the ``<eos>`` candidates set apart.
+
+    Every beam ``i`` and token ``w`` make a candidate of total score ``scores[i] + log_probs[i, w]``.
+    Of the K·V candidates the 2K best are ranked (at most K of them, one per beam, end in ``<eos>``,
+    so at least K do not).  The ``<eos>`` candidates among the K best are *finished*; the K best
+    of the others stay *live*.  A beam with score ``-inf`` (an unused slot, e.g. all beams but the
+    first at the first step) never produces a candidate that wins.
+
+    Args:
+        scores: (B, K) total log-probabilities of the live beams.
+        log_probs: (B, K, V) log p(next token | beam).
+        eos: the end-of-sentence id.
+
+    Returns:
+        ``BeamStep`` with (B, K) tensors; ties are broken as ``torch.topk`` breaks them.
+    """
+    if log_probs.dim() != 3 or scores.shape != log_probs.shape[:2]:
+        raise ValueError(
+            f"beam_step expects scores (B, K) and log_probs (B, K, V) with the same B, K; got "
+            f"{tuple(scores.shape)} and {tuple(log_probs.shape)}"
+        )
+    B, K, V = log_probs.shape
+    if 2 * K > K * V:
+        raise ValueError(f"beam size K={K} needs a vocabulary of at least 2 tokens, got V={V}")
+    cand = (scores[:, :, None] + log_probs).reshape(B, K * V)  # (B, K*V)
+    top_scores, top_idx = cand.topk(2 * K, dim=1)  # (B, 2K), sorted best first
+    top_beams = torch.div(top_idx, V, rounding_mode="floor")  # (B, 2K)
+    top_tokens = top_idx % V  # (B, 2K)
+    is_eos = top_tokens == eos  # (B, 2K)
+    # finished: <eos> candidates among the K best of all candidates
+    first_k_eos = is_eos[:, :K]  # (B, K)
+    finished_scores = torch.where(first_k_eos, top_scores[:, :K], torch.full_like(top_scores[:, :K], -torch.inf))
+    finished_beams = top_beams[:, :K]  # (B, K)
+    # live: the K best candidates that do not end in <eos> (a stable sort keeps their order)
+    order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :K]  # (B, K)
+    return BeamStep(
+        scores=top_scores.gather(1, order),
+        beams=top_beams.gather(1, order),
+        tokens=top_tokens.gather(1, order),
+        finished_scores=finished_scores,
+        finished_beams=finished_beams,
+    )
+
+
+@torch.no_grad()
+def beam_search(
+    model: nn.Module,
+    src: Tensor,
+    src_valid_lens: Tensor | None = None,
+    *,
+    bos: int,
+    eos: int,
+    max_len: int,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    use_cache: bool = True,
+) -> Decoded:
+    """Beam search with the length penalty of Wu et al. (2016); the best hypothesis per source.
+
+    The B sources are decoded together as B·K rows.  At each step ``beam_step`` picks each source's
+    K best continuations; candidates that end in ``<eos>`` among the K best are set aside as finished
+    hypotheses with score ``log P / lp(length)``.  A source is done once it has K finished hypotheses
+    (as fairseq stops); at ``max_len`` its live beams are finished as they are.  The answer is the
+    finished hypothesis of highest penalised score.
+
+    Args:
+        model, src, src_valid_lens, bos, eos, max_len, use_cache: as in ``greedy_decode``.
+        beam_size: K; ``beam_size=1`` with ``alpha=0`` is greedy search.
+        alpha: the length-penalty exponent (0 = none; Wu et al. use 0.6-1.0 in practice).
+
+    Returns:
+        ``Decoded`` with the penalised scores.
+    """
+    _check_src(src, src_valid_lens, max_len)
+    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    was_training = model.training
+    model.eval()
+    try:
+        B, K, dev = src.shape[0], beam_size, src.device
+        memory, mask = model.encode(src, src_valid_lens)  # (B, S, D), (B, 1, 1, S) or None
+        rows = torch.arange(B, device=dev).repeat_interleave(K)  # (B*K,) source of each row
+        if mask is not None and mask.shape[0] > 1:
+            mask = mask.index_select(0, rows)  # (B*K, ...)
+        stepper = _Stepper(model, memory.index_select(0, rows), mask, use_cache)  # memory (B*K, S, D)
+        prefix = torch.full((B * K, 1), bos, dtype=torch.long, device=dev)  # (B*K, 1)
+        scores = torch.full((B, K), -torch.inf, device=dev)
+        scores[:, 0] = 0.0  # one live beam at the start: the K copies of <bos> must not all be chosen
+        finished: list[list[tuple[float, list[int], bool]]] = [[] for _ in range(B)]
+        done = [False] * B
+        base = (torch.arange(B, device=dev) * K)[:, None]  # (B, 1) first row of each source
+        for t in range(1, max_len + 1):
+            logp = stepper.log_probs(prefix).view(B, K, -1)  # (B, K, V)
+            step = beam_step(scores, logp, eos)
+            lp = float(length_penalty(t, alpha))
+            fin_scores, fin_beams = step.finished_scores.tolist(), step.finished_beams.tolist()
+            for b in range(B):
+                if done[b]:
+                    continue
+                for s, i in zip(fin_scores[b], fin_beams[b], strict=True):
+                    if s != -float("inf") and len(finished[b]) < K:
+                        hyp = prefix[b * K + i, 1:].tolist()
+                        finished[b].append((s / lp, hyp, True))
+                if len(finished[b]) >= K:
+                    done[b] = True
+            if all(done):
+                break
+            rows_next = (base + step.beams).flatten()  # (B*K,) previous row of each new beam
+            prefix = torch.cat([prefix.index_select(0, rows_next), step.tokens.reshape(-1, 1)], dim=1)  # (B*K, t+1)
+            scores = step.scores
+            stepper.reorder(rows_next)
+        else:
+            lp = float(length_penalty(max_len, alpha))
+            for b in range(B):
+                if not done[b]:
+                    for i in range(K):
+                        if scores[b, i] > -torch.inf:
+                            finished[b].append((float(scores[b, i]) / lp, prefix[b * K + i, 1:].tolist(), False))
+    finally:
+        model.train(was_training)
+    best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
+    return Decoded([h[1] for h in best], [h[0] for h in best], [h[2] for h in best])
