@@ -11,6 +11,11 @@ scores' shape, e.g. (B, H, Tq, Tk) or (B, Tq, Tk).  Additive float biases
 (relative positions, ALiBi) travel separately as ``bias``.  A query whose row is
 entirely masked gets all-zero weights (and a zero output), never NaN.
 
+Every attention here has one core, ``attend(scores, v, ...)``: masked softmax of
+the (already scaled) scores, dropout, weights @ v.  Modules return a Tensor;
+whoever wants the weights (or, in ``lib.multihead``, a key/value cache) passes
+one ``Record`` that the call fills in.
+
 References:
     Nadaraya (1964), Watson (1964): kernel regression (attention pooling).
     Bahdanau et al. (2015), eq. for the alignment model: additive attention.
@@ -21,12 +26,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+if TYPE_CHECKING:  # the cache lives one module up; only its type is named here
+    from lib.multihead import KVCache
+
 __all__ = [
+    "Record",
+    "attend",
     "causal_mask",
     "padding_mask",
     "masked_softmax",
@@ -38,6 +50,41 @@ __all__ = [
     "NadarayaWatson",
     "check_sequence",
 ]
+
+
+# ---------------------------------------------------------------------------
+# What a call reports besides its output
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    """What an attention call reports besides its output, filled in place.
+
+    Layers, blocks and stacks always return a Tensor; pass ``record=Record(...)``
+    to get more::
+
+        rec = Record(need_weights=True)
+        out = encoder(tokens, mask=mask, record=rec)
+        rec.weights  # one (B, [H,] Tq, Tk) tensor per attention call, in call order
+
+    Attributes:
+        need_weights: collect the attention weights (this forces the explicit path,
+            since the fused kernel never forms them).
+        cache: a ``lib.multihead.KVCache`` for incremental decoding, or None.
+        weights: the collected weights, appended by each attention call.
+    """
+
+    need_weights: bool = False
+    cache: KVCache | None = None
+    weights: list[Tensor] = field(default_factory=list)
+
+    def keep(self, weights: Tensor | None) -> None:
+        """Append one call's weights when they were asked for."""
+        if self.need_weights:
+            if weights is None:
+                raise ValueError("need_weights=True but this call produced no weights (fast path)")
+            self.weights.append(weights)
 
 
 # ---------------------------------------------------------------------------
@@ -187,6 +234,45 @@ def masked_softmax(
 # ---------------------------------------------------------------------------
 
 
+def attend(
+    scores: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    dropout_p: float = 0.0,
+    *,
+    value_term: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The core every attention shares: weights = masked_softmax(scores + bias); out = dropout(weights) @ v.
+
+    Args:
+        scores: (..., Tq, Tk) logits, already scaled (dot products, additive, synthesized...).
+        v: (..., Tk, Dv) values.
+        mask: boolean, True = may attend, broadcastable to the scores.
+        bias: float, added to the scores before masking.
+        dropout_p: dropout on the weights, applied whenever > 0 (modules pass
+            ``p if self.training else 0.0``).
+        value_term: optional ``f(dropped_weights) -> (..., Tq, Dv)`` added to the
+            output (Shaw et al.'s relative values); it sees the same dropped weights as ``v``.
+
+    Returns:
+        ``(output, weights)``: (..., Tq, Dv) and (..., Tq, Tk), the weights before dropout.
+    """
+    if scores.dim() < 2 or v.dim() < 2 or scores.shape[-1] != v.shape[-2]:
+        raise ValueError(
+            f"attend expects scores (..., Tq, Tk) and values (..., Tk, Dv) with the same Tk, got scores "
+            f"{tuple(scores.shape)} and values {tuple(v.shape)}"
+        )
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    weights = masked_softmax(scores, mask=mask, bias=bias)  # (..., Tq, Tk)
+    attn = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights  # (..., Tq, Tk)
+    out = attn @ v  # (..., Tq, Dv)
+    if value_term is not None:
+        out = out + value_term(attn)  # (..., Tq, Dv)
+    return out, weights
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,
@@ -210,8 +296,9 @@ def scaled_dot_product_attention(
             in ``torch.nn.functional.scaled_dot_product_attention``: modules
             pass ``p if self.training else 0.0``.
         scale: multiplies the scores; defaults to 1/√Dk.
-        fast: use PyTorch's fused kernel (flash / memory-efficient / math,
-            chosen by PyTorch). It never materialises the weights, so the
+        fast: the one switch between the two paths. False: ``attend(q kᵀ · scale, v, ...)``,
+            the explicit math. True: PyTorch's fused kernel (flash / memory-efficient /
+            math, chosen by PyTorch), which never materialises the weights, so the
             second return value is ``None``.
 
     Returns:
@@ -237,11 +324,7 @@ def scaled_dot_product_attention(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if fast:
         return _sdpa_fast(q, k, v, mask, bias, dropout_p, scale), None
-
-    scores = q @ k.transpose(-2, -1) * scale  # (..., Tq, Tk)
-    weights = masked_softmax(scores, mask=mask, bias=bias)  # (..., Tq, Tk)
-    attn = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
-    return attn @ v, weights  # (..., Tq, Dv), (..., Tq, Tk)
+    return attend(q @ k.transpose(-2, -1) * scale, v, mask, bias, dropout_p)  # (..., Tq, Dv), (..., Tq, Tk)
 
 
 def _sdpa_fast(
@@ -287,7 +370,7 @@ class AdditiveAttention(nn.Module):
 
     Shapes:
         queries (B, Tq, d_query), keys (B, Tk, d_key), values (B, Tk, Dv)
-        -> output (B, Tq, Dv), weights (B, Tq, Tk).
+        -> output (B, Tq, Dv); weights (B, Tq, Tk) into ``record`` when asked.
     """
 
     def __init__(self, d_query: int, d_key: int, d_hidden: int, dropout: float = 0.0) -> None:
@@ -304,8 +387,9 @@ class AdditiveAttention(nn.Module):
         values: Tensor,
         mask: Tensor | None = None,
         valid_lens: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        *,
+        record: Record | None = None,
+    ) -> Tensor:
         if queries.dim() != 3 or keys.dim() != 3 or values.dim() != 3:
             raise ValueError(
                 "AdditiveAttention expects (B, Tq, d_query), (B, Tk, d_key), (B, Tk, Dv); got "
@@ -321,9 +405,12 @@ class AdditiveAttention(nn.Module):
         q, k = self.W_q(queries), self.W_k(keys)  # (B, Tq, h), (B, Tk, h)
         features = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))  # (B, Tq, Tk, h)
         scores = self.w_v(features).squeeze(-1)  # (B, Tq, Tk)
-        weights = masked_softmax(scores, mask=mask, valid_lens=valid_lens)  # (B, Tq, Tk)
-        out = self.dropout(weights) @ values  # (B, Tq, Dv)
-        return (out, weights) if need_weights else out
+        mask = combine_masks(mask, valid_lens, 3, keys.shape[1])
+        dropout_p = self.dropout.p if self.training else 0.0
+        out, weights = attend(scores, values, mask, dropout_p=dropout_p)  # (B, Tq, Dv), (B, Tq, Tk)
+        if record is not None:
+            record.keep(weights)
+        return out
 
 
 class DotProductAttention(nn.Module):
@@ -341,7 +428,7 @@ class DotProductAttention(nn.Module):
 
     Shapes:
         queries (B, [H,] Tq, Dk), keys (B, [H,] Tk, Dk), values (B, [H,] Tk, Dv)
-        -> output (B, [H,] Tq, Dv), weights (B, [H,] Tq, Tk).
+        -> output (B, [H,] Tq, Dv); weights (B, [H,] Tq, Tk) into ``record`` when asked.
     """
 
     def __init__(self, dropout: float = 0.0, *, scaled: bool = True, use_scale: bool = False) -> None:
@@ -357,8 +444,9 @@ class DotProductAttention(nn.Module):
         values: Tensor,
         mask: Tensor | None = None,
         valid_lens: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        *,
+        record: Record | None = None,
+    ) -> Tensor:
         scale = 1.0 / math.sqrt(queries.shape[-1]) if self.scaled else 1.0
         if self.scale is not None:
             queries = queries * self.scale  # the same as scaling the scores
@@ -366,8 +454,10 @@ class DotProductAttention(nn.Module):
             mask = combine_masks(mask, valid_lens, queries.dim(), keys.shape[-2])
         out, weights = scaled_dot_product_attention(
             queries, keys, values, mask=mask, dropout_p=self.dropout if self.training else 0.0, scale=scale
-        )
-        return (out, weights) if need_weights else out
+        )  # (B, [H,] Tq, Dv), (B, [H,] Tq, Tk)
+        if record is not None:
+            record.keep(weights)
+        return out
 
     def extra_repr(self) -> str:
         return f"dropout={self.dropout}, scaled={self.scaled}, use_scale={self.scale is not None}"
@@ -454,8 +544,8 @@ class NadarayaWatson(nn.Module):
         w: initial inverse bandwidth.
 
     Shapes:
-        queries (..., Tq), keys (..., Tk), values (..., Tk) -> output (..., Tq),
-        weights (..., Tq, Tk). ``mask`` (bool, broadcastable to (..., Tq, Tk))
+        queries (..., Tq), keys (..., Tk), values (..., Tk) -> output (..., Tq);
+        weights (..., Tq, Tk) into ``record`` when asked. ``mask`` (bool, broadcastable to (..., Tq, Tk))
         hides keys, e.g. each training point's own key.
     """
 
@@ -464,9 +554,11 @@ class NadarayaWatson(nn.Module):
         self.w = nn.Parameter(torch.tensor(float(w)))
 
     def forward(
-        self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None, need_weights: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None, *,
+        record: Record | None = None,
+    ) -> Tensor:
         scores = -(((queries.unsqueeze(-1) - keys.unsqueeze(-2)) * self.w) ** 2) / 2  # (..., Tq, Tk)
-        weights = masked_softmax(scores, mask=mask)  # (..., Tq, Tk)
-        out = (weights @ values.unsqueeze(-1)).squeeze(-1)  # (..., Tq)
-        return (out, weights) if need_weights else out
+        out, weights = attend(scores, values.unsqueeze(-1), mask)  # (..., Tq, 1), (..., Tq, Tk)
+        if record is not None:
+            record.keep(weights)
+        return out.squeeze(-1)  # (..., Tq)

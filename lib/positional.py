@@ -11,24 +11,28 @@ Self-attention is permutation equivariant: without positional information it
 cannot tell "dog bites man" from "man bites dog".  Two families fix that, and
 this module gives each one interface:
 
-* **Absolute** encodings add a position vector to every input token:
-  ``module(x) -> dropout(x + P[:T])`` with ``x`` of shape (B, T, D).
+* **Absolute** encodings (``AbsoluteEncoding``) add a position vector to every
+  input token: ``module(x, offset=0) -> dropout(x + P[offset:offset + T])`` with
+  ``x`` of shape (B, T, D); ``offset`` is the number of tokens already decoded.
   ``SinusoidalEncoding`` (fixed) and ``LearnedPositionalEmbedding`` (trained).
 
-* **Relative** schemes leave the input alone and act inside attention, through
-  duck-typed hook methods that ``lib.multihead.MultiHeadAttention(positional=...)``
-  calls when they exist (every method is optional):
+* **Relative** schemes (``PositionalScheme``, the contract that
+  ``lib.multihead.MultiHeadAttention(positional=...)`` calls; defined there,
+  re-exported here) leave the input alone and act inside attention through
+  three documented hooks, each a no-op by default:
 
-  - ``rotate(q, k) -> (q, k)`` on (B, H, T, Dh), after the head split
-    (``RotaryEmbedding``);
-  - ``score_bias(q, Tk) -> Tensor`` broadcastable to (B, H, Tq, Tk), ADDED to
-    the already scaled scores (``ALiBi``, ``RelativePosition``,
-    ``RelativePositionBias``);
-  - ``value_term(weights) -> Tensor`` (B, H, Tq, Dh), ADDED to ``weights @ v``
-    (``RelativePosition`` with ``values=True``).
+  - ``rotate(x, positions) -> x`` on q (B, H, Tq, Dh) and on the new keys,
+    after the head split (``RotaryEmbedding``); cached keys are not re-rotated;
+  - ``score_bias(q, q_positions, k_positions) -> Tensor | None`` broadcastable
+    to (B, H, Tq, Tk), ADDED to the already scaled scores (``ALiBi``,
+    ``RelativePosition``, ``RelativePositionBias``);
+  - ``value_term(weights, q_positions, k_positions) -> Tensor`` (B, H, Tq, Dh),
+    ADDED to ``dropout(weights) @ v`` when ``has_value_term`` (``RelativePosition``
+    with ``values=True``).
 
-  When ``Tq < Tk`` the queries are taken to be the *last* Tq of the Tk
-  positions (a key/value cache), as in ``lib.attention.causal_mask``.
+* One registry by name, ``SCHEMES`` / ``build(name, ...)``, used by every config:
+  "sinusoidal", "learned" (absolute), "shaw", "relative_bias", "rope", "alibi"
+  (relative), or None.
 
 References:
     Vaswani et al. (2017), section 3.5: sinusoidal positional encoding.
@@ -42,13 +46,19 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from lib.attention import check_sequence
+from lib.multihead import PositionalScheme
 
 __all__ = [
+    "AbsoluteEncoding",
+    "PositionalScheme",
+    "SCHEMES",
+    "build",
     "sinusoidal_table",
     "SinusoidalEncoding",
     "LearnedPositionalEmbedding",
@@ -75,7 +85,7 @@ def _check_heads(t: Tensor, who: str, name: str = "q", *, d_head: int | None = N
 
 
 def _query_positions(Tq: int, Tk: int, device: torch.device | None) -> tuple[Tensor, Tensor]:
-    """Positions of the queries (the last Tq of Tk) and of the keys."""
+    """Positions of the queries (the last Tq of Tk, as after a key/value cache) and of the keys."""
     if Tq < 1 or Tk < 1 or Tq > Tk:
         raise ValueError(f"need 1 <= Tq <= Tk (queries are the last Tq of Tk positions), got Tq={Tq}, Tk={Tk}")
     i = torch.arange(Tk - Tq, Tk, device=device)  # (Tq,)
@@ -83,9 +93,46 @@ def _query_positions(Tq: int, Tk: int, device: torch.device | None) -> tuple[Ten
     return i, j
 
 
+def _check_positions(positions: Tensor, n: int, who: str, name: str) -> None:
+    if positions.dim() != 1 or positions.shape[0] != n or positions.is_floating_point():
+        raise ValueError(f"{who} expects {name} as integer positions ({n},), got {tuple(positions.shape)} "
+                         f"{positions.dtype}")
+
+
+def _distances(q_positions: Tensor, k_positions: Tensor, max_distance: int) -> Tensor:
+    """clip(j - i, -K, K) + K for query positions i (Tq,) and key positions j (Tk,): (Tq, Tk) in [0, 2K]."""
+    rel = k_positions.unsqueeze(0) - q_positions.unsqueeze(1)  # (Tq, Tk): j - i
+    return rel.clamp(-max_distance, max_distance) + max_distance  # (Tq, Tk)
+
+
 # ---------------------------------------------------------------------------
-# Absolute encodings: x -> x + P[:T]
+# Absolute encodings: x -> x + P[offset:offset + T]
 # ---------------------------------------------------------------------------
+
+
+class AbsoluteEncoding(nn.Module):
+    """Adds one vector per position to the input: ``dropout(x + table(offset + T)[offset:])``.
+
+    Subclasses give ``table(T) -> (T, D)`` and set ``d_model`` and ``dropout``.
+    ``offset`` is the position of the first token of ``x``: 0 for a whole
+    sequence, the number of tokens already decoded in incremental decoding.
+
+    Shapes:
+        x (B, T, D) -> (B, T, D).
+    """
+
+    d_model: int
+    dropout: nn.Dropout
+
+    def table(self, T: int) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        check_sequence(x, self.d_model, type(self).__name__)
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        P = self.table(offset + x.shape[1])[offset:].to(x.dtype)  # (T, D)
+        return self.dropout(x + P)  # (B, T, D)
 
 
 def sinusoidal_table(
@@ -125,7 +172,7 @@ def sinusoidal_table(
     return P.to(dtype)
 
 
-class SinusoidalEncoding(nn.Module):
+class SinusoidalEncoding(AbsoluteEncoding):
     """Add the fixed sinusoidal encoding to the input (Vaswani et al. 2017, section 3.5).
 
     Same table as ``d2l.PositionalEncoding`` (d2l calls the size ``num_hiddens``).
@@ -154,16 +201,11 @@ class SinusoidalEncoding(nn.Module):
             return self.P[:T]
         return sinusoidal_table(T, self.d_model, base=self.base, device=self.P.device)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_sequence(x, self.d_model, "SinusoidalEncoding")
-        P = self.table(x.shape[1]).to(x.dtype)  # (T, D)
-        return self.dropout(x + P)  # (B, T, D)
-
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, max_len={self.max_len}, base={self.base:g}"
 
 
-class LearnedPositionalEmbedding(nn.Module):
+class LearnedPositionalEmbedding(AbsoluteEncoding):
     """Add a trained vector per position, as BERT and GPT-2 do (Devlin et al. 2019, section 3).
 
     One row of an ``nn.Embedding(max_len, d_model)`` per position, initialised
@@ -176,7 +218,7 @@ class LearnedPositionalEmbedding(nn.Module):
         dropout: dropout applied to the sum.
 
     Shapes:
-        x (B, T, D) -> (B, T, D), T <= max_len.
+        x (B, T, D) -> (B, T, D), offset + T <= max_len.
     """
 
     def __init__(self, max_len: int, d_model: int, dropout: float = 0.0) -> None:
@@ -196,10 +238,6 @@ class LearnedPositionalEmbedding(nn.Module):
                 f"0..{self.max_len - 1}; build the module with a larger max_len"
             )
         return self.embedding.weight[:T]
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_sequence(x, self.d_model, "LearnedPositionalEmbedding")
-        return self.dropout(x + self.table(x.shape[1]).to(x.dtype))  # (B, T, D)
 
     def extra_repr(self) -> str:
         return f"max_len={self.max_len}, d_model={self.d_model}"
@@ -223,11 +261,10 @@ def relative_distances(Tq: int, Tk: int, max_distance: int, *, device: torch.dev
     if max_distance < 0:
         raise ValueError(f"max_distance must be >= 0, got {max_distance}")
     i, j = _query_positions(Tq, Tk, torch.device(device) if device is not None else None)
-    rel = j.unsqueeze(0) - i.unsqueeze(1)  # (Tq, Tk): j - i
-    return rel.clamp(-max_distance, max_distance) + max_distance  # (Tq, Tk) in [0, 2K]
+    return _distances(i, j, max_distance)  # (Tq, Tk) in [0, 2K]
 
 
-class RelativePosition(nn.Module):
+class RelativePosition(PositionalScheme):
     """Relative position representations of Shaw et al. (2018), section 3.
 
     Learned vectors a^K_ij and a^V_ij of size Dh for the clipped distance
@@ -237,8 +274,8 @@ class RelativePosition(nn.Module):
         e_ij = q_i · (k_j + a^K_ij) / √Dh          (eq. 4)  ->  ``score_bias``
         z_i  = Σ_j α_ij (v_j + a^V_ij)              (eq. 3)  ->  ``value_term``
 
-    so ``score_bias(q, Tk)`` returns q_i · a^K_ij / √Dh, to be added to the
-    scaled scores, and ``value_term(weights)`` returns Σ_j α_ij a^V_ij, to be
+    so ``score_bias(q, i, j)`` returns q_i · a^K_ij / √Dh, to be added to the
+    scaled scores, and ``value_term(weights, i, j)`` returns Σ_j α_ij a^V_ij, to be
     added to ``weights @ v``.  As in the paper the tables are shared by all
     heads; pass ``num_heads`` to give each head its own.
 
@@ -247,12 +284,12 @@ class RelativePosition(nn.Module):
         max_distance: K, the clipping distance (the paper uses 16 or smaller).
         num_heads: None to share the tables across heads, else H per-head tables.
         values: also learn a^V (``value_term``); Shaw et al. found it optional.
-            With ``values=False`` the attribute ``value_term`` is ``None``, so
-            ``MultiHeadAttention`` skips that hook.
+            With ``values=False``, ``has_value_term`` is False and the layer
+            skips that hook (and may use the fused kernel).
 
     Shapes:
-        score_bias: q (B, H, Tq, Dh), Tk -> (B, H, Tq, Tk).
-        value_term: weights (B, H, Tq, Tk) -> (B, H, Tq, Dh).
+        score_bias: q (B, H, Tq, Dh), positions (Tq,), (Tk,) -> (B, H, Tq, Tk).
+        value_term: weights (B, H, Tq, Tk), positions (Tq,), (Tk,) -> (B, H, Tq, Dh).
     """
 
     def __init__(self, d_head: int, max_distance: int, *, num_heads: int | None = None, values: bool = True) -> None:
@@ -263,41 +300,43 @@ class RelativePosition(nn.Module):
         shape = (2 * max_distance + 1, d_head) if num_heads is None else (num_heads, 2 * max_distance + 1, d_head)
         self.rel_k = nn.Parameter(torch.randn(shape) * d_head**-0.5)  # ([H,] 2K+1, Dh): a^K
         self.rel_v = nn.Parameter(torch.randn(shape) * d_head**-0.5) if values else None  # a^V
-        if not values:
-            # Hide the hook: duck-typed callers (MultiHeadAttention) test
-            # ``getattr(positional, "value_term", None)``.
-            self.value_term = None
 
-    def _table(self, table: Tensor, Tq: int, Tk: int) -> Tensor:
-        idx = relative_distances(Tq, Tk, self.max_distance, device=table.device)  # (Tq, Tk)
+    @property
+    def has_value_term(self) -> bool:
+        return self.rel_v is not None
+
+    def _table(self, table: Tensor, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        idx = _distances(q_positions.to(table.device), k_positions.to(table.device), self.max_distance)  # (Tq, Tk)
         if self.num_heads is None:
             return table[idx]  # (Tq, Tk, Dh)
         return table[:, idx]  # (H, Tq, Tk, Dh)
 
-    def key_embeddings(self, Tq: int, Tk: int) -> Tensor:
+    def key_embeddings(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
         """a^K_ij for every pair: (Tq, Tk, Dh), or (H, Tq, Tk, Dh) per head."""
-        return self._table(self.rel_k, Tq, Tk)
+        return self._table(self.rel_k, q_positions, k_positions)
 
-    def value_embeddings(self, Tq: int, Tk: int) -> Tensor:
+    def value_embeddings(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
         """a^V_ij for every pair: (Tq, Tk, Dh), or (H, Tq, Tk, Dh) per head."""
         if self.rel_v is None:
             raise ValueError("this RelativePosition was built with values=False: it has no a^V")
-        return self._table(self.rel_v, Tq, Tk)
+        return self._table(self.rel_v, q_positions, k_positions)
 
-    def score_bias(self, q: Tensor, Tk: int) -> Tensor:
+    def score_bias(self, q: Tensor, q_positions: Tensor, k_positions: Tensor) -> Tensor:
         """q_i · a^K_ij / √Dh, added to the scaled scores.  q (B, H, Tq, Dh) -> (B, H, Tq, Tk)."""
         _check_heads(q, "RelativePosition.score_bias", d_head=self.d_head, num_heads=self.num_heads)
-        a = self.key_embeddings(q.shape[2], Tk).to(q.dtype)  # ([H,] Tq, Tk, Dh)
+        _check_positions(q_positions, q.shape[2], "RelativePosition.score_bias", "q_positions")
+        a = self.key_embeddings(q_positions, k_positions).to(q.dtype)  # ([H,] Tq, Tk, Dh)
         if self.num_heads is None:
             logits = torch.einsum("bhqd,qkd->bhqk", q, a)  # (B, H, Tq, Tk)
         else:
             logits = torch.einsum("bhqd,hqkd->bhqk", q, a)  # (B, H, Tq, Tk)
         return logits / math.sqrt(self.d_head)
 
-    def value_term(self, weights: Tensor) -> Tensor:
+    def value_term(self, weights: Tensor, q_positions: Tensor, k_positions: Tensor) -> Tensor:
         """Σ_j α_ij a^V_ij, added to ``weights @ v``.  weights (B, H, Tq, Tk) -> (B, H, Tq, Dh)."""
         _check_heads(weights, "RelativePosition.value_term", "weights", num_heads=self.num_heads)
-        a = self.value_embeddings(weights.shape[2], weights.shape[3]).to(weights.dtype)  # ([H,] Tq, Tk, Dh)
+        _check_positions(k_positions, weights.shape[3], "RelativePosition.value_term", "k_positions")
+        a = self.value_embeddings(q_positions, k_positions).to(weights.dtype)  # ([H,] Tq, Tk, Dh)
         if self.num_heads is None:
             return torch.einsum("bhqk,qkd->bhqd", weights, a)  # (B, H, Tq, Dh)
         return torch.einsum("bhqk,hqkd->bhqd", weights, a)  # (B, H, Tq, Dh)
@@ -307,7 +346,7 @@ class RelativePosition(nn.Module):
         return f"d_head={self.d_head}, max_distance={self.max_distance}, heads={heads}, values={self.rel_v is not None}"
 
 
-class RelativePositionBias(nn.Module):
+class RelativePositionBias(PositionalScheme):
     """One learned scalar per head and clipped distance, added to the scores.
 
     The simplest relative scheme: b_h(clip(j - i, -K, K)).  It is what Shaw et
@@ -319,7 +358,7 @@ class RelativePositionBias(nn.Module):
         max_distance: K.
 
     Shapes:
-        score_bias: q (B, H, Tq, Dh), Tk -> (H, Tq, Tk).
+        score_bias: q (B, H, Tq, Dh), positions (Tq,), (Tk,) -> (H, Tq, Tk).
     """
 
     def __init__(self, num_heads: int, max_distance: int) -> None:
@@ -329,9 +368,10 @@ class RelativePositionBias(nn.Module):
         self.num_heads, self.max_distance = num_heads, max_distance
         self.bias = nn.Parameter(torch.zeros(num_heads, 2 * max_distance + 1))  # (H, 2K+1)
 
-    def score_bias(self, q: Tensor, Tk: int) -> Tensor:
+    def score_bias(self, q: Tensor, q_positions: Tensor, k_positions: Tensor) -> Tensor:
         _check_heads(q, "RelativePositionBias.score_bias", num_heads=self.num_heads)
-        idx = relative_distances(q.shape[2], Tk, self.max_distance, device=q.device)  # (Tq, Tk)
+        _check_positions(q_positions, q.shape[2], "RelativePositionBias.score_bias", "q_positions")
+        idx = _distances(q_positions, k_positions, self.max_distance).to(self.bias.device)  # (Tq, Tk)
         return self.bias[:, idx].to(q.dtype)  # (H, Tq, Tk)
 
     def extra_repr(self) -> str:
@@ -367,7 +407,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, *, interleaved: bool = Fal
     return x * cos + rot * sin  # (..., T, Dh)
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(PositionalScheme):
     """Rotary position embedding, RoPE (Su et al. 2021, RoFormer, section 3.4).
 
     Feature pair p of the query at position m is rotated by the angle m·θ_p,
@@ -391,9 +431,9 @@ class RotaryEmbedding(nn.Module):
         interleaved: the pairing, see above.
 
     Shapes:
-        rotate: q (B, H, Tq, Dh), k (B, H, Tk, Dh) -> same shapes; any leading
-        axes work as long as the last two are (T, Dh).  Queries are the last Tq
-        of Tk positions.
+        rotate: x (..., T, Dh), positions (T,) (default 0 .. T-1) -> (..., T, Dh).
+        ``MultiHeadAttention`` rotates q and the new keys, each by its own
+        positions, so keys in a cache are rotated once.
     """
 
     def __init__(self, d_head: int, base: float = 10000.0, interleaved: bool = False) -> None:
@@ -417,25 +457,15 @@ class RotaryEmbedding(nn.Module):
             angles = torch.cat((angles, angles), dim=-1)  # (T, Dh): θ0 θ1 ... θ0 θ1 ...
         return angles.cos(), angles.sin()
 
-    def rotate_one(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
-        """Rotate one tensor x (..., T, Dh) by its positions (default 0 .. T-1)."""
+    def rotate(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Rotate x (..., T, Dh) by its positions (T,), default 0 .. T-1."""
         if x.dim() < 2 or x.shape[-1] != self.d_head:
             raise ValueError(f"RotaryEmbedding expects (..., T, Dh={self.d_head}), got {tuple(x.shape)}")
         if positions is None:
             positions = torch.arange(x.shape[-2], device=x.device)  # (T,)
-        cos, sin = self.cos_sin(positions, x.dtype)  # (T, Dh)
+        _check_positions(positions, x.shape[-2], "RotaryEmbedding.rotate", "positions")
+        cos, sin = self.cos_sin(positions.to(x.device), x.dtype)  # (T, Dh)
         return apply_rotary(x.to(cos.dtype), cos, sin, interleaved=self.interleaved).to(x.dtype)
-
-    def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Rotate queries and keys by their positions: (B, H, Tq, Dh), (B, H, Tk, Dh) -> same."""
-        for name, t in (("q", q), ("k", k)):
-            if t.dim() < 2 or t.shape[-1] != self.d_head:
-                raise ValueError(f"RotaryEmbedding.rotate expects {name} of shape (..., T, Dh={self.d_head}), got {tuple(t.shape)}")
-        i, j = _query_positions(q.shape[-2], k.shape[-2], q.device)  # (Tq,), (Tk,)
-        return self.rotate_one(q, i), self.rotate_one(k, j)
-
-    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        return self.rotate(q, k)
 
     def extra_repr(self) -> str:
         return f"d_head={self.d_head}, base={self.base:g}, interleaved={self.interleaved}"
@@ -471,7 +501,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-class ALiBi(nn.Module):
+class ALiBi(PositionalScheme):
     """Attention with linear biases (Press, Smith and Lewis 2022, section 3).
 
     No position is added to the input.  Instead head h penalises each score by
@@ -492,7 +522,7 @@ class ALiBi(nn.Module):
         num_heads: H.
 
     Shapes:
-        score_bias: q (B, H, Tq, Dh), Tk -> (H, Tq, Tk).
+        score_bias: q (B, H, Tq, Dh), positions (Tq,), (Tk,) -> (H, Tq, Tk).
     """
 
     def __init__(self, num_heads: int) -> None:
@@ -503,13 +533,62 @@ class ALiBi(nn.Module):
     def bias(self, Tq: int, Tk: int | None = None) -> Tensor:
         """The (H, Tq, Tk) bias -m_h·|i - j|, queries the last Tq of Tk positions."""
         Tk = Tq if Tk is None else Tk
-        i, j = _query_positions(Tq, Tk, self.slopes.device)
-        dist = (j.unsqueeze(0) - i.unsqueeze(1)).abs().float()  # (Tq, Tk)
-        return -self.slopes.view(-1, 1, 1) * dist  # (H, Tq, Tk)
+        return self._bias(*_query_positions(Tq, Tk, self.slopes.device))  # (H, Tq, Tk)
 
-    def score_bias(self, q: Tensor, Tk: int) -> Tensor:
+    def _bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        dist = (k_positions.unsqueeze(0) - q_positions.unsqueeze(1)).abs().float()  # (Tq, Tk)
+        return -self.slopes.view(-1, 1, 1) * dist.to(self.slopes.device)  # (H, Tq, Tk)
+
+    def score_bias(self, q: Tensor, q_positions: Tensor, k_positions: Tensor) -> Tensor:
         _check_heads(q, "ALiBi.score_bias", num_heads=self.num_heads)
-        return self.bias(q.shape[2], Tk).to(q.dtype)  # (H, Tq, Tk)
+        _check_positions(q_positions, q.shape[2], "ALiBi.score_bias", "q_positions")
+        return self._bias(q_positions, k_positions).to(q.dtype)  # (H, Tq, Tk)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}"
+
+
+# ---------------------------------------------------------------------------
+# One registry by name
+# ---------------------------------------------------------------------------
+
+
+SCHEMES: dict[str, Callable[..., nn.Module]] = {
+    "sinusoidal": lambda *, d_model, max_len, dropout, **_: SinusoidalEncoding(d_model, max_len, dropout),
+    "learned": lambda *, d_model, max_len, dropout, **_: LearnedPositionalEmbedding(max_len, d_model, dropout),
+    "shaw": lambda *, d_head, max_distance, **_: RelativePosition(d_head, max_distance),
+    "relative_bias": lambda *, num_heads, max_distance, **_: RelativePositionBias(num_heads, max_distance),
+    "rope": lambda *, d_head, **_: RotaryEmbedding(d_head),
+    "alibi": lambda *, num_heads, **_: ALiBi(num_heads),
+}
+"""Positional schemes by name: absolute ones (``AbsoluteEncoding``) act on the embedded
+input, relative ones (``PositionalScheme``) inside every attention layer."""
+
+
+def build(
+    name: str | None,
+    *,
+    d_model: int,
+    num_heads: int,
+    d_head: int | None = None,
+    max_len: int = 1024,
+    dropout: float = 0.0,
+    max_distance: int = 16,
+) -> AbsoluteEncoding | PositionalScheme | None:
+    """The positional scheme called ``name`` (a key of ``SCHEMES``) for these sizes, or None for None.
+
+    Args:
+        name: "sinusoidal", "learned", "shaw", "relative_bias", "rope", "alibi" or None.
+        d_model, num_heads: the model's D and H.
+        d_head: Dh; default D // H.
+        max_len: rows of an absolute table.
+        dropout: dropout after adding an absolute encoding.
+        max_distance: K, the clipping distance of "shaw" and "relative_bias".
+    """
+    if name is None:
+        return None
+    if name not in SCHEMES:
+        raise ValueError(f"unknown positional scheme {name!r}; expected one of {sorted(SCHEMES)} or None")
+    d_head = d_model // num_heads if d_head is None else d_head
+    return SCHEMES[name](d_model=d_model, num_heads=num_heads, d_head=d_head, max_len=max_len, dropout=dropout,
+                         max_distance=max_distance)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import with_weights
 
 from lib.attention import (
     KERNELS,
@@ -226,7 +227,7 @@ def test_additive_attention_matches_d2l(d2l):
         ours.W_q.weight.copy_(ref.W_q.weight)
         ours.W_k.weight.copy_(ref.W_k.weight)
         ours.w_v.weight.copy_(ref.w_v.weight)
-    out, w = ours(queries, keys, values, valid_lens=vl, need_weights=True)
+    out, w = with_weights(ours, queries, keys, values, valid_lens=vl)
     torch.testing.assert_close(out, ref(queries, keys, values, vl))
     torch.testing.assert_close(w, ref.attention_weights)
 
@@ -235,7 +236,7 @@ def test_dot_product_attention_matches_d2l(d2l):
     queries, keys, values = torch.randn(2, 3, 5), torch.randn(2, 7, 5), torch.randn(2, 7, 4)
     vl = torch.tensor([3, 7])
     ref = d2l.DotProductAttention(dropout=0.0).eval()
-    out, w = DotProductAttention().eval()(queries, keys, values, valid_lens=vl, need_weights=True)
+    out, w = with_weights(DotProductAttention().eval(), queries, keys, values, valid_lens=vl)
     torch.testing.assert_close(out, ref(queries, keys, values, vl))
     torch.testing.assert_close(w, ref.attention_weights)
 
@@ -246,7 +247,7 @@ def test_keras_style_attention_has_one_parameter_and_scales_scores():
     queries, keys, values = torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 4)
     with torch.no_grad():
         layer.scale.fill_(0.7)
-    _, w = layer(queries, keys, values, need_weights=True)
+    _, w = with_weights(layer, queries, keys, values)
     torch.testing.assert_close(w, F.softmax(0.7 * queries @ keys.transpose(1, 2), -1))
     assert sum(p.numel() for p in DotProductAttention().parameters()) == 0
 
@@ -299,7 +300,7 @@ def test_parametric_nadaraya_watson_learns_and_masks():
     x = torch.rand(30) * 5
     y = torch.sin(x)
     mask = ~torch.eye(30, dtype=torch.bool)  # a point may not look at itself
-    out, w = model(x, x, y, mask=mask, need_weights=True)
+    out, w = with_weights(model, x, x, y, mask=mask)
     assert out.shape == (30,) and w.shape == (30, 30)
     assert torch.all(torch.diagonal(w, dim1=-2, dim2=-1) == 0)
     out.sub(y).square().mean().backward()

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import with_weights
 from torch import nn
 
-from lib.attention import causal_mask, padding_mask
+from lib.attention import Record, causal_mask, padding_mask
 from lib.checks import check_causal, check_close, check_permutation_equivariance
-from lib.multihead import (
-    MultiHeadAttention,
-    keras_parameter_count,
-    masks_from_torch,
-    merge_heads,
-    split_heads,
-)
+from lib.interop import copy_mha_weights, keras_parameter_count, masks_from_torch
+from lib.memory import count_parameters
+from lib.multihead import KVCache, MultiHeadAttention, PositionalScheme, merge_heads, split_heads
 
 ATOL = 1e-5
-
 
 
 def torch_mha(E: int, H: int, **kwargs) -> nn.MultiheadAttention:
@@ -69,7 +65,7 @@ def test_from_torch_self_attention(batch_first: bool, fast: bool) -> None:
         expected = expected.transpose(0, 1)
     out = ours(x)
     check_close(out, expected, "output vs torch", atol=ATOL)
-    out2, w = ours(x, need_weights=True)
+    out2, w = with_weights(ours, x)
     check_close(out2, expected, "output (need_weights) vs torch", atol=ATOL)
     check_close(w, expected_w, "weights vs torch", atol=ATOL)
 
@@ -185,7 +181,7 @@ def test_fast_path_matches_explicit_path_with_mask_and_bias() -> None:
     assert not torch.isnan(fast).any()
     # the fully masked batch element attends to nothing: output is W_o's bias
     check_close(fast[2], mha.W_o.bias.expand(Tq, -1), "empty rows give zero attention output", atol=ATOL)
-    out, w = mha(q, k, v, mask=mask, bias=bias, need_weights=True)  # weights force the explicit path
+    out, w = with_weights(mha, q, k, v, mask=mask, bias=bias)  # weights force the explicit path
     assert w.shape == (B, H, Tq, Tk)
     check_close(out, slow, "fast + need_weights", atol=ATOL)
     check_close(w.sum(-1)[:2], torch.ones(2, H, Tq), "weights sum to one", atol=ATOL)
@@ -203,14 +199,14 @@ def test_fast_causal_matches_explicit() -> None:
 def test_fused_qkv_matches_separate() -> None:
     sep = MultiHeadAttention(24, 3).eval()
     random_bias(sep)
-    fused = MultiHeadAttention(24, 3, fused_qkv=True).eval().copy_weights_from(sep)
+    fused = copy_mha_weights(MultiHeadAttention(24, 3, fused_qkv=True).eval(), sep)
     assert not hasattr(fused, "W_q") and fused.qkv.weight.shape == (72, 24)
     x = torch.randn(2, 6, 24)
     m = causal_mask(6)
     check_close(fused(x, mask=m), sep(x, mask=m), "fused vs separate", atol=ATOL)
     fused.fast = True
     check_close(fused(x, mask=m), sep(x, mask=m), "fused fast vs separate", atol=ATOL)
-    back = MultiHeadAttention(24, 3).eval().copy_weights_from(fused)
+    back = copy_mha_weights(MultiHeadAttention(24, 3).eval(), fused)
     check_close(back(x), sep(x), "separate <- fused", atol=ATOL)
 
 
@@ -230,8 +226,8 @@ def test_dropout_only_in_training() -> None:
 
 
 def test_keras_parameter_counts_284_and_304() -> None:
-    assert MultiHeadAttention(16, 2, key_dim=2).parameter_count() == 284
-    assert MultiHeadAttention(16, 2, key_dim=2, out_dim=20).parameter_count() == 304
+    assert count_parameters(MultiHeadAttention(16, 2, key_dim=2)) == 284
+    assert count_parameters(MultiHeadAttention(16, 2, key_dim=2, out_dim=20)) == 304
     assert keras_parameter_count(16, 2, 2) == 3 * (16 * 4 + 4) + (4 * 16 + 16) == 284
     assert keras_parameter_count(16, 2, 2, out_dim=20) == 284 - 80 + (4 * 20 + 20) == 304
 
@@ -258,10 +254,10 @@ def test_parameter_count_matches_keras_formula(kwargs: dict) -> None:
         vdim=kwargs.get("vdim"),
         bias=kwargs.get("bias", True),
     )
-    assert mha.parameter_count() == expected
+    assert count_parameters(mha) == expected
     if "kdim" not in kwargs and "value_dim" not in kwargs and "out_dim" not in kwargs:
         torch_count = sum(p.numel() for p in nn.MultiheadAttention(kwargs["d_model"], kwargs["num_heads"], bias=kwargs.get("bias", True)).parameters())
-        assert mha.parameter_count() == torch_count
+        assert count_parameters(mha) == torch_count
 
 
 # ---------------------------------------------------------------------------
@@ -296,30 +292,32 @@ def test_gradients_reach_every_parameter() -> None:
 # ---------------------------------------------------------------------------
 
 
-class DummyPositional(nn.Module):
-    """Records the shapes it sees and changes the result in a checkable way."""
+class DummyPositional(PositionalScheme):
+    """Overrides some hooks, records what they see and changes the result in a checkable way."""
 
     def __init__(self, hooks: set[str], value_shift: float = 0.25) -> None:
         super().__init__()
-        self.seen: dict[str, tuple] = {}
-        self.shift = value_shift
-        if "rotate" in hooks:
-            self.rotate = self._rotate
-        if "score_bias" in hooks:
-            self.score_bias = self._score_bias
-        if "value_term" in hooks:
-            self.value_term = self._value_term
+        self.hooks, self.seen, self.shift = hooks, {}, value_shift
 
-    def _rotate(self, q, k):
-        self.seen["rotate"] = (tuple(q.shape), tuple(k.shape))
-        return -q, 2 * k  # scores become -2 q·k
+    @property
+    def has_value_term(self) -> bool:
+        return "value_term" in self.hooks
 
-    def _score_bias(self, q, Tk):
-        self.seen["score_bias"] = (tuple(q.shape), Tk)
-        Tq = q.shape[-2]
-        return -torch.arange(Tk, dtype=q.dtype).expand(Tq, Tk)  # ALiBi-like: (Tq, Tk)
+    def rotate(self, x, positions):
+        if "rotate" not in self.hooks:
+            return x
+        self.seen.setdefault("rotate", []).append((tuple(x.shape), positions.tolist()))
+        # queries (the first call sees the keys first: they are rotated before they could be cached)
+        return 2 * x if len(self.seen["rotate"]) == 1 else -x  # scores become -2 q·k
 
-    def _value_term(self, weights):
+    def score_bias(self, q, q_positions, k_positions):
+        if "score_bias" not in self.hooks:
+            return None
+        self.seen["score_bias"] = (tuple(q.shape), q_positions.tolist(), k_positions.tolist())
+        Tq, Tk = len(q_positions), len(k_positions)
+        return -k_positions.to(q.dtype).expand(Tq, Tk)  # ALiBi-like: (Tq, Tk)
+
+    def value_term(self, weights, q_positions, k_positions):
         self.seen["value_term"] = tuple(weights.shape)
         B, H, Tq, Tk = weights.shape
         return self.shift * weights.sum(-1, keepdim=True).expand(B, H, Tq, 4)  # (B, H, Tq, Dv)
@@ -334,38 +332,40 @@ def test_positional_hooks_are_applied(fast: bool) -> None:
 
     # rotate: same as giving the module -W_q and 2 W_k (biases included)
     pos = DummyPositional({"rotate"})
-    mha = MultiHeadAttention(D, H, positional=pos, fast=fast).eval().copy_weights_from(plain)
-    twisted = MultiHeadAttention(D, H).eval().copy_weights_from(plain)
+    mha = copy_mha_weights(MultiHeadAttention(D, H, positional=pos, fast=fast).eval(), plain)
+    twisted = copy_mha_weights(MultiHeadAttention(D, H).eval(), plain)
     with torch.no_grad():
         for lin, f in ((twisted.W_q, -1.0), (twisted.W_k, 2.0)):
             lin.weight.mul_(f)
             lin.bias.mul_(f)
     check_close(mha(q, kv), twisted(q, kv), "rotate hook", atol=ATOL)
-    assert pos.seen["rotate"] == ((B, H, Tq, 4), (B, H, Tk, 4))
+    assert pos.seen["rotate"] == [((B, H, Tk, 4), list(range(Tk))), ((B, H, Tq, 4), list(range(Tq)))]
 
     # score_bias: same as passing the bias ourselves
     pos = DummyPositional({"score_bias"})
-    mha = MultiHeadAttention(D, H, positional=pos, fast=fast).eval().copy_weights_from(plain)
+    mha = copy_mha_weights(MultiHeadAttention(D, H, positional=pos, fast=fast).eval(), plain)
     bias = -torch.arange(Tk, dtype=torch.float32).expand(Tq, Tk)
     check_close(mha(q, kv), plain(q, kv, bias=bias), "score_bias hook", atol=ATOL)
     extra = torch.randn(H, Tq, Tk)
     check_close(mha(q, kv, bias=extra), plain(q, kv, bias=bias + extra), "score_bias + bias", atol=ATOL)
-    assert pos.seen["score_bias"] == ((B, H, Tq, 4), Tk)
+    assert pos.seen["score_bias"] == ((B, H, Tq, 4), list(range(Tq)), list(range(Tk)))
 
     # value_term: adds shift to every head's output before W_o
     pos = DummyPositional({"value_term"})
-    mha = MultiHeadAttention(D, H, positional=pos, fast=fast).eval().copy_weights_from(plain)
+    mha = copy_mha_weights(MultiHeadAttention(D, H, positional=pos, fast=fast).eval(), plain)
     mask = padding_mask(torch.tensor([5, 2]), Tk)
     expected = plain(q, kv, mask=mask) + pos.shift * plain.W_o.weight.sum(1)
     check_close(mha(q, kv, mask=mask), expected, "value_term hook", atol=ATOL)
     assert pos.seen["value_term"] == (B, H, Tq, Tk)
 
 
-def test_positional_module_without_hooks_changes_nothing() -> None:
+def test_positional_scheme_without_overrides_changes_nothing() -> None:
     plain = MultiHeadAttention(8, 2).eval()
-    mha = MultiHeadAttention(8, 2, positional=nn.Identity()).eval().copy_weights_from(plain)
+    mha = copy_mha_weights(MultiHeadAttention(8, 2, positional=PositionalScheme()).eval(), plain)
     x = torch.randn(2, 4, 8)
     check_close(mha(x), plain(x), "no hooks", atol=0)
+    with pytest.raises(ValueError, match="PositionalScheme.*got Identity"):
+        MultiHeadAttention(8, 2, positional=nn.Identity())
 
 
 # ---------------------------------------------------------------------------
@@ -375,19 +375,19 @@ def test_positional_module_without_hooks_changes_nothing() -> None:
 
 def test_errors_name_expected_and_actual_shapes() -> None:
     mha = MultiHeadAttention(8, 2, kdim=5)
-    with pytest.raises(ValueError, match=r"query: expected shape \(B, Tq, d_model=8\), got \(4, 8\)"):
+    with pytest.raises(ValueError, match=r"query: expected shape \(B, T, d_model=8\), got \(4, 8\)"):
         mha(torch.randn(4, 8), torch.randn(1, 4, 5))
     with pytest.raises(ValueError, match=r"d_model=8\), got \(1, 4, 6\)"):
         mha(torch.randn(1, 4, 6), torch.randn(1, 4, 5))
-    with pytest.raises(ValueError, match=r"key: expected shape \(B, Tk, kdim=5\), got \(1, 3, 8\)"):
+    with pytest.raises(ValueError, match=r"key: expected shape \(B, T, kdim=5\), got \(1, 3, 8\)"):
         mha(torch.randn(1, 4, 8), torch.randn(1, 3, 8), torch.randn(1, 3, 8))
-    with pytest.raises(ValueError, match=r"key and value must share \(B, Tk\)"):
+    with pytest.raises(ValueError, match=r"must share B and key, value Tk"):
         mha(torch.randn(1, 4, 8), torch.randn(1, 3, 5), torch.randn(1, 2, 8))
-    with pytest.raises(ValueError, match="batch sizes differ"):
+    with pytest.raises(ValueError, match=r"must share B.*query \(2, 4, 8\), key \(1, 3, 5\)"):
         mha(torch.randn(2, 4, 8), torch.randn(1, 3, 5), torch.randn(1, 3, 8))
     with pytest.raises(ValueError, match="not divisible by num_heads=3"):
         MultiHeadAttention(8, 3)
-    with pytest.raises(ValueError, match="fused_qkv=True is for self-attention"):
+    with pytest.raises(ValueError, match="fused_qkv=True is for dot-product self-attention"):
         MultiHeadAttention(8, 2, fused_qkv=True, kdim=4)
     fused = MultiHeadAttention(8, 2, fused_qkv=True)
     x = torch.randn(1, 3, 8)
@@ -397,3 +397,116 @@ def test_errors_name_expected_and_actual_shapes() -> None:
         MultiHeadAttention(8, 2)(x, mask=torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="must be boolean"):
         MultiHeadAttention(8, 2)(x, mask=torch.ones(3, 3))
+
+
+# ---------------------------------------------------------------------------
+# the core, scores=, the key/value cache (issue 16)
+# ---------------------------------------------------------------------------
+
+
+def test_attend_with_dropout_and_value_term_matches_written_out_reference() -> None:
+    from lib.attention import attend, masked_softmax
+
+    torch.manual_seed(0)
+    scores, v = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 5, 6)
+    mask = padding_mask(torch.tensor([5, 2]), 5)
+    shift = torch.randn(6)
+
+    def term(attn):
+        return attn.sum(-1, keepdim=True) * shift  # depends on the *dropped* weights
+
+    torch.manual_seed(1)
+    out, w = attend(scores, v, mask, dropout_p=0.4, value_term=term)
+    torch.manual_seed(1)
+    ref_w = masked_softmax(scores, mask=mask)
+    dropped = torch.nn.functional.dropout(ref_w, p=0.4)
+    check_close(w, ref_w, "weights before dropout", atol=0)
+    check_close(out, dropped @ v + term(dropped), "dropout(weights) @ v + value_term(dropout(weights))", atol=1e-6)
+    with pytest.raises(ValueError, match=r"same Tk, got scores \(2, 3, 4, 5\) and values \(2, 3, 4, 6\)"):
+        attend(scores, v[..., :4, :])
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_training_mode_dropout_matches_written_out_reference(fast: bool) -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, dropout=0.3, fast=fast).train()
+    random_bias(mha)
+    x = torch.randn(3, 5, 8)
+    mask = causal_mask(5)
+    torch.manual_seed(7)
+    out = with_weights(mha, x, mask=mask)[0] if fast else mha(x, mask=mask)  # fast + weights: explicit path
+    torch.manual_seed(7)
+    q, k, v = (split_heads(lin(x), 2) for lin in (mha.W_q, mha.W_k, mha.W_v))
+    w = torch.softmax((q @ k.transpose(-2, -1) / 2.0).masked_fill(~mask, float("-inf")), -1)
+    ref = mha.W_o(merge_heads(torch.nn.functional.dropout(w, 0.3) @ v))
+    check_close(out, ref, "W_o(merge(dropout(softmax(q k^T/sqrt(Dh))) v))", atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_dot_product_scores_module_equals_built_in_scores(training: bool) -> None:
+    from lib.multihead import DotProductScores
+
+    torch.manual_seed(0)
+    plain = MultiHeadAttention(12, 3, kdim=6, vdim=6, dropout=0.2).train(training)
+    random_bias(plain)
+    scores = DotProductScores(12, 3, kdim=6)
+    via = MultiHeadAttention(12, 3, kdim=6, vdim=6, dropout=0.2, scores=scores).train(training)
+    assert not hasattr(via, "W_q") and not hasattr(via, "W_k")
+    with torch.no_grad():
+        scores.W_q.load_state_dict(plain.W_q.state_dict())
+        scores.W_k.load_state_dict(plain.W_k.state_dict())
+        via.W_v.load_state_dict(plain.W_v.state_dict())
+        via.W_o.load_state_dict(plain.W_o.state_dict())
+    q, kv = torch.randn(2, 4, 12), torch.randn(2, 7, 6)
+    mask = padding_mask(torch.tensor([7, 3]), 7)
+    torch.manual_seed(3)
+    a, wa = with_weights(plain, q, kv, kv, mask=mask)
+    torch.manual_seed(3)
+    b, wb = with_weights(via, q, kv, kv, mask=mask)
+    check_close(b, a, "scores=DotProductScores vs built-in", atol=1e-6)
+    check_close(wb, wa, "weights", atol=1e-6)
+    with pytest.raises(ValueError, match="no key/value cache"):
+        via(q, kv, kv, record=Record(cache=KVCache()))
+    bad = MultiHeadAttention(12, 3, kdim=6, vdim=6, scores=lambda_module(lambda qq, kk: torch.zeros(2, 3, 4, 6)))
+    with pytest.raises(ValueError, match=r"returned \(2, 3, 4, 6\), expected \(B, H, Tq, Tk\) = \(2, 3, 4, 7\)"):
+        bad(q, kv, kv)
+
+
+def lambda_module(fn):
+    class _F(nn.Module):
+        def forward(self, *a):
+            return fn(*a)
+
+    return _F()
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("fused", [False, True])
+def test_cached_self_attention_equals_full_causal(fast: bool, fused: bool) -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, fast=fast, fused_qkv=fused).eval()
+    x = torch.randn(2, 7, 16)
+    full = mha(x, mask=causal_mask(7))
+    cache, outs = KVCache(), []
+    for t0, t1 in ((0, 3), (3, 4), (4, 5), (5, 7)):  # a prompt of 3, then 1, 1, 2 tokens
+        outs.append(mha(x[:, t0:t1], mask=causal_mask(t1 - t0, t1), record=Record(cache=cache)))
+        assert cache.length(mha) == t1
+    check_close(torch.cat(outs, 1), full, "cached vs uncached self-attention", atol=1e-5)
+
+
+def test_cross_attention_keys_values_are_computed_once_and_reorder() -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2).eval()
+    memory, x = torch.randn(3, 5, 8), torch.randn(3, 4, 8)
+    calls = []
+    mha.W_k.register_forward_hook(lambda *_: calls.append(1))
+    cache = KVCache()
+    steps = [mha(x[:, t:t + 1], memory, record=Record(cache=cache)) for t in range(4)]
+    assert len(calls) == 1, f"W_k ran {len(calls)} times; the memory's keys must be projected once"
+    check_close(torch.cat(steps, 1), mha(x, memory), "cached cross-attention", atol=1e-6)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    k, _ = cache.get(mha)
+    check_close(k[1], k[0], "reordered rows", atol=0)
+    assert k.shape[0] == 3
+    with pytest.raises(ValueError, match="no slot"):
+        KVCache().get(mha)

@@ -6,9 +6,11 @@ import math
 
 import pytest
 import torch
+from helpers import with_weights
 
 from lib.attention import causal_mask, scaled_dot_product_attention
 from lib.positional import (
+    SCHEMES,
     ALiBi,
     LearnedPositionalEmbedding,
     RelativePosition,
@@ -16,11 +18,13 @@ from lib.positional import (
     RotaryEmbedding,
     SinusoidalEncoding,
     alibi_slopes,
+    build,
     relative_distances,
     sinusoidal_table,
 )
 
 # ---------------------------------------------------------------- sinusoidal
+
 
 
 def test_sinusoidal_matches_d2l_table(d2l):
@@ -64,6 +68,11 @@ def test_sinusoidal_errors():
         sinusoidal_table(4, 7)
     with pytest.raises(ValueError, match=r"\(B, T, D=8\)"):
         SinusoidalEncoding(8)(torch.randn(2, 3, 6))
+
+
+def _pos(T):
+    """Positions 0..T-1 of queries and keys."""
+    return torch.arange(T), torch.arange(T)
 
 
 # ---------------------------------------------------------------- learned
@@ -126,10 +135,11 @@ def test_relative_position_equals_direct_loop(causal):
     rel = RelativePosition(Dh, K).double()
     q, k, v = (torch.randn(B, H, T, Dh, dtype=torch.float64) for _ in range(3))
     mask = causal_mask(T) if causal else None
-    bias = rel.score_bias(q, T)
+    pos = torch.arange(T)
+    bias = rel.score_bias(q, pos, pos)
     assert bias.shape == (B, H, T, T)
     out, weights = scaled_dot_product_attention(q, k, v, mask=mask, bias=bias)
-    term = rel.value_term(weights)
+    term = rel.value_term(weights, pos, pos)
     assert term.shape == (B, H, T, Dh)
     expected = _shaw_loop(q, k, v, rel.rel_k.detach(), rel.rel_v.detach(), K, mask)
     torch.testing.assert_close(out + term, expected)
@@ -137,7 +147,7 @@ def test_relative_position_equals_direct_loop(causal):
 
 def test_relative_position_clipping_shares_vectors():
     rel = RelativePosition(4, 1)
-    a = rel.key_embeddings(6, 6)  # (Tq, Tk, Dh)
+    a = rel.key_embeddings(torch.arange(6), torch.arange(6))  # (Tq, Tk, Dh)
     assert a.shape == (6, 6, 4)
     # Every distance >= 1 uses the same vector, every distance <= -1 another.
     torch.testing.assert_close(a[0, 5], a[0, 1])
@@ -149,28 +159,28 @@ def test_relative_position_clipping_shares_vectors():
 def test_relative_position_per_head_and_errors():
     rel = RelativePosition(4, 3, num_heads=2)
     q = torch.randn(1, 2, 5, 4)
-    assert rel.score_bias(q, 5).shape == (1, 2, 5, 5)
-    assert rel.value_term(torch.softmax(torch.randn(1, 2, 5, 5), -1)).shape == (1, 2, 5, 4)
+    assert rel.score_bias(q, *_pos(5)).shape == (1, 2, 5, 5)
+    assert rel.value_term(torch.softmax(torch.randn(1, 2, 5, 5), -1), *_pos(5)).shape == (1, 2, 5, 4)
     # Head h uses table h: compare with a shared module holding that table.
     shared = RelativePosition(4, 3)
     with torch.no_grad():
         shared.rel_k.copy_(rel.rel_k[1])
-    torch.testing.assert_close(rel.score_bias(q, 5)[:, 1], shared.score_bias(q, 5)[:, 1])
+    torch.testing.assert_close(rel.score_bias(q, *_pos(5))[:, 1], shared.score_bias(q, *_pos(5))[:, 1])
     with pytest.raises(ValueError, match="H=2"):
-        rel.score_bias(torch.randn(1, 3, 5, 4), 5)
+        rel.score_bias(torch.randn(1, 3, 5, 4), *_pos(5))
     with pytest.raises(ValueError, match="d_head=4"):
-        RelativePosition(4, 3).score_bias(torch.randn(1, 2, 5, 8), 5)
+        RelativePosition(4, 3).score_bias(torch.randn(1, 2, 5, 8), *_pos(5))
     with pytest.raises(ValueError, match=r"\(B, H, T, Dh\)"):
-        RelativePosition(4, 3).score_bias(torch.randn(2, 5, 4), 5)
+        RelativePosition(4, 3).score_bias(torch.randn(2, 5, 4), *_pos(5))
     no_v = RelativePosition(4, 3, values=False)
-    assert no_v.value_term is None and no_v.rel_v is None
+    assert not no_v.has_value_term and no_v.rel_v is None and RelativePosition(4, 3).has_value_term
 
 
 def test_relative_position_bias_is_per_head_scalar():
     rpb = RelativePositionBias(3, 2)
     with torch.no_grad():
         rpb.bias.copy_(torch.randn(3, 5))
-    b = rpb.score_bias(torch.randn(2, 3, 4, 8), 4)
+    b = rpb.score_bias(torch.randn(2, 3, 4, 8), *_pos(4))
     assert b.shape == (3, 4, 4)
     assert b[1, 0, 3] == rpb.bias[1, 4] and b[2, 3, 0] == rpb.bias[2, 0]
 
@@ -185,8 +195,8 @@ def test_rope_scores_depend_only_on_relative_position(interleaved):
     q, k = torch.randn(Dh, dtype=torch.float64), torch.randn(Dh, dtype=torch.float64)
 
     def score(m, n):
-        qm = rope.rotate_one(q.float().view(1, Dh), torch.tensor([m]))
-        kn = rope.rotate_one(k.float().view(1, Dh), torch.tensor([n]))
+        qm = rope.rotate(q.float().view(1, Dh), torch.tensor([m]))
+        kn = rope.rotate(k.float().view(1, Dh), torch.tensor([n]))
         return (qm @ kn.T).item()
 
     for m, n in ((0, 0), (3, 1), (2, 9), (40, 17)):
@@ -200,16 +210,16 @@ def test_rope_rotate_shift_invariance_in_batch(interleaved):
     """Full (B, H, T, Dh) path: scores of a sequence equal those of the same sequence placed later."""
     rope = RotaryEmbedding(8, interleaved=interleaved)
     q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
-    qr, kr = rope.rotate(q, k)
+    qr, kr = rope.rotate(q), rope.rotate(k)
     shift = torch.arange(5) + 7
-    qs, ks = rope.rotate_one(q, shift), rope.rotate_one(k, shift)
+    qs, ks = rope.rotate(q, shift), rope.rotate(k, shift)
     torch.testing.assert_close(qr @ kr.transpose(-2, -1), qs @ ks.transpose(-2, -1), atol=1e-4, rtol=1e-4)
 
 
 def test_rope_preserves_norms_and_position_zero():
     rope = RotaryEmbedding(12)
     q, k = torch.randn(2, 2, 9, 12), torch.randn(2, 2, 9, 12)
-    qr, kr = rope.rotate(q, k)
+    qr, kr = rope.rotate(q), rope.rotate(k)
     torch.testing.assert_close(qr.norm(dim=-1), q.norm(dim=-1))
     torch.testing.assert_close(kr.norm(dim=-1), k.norm(dim=-1))
     torch.testing.assert_close(qr[..., 0, :], q[..., 0, :])
@@ -221,12 +231,12 @@ def test_rope_pairings_agree_under_a_permutation():
     perm = torch.cat([torch.arange(0, Dh, 2), torch.arange(1, Dh, 2)])  # interleaved -> half layout
     inv = torch.argsort(perm)
     x = torch.randn(2, 3, 7, Dh)
-    torch.testing.assert_close(inter.rotate_one(x), half.rotate_one(x[..., perm])[..., inv])
+    torch.testing.assert_close(inter.rotate(x), half.rotate(x[..., perm])[..., inv])
     # Scores are equal when both q and k are permuted.
     q, k = torch.randn(1, 2, 6, Dh), torch.randn(1, 2, 6, Dh)
-    qi, ki = inter.rotate(q, k)
+    qi, ki = inter.rotate(q), inter.rotate(k)
     a = qi @ ki.transpose(-2, -1)
-    qh, kh = half.rotate(q[..., perm], k[..., perm])
+    qh, kh = half.rotate(q[..., perm]), half.rotate(k[..., perm])
     torch.testing.assert_close(a, qh @ kh.transpose(-2, -1), atol=1e-5, rtol=1e-5)
 
 
@@ -238,18 +248,20 @@ def test_rope_matches_complex_multiplication():
     theta = 10000.0 ** (-torch.arange(0, Dh, 2, dtype=torch.float64) / Dh)
     z = torch.view_as_complex(x.view(T, Dh // 2, 2).contiguous())
     rot = z * torch.polar(torch.ones(T, Dh // 2, dtype=torch.float64), torch.arange(T).unsqueeze(1) * theta)
-    torch.testing.assert_close(rope.rotate_one(x.float()), torch.view_as_real(rot).flatten(-2).float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rope.rotate(x.float()), torch.view_as_real(rot).flatten(-2).float(), atol=1e-5, rtol=1e-5)
 
 
 def test_rope_kv_cache_positions_and_errors():
     rope = RotaryEmbedding(4)
-    q, k = torch.randn(1, 1, 2, 4), torch.randn(1, 1, 5, 4)
-    qr, _ = rope.rotate(q, k)
-    torch.testing.assert_close(qr, rope.rotate_one(q, torch.tensor([3, 4])))
+    q = torch.randn(1, 1, 2, 4)
+    qr = rope.rotate(q, torch.tensor([3, 4]))
+    torch.testing.assert_close(qr, rope.rotate(torch.cat([torch.randn(1, 1, 3, 4), q], 2))[..., 3:, :])
     with pytest.raises(ValueError, match="even"):
         RotaryEmbedding(5)
     with pytest.raises(ValueError, match="Dh=4"):
-        rope.rotate(torch.randn(1, 1, 3, 6), torch.randn(1, 1, 3, 6))
+        rope.rotate(torch.randn(1, 1, 3, 6))
+    with pytest.raises(ValueError, match=r"integer positions \(2,\), got \(3,\)"):
+        rope.rotate(q, torch.arange(3))
 
 
 # ---------------------------------------------------------------- ALiBi
@@ -280,7 +292,7 @@ def test_alibi_slopes():
 def test_alibi_bias():
     alibi = ALiBi(4)
     q = torch.randn(2, 4, 5, 8)
-    b = alibi.score_bias(q, 5)
+    b = alibi.score_bias(q, *_pos(5))
     assert b.shape == (4, 5, 5)
     i, j = torch.arange(5).view(-1, 1), torch.arange(5).view(1, -1)
     torch.testing.assert_close(b, -alibi_slopes(4).view(-1, 1, 1) * (i - j).abs())
@@ -292,23 +304,25 @@ def test_alibi_bias():
     paper = alibi_slopes(4).view(-1, 1, 1) * j.float()
     torch.testing.assert_close(masked_softmax(scores, m, bias=b), masked_softmax(scores, m, bias=paper.expand(4, 5, 5)))
     with pytest.raises(ValueError, match="H=4"):
-        alibi.score_bias(torch.randn(2, 3, 5, 8), 5)
+        alibi.score_bias(torch.randn(2, 3, 5, 8), *_pos(5))
 
 
 # ---------------------------------------------------------------- plugged into MultiHeadAttention
 
 
 def _mha():
-    return pytest.importorskip("lib.multihead", reason="lib.multihead (MultiHeadAttention) is not written yet")
+    import lib.multihead
+
+    return lib.multihead
 
 
 def test_mha_with_rope_is_shift_invariant():
     mh = _mha()
     mha = mh.MultiHeadAttention(16, 2, positional=RotaryEmbedding(8)).eval()
     x = torch.randn(2, 6, 16)
-    out, w = mha(x, need_weights=True)
+    out, w = with_weights(mha, x)
     q, k, v = mha.project_qkv(x, x, x)
-    qr, kr = RotaryEmbedding(8).rotate(q, k)
+    qr, kr = RotaryEmbedding(8).rotate(q), RotaryEmbedding(8).rotate(k)
     _, ref = scaled_dot_product_attention(qr, kr, v)
     torch.testing.assert_close(w, ref)
     # Without positions the module is permutation equivariant; with RoPE it is not.
@@ -336,10 +350,56 @@ def test_mha_with_alibi_and_fast_path():
     mh = _mha()
     mha = mh.MultiHeadAttention(16, 4, positional=ALiBi(4)).eval()
     x = torch.randn(2, 7, 16)
-    out, w = mha(x, mask=causal_mask(7), need_weights=True)
+    out, w = with_weights(mha, x, mask=causal_mask(7))
     q, k, v = mha.project_qkv(x, x, x)
     _, ref = scaled_dot_product_attention(q, k, v, mask=causal_mask(7), bias=ALiBi(4).bias(7))
     torch.testing.assert_close(w, ref)
     fast = mh.MultiHeadAttention(16, 4, positional=ALiBi(4), fast=True).eval()
     fast.load_state_dict(mha.state_dict())
     torch.testing.assert_close(fast(x, mask=causal_mask(7)), out, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- one contract, one registry, the cache
+
+
+@pytest.mark.parametrize("name", ["rope", "alibi", "shaw", "relative_bias"])
+@pytest.mark.parametrize("fast", [False, True])
+def test_relative_schemes_cached_equals_uncached(name, fast):
+    """Keys are rotated/biased by their own positions once: cached decoding gives the full causal result."""
+    from lib.attention import Record
+    from lib.multihead import KVCache, MultiHeadAttention
+
+    torch.manual_seed(0)
+    scheme = build(name, d_model=16, num_heads=4, max_distance=3)
+    if name == "relative_bias":
+        with torch.no_grad():
+            scheme.bias.normal_()
+    mha = MultiHeadAttention(16, 4, positional=scheme, fast=fast).eval()
+    x = torch.randn(2, 6, 16)
+    full = mha(x, mask=causal_mask(6))
+    cache = KVCache()
+    steps = [mha(x[:, t:t + 1], mask=causal_mask(1, t + 1), record=Record(cache=cache)) for t in range(6)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_registry_builds_every_scheme_and_refuses_unknown_names():
+    from lib.multihead import PositionalScheme
+
+    kinds = {name: build(name, d_model=16, num_heads=4) for name in SCHEMES}
+    assert isinstance(kinds["sinusoidal"], SinusoidalEncoding) and isinstance(kinds["learned"], LearnedPositionalEmbedding)
+    for name in ("shaw", "relative_bias", "rope", "alibi"):
+        assert isinstance(kinds[name], PositionalScheme), name
+    assert kinds["rope"].d_head == 4 and build("rope", d_model=16, num_heads=4, d_head=8).d_head == 8
+    assert build(None, d_model=16, num_heads=4) is None
+    with pytest.raises(ValueError, match=r"unknown positional scheme 'rotary'; expected one of \['alibi'"):
+        build("rotary", d_model=16, num_heads=4)
+
+
+@pytest.mark.parametrize("cls", [SinusoidalEncoding, LearnedPositionalEmbedding])
+def test_absolute_offset_continues_the_table(cls):
+    enc = cls(16, 12) if cls is SinusoidalEncoding else cls(12, 16)
+    x = torch.randn(2, 7, 16)
+    full = enc(x)
+    torch.testing.assert_close(torch.cat([enc(x[:, :3]), enc(x[:, 3:], offset=3)], 1), full)
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        enc(x, offset=-1)
