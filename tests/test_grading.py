@@ -479,6 +479,7 @@ def test_similarity_against_lib(tmp_path):
     assert not any(r["student"] == "own" for r in rows)
 
 
+@pytest.mark.filterwarnings("ignore:.*not in session")
 def test_manual_grades_changed_during_a_run_are_restored(tmp_path):
     from nbgrader.api import Gradebook
 
