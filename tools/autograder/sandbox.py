@@ -83,13 +83,25 @@ def _python() -> str:
     return os.path.join(os.path.realpath(sys.prefix), "bin", os.path.basename(sys.executable))
 
 
+def data_mirrors() -> list[str]:
+    """The dataset folders a kernel reads in place: the course's cache and ``$COURSE_DATA_MIRROR``."""
+    out = []
+    for part in [str(REPO / "data"), *os.environ.get("COURSE_DATA_MIRROR", "").split(os.pathsep)]:
+        part = part.strip()
+        if part:
+            path = Path(part) if Path(part).is_absolute() else REPO / part
+            if path.is_dir() and os.path.realpath(path) not in out:
+                out.append(os.path.realpath(path))
+    return out
+
+
 def readable_paths() -> list[str]:
     """What a sandboxed kernel may read: the Python environment, the course library, datasets."""
     paths = {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), os.path.realpath(sys.exec_prefix)}
     paths.add(str(REPO / "lib"))
-    for extra in (REPO / "data", os.environ.get("COURSE_DATA_MIRROR")):
-        if extra and Path(extra).is_dir():
-            paths.add(os.path.realpath(extra))
+    if (REPO / "requirements-lock.txt").is_file():  # lesson 00 compares the versions with it
+        paths.add(str(REPO / "requirements-lock.txt"))
+    paths.update(data_mirrors())
     paths.add(str(LAUNCHER))
     # drop what /usr and /etc already hold, and paths inside others
     out = sorted(p for p in paths if not p.startswith(("/usr/", "/etc/")) and p not in ("/usr", "/etc"))
@@ -113,6 +125,8 @@ def plan(job_dir: Path, lane: int, limits: Limits, iso: Isolation, quick: bool) 
         JUPYTER_CONFIG_DIR=f"{home}/.jupyter", JUPYTER_DATA_DIR=f"{home}/.local/share/jupyter",
         JUPYTER_RUNTIME_DIR=f"{home}/.runtime", JUPYTER_PLATFORM_DIRS="1", PYTHONPATH=str(REPO),
         PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COURSE_QUICK="1" if quick else "0",
+        # datasets: read in place from the (read-only) cache and mirrors; verification stamps in the tmpfs home
+        COURSE_DATA_MIRROR=os.pathsep.join(data_mirrors()), COURSE_DATA_DIR=f"{home}/data", COURSE_DATA_OFFLINE="1",
     )
     spec = {
         "mode": iso.mode, "bwrap": iso.bwrap, "setpriv": iso.setpriv, "uid": uid, "ro": readable_paths(),
