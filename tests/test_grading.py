@@ -9,10 +9,19 @@ from a real lesson instead (slower).  Small limits keep it short.
 
 from __future__ import annotations
 
+import base64
+import codecs
+import contextlib
+import csv
 import html
+import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
+import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -23,11 +32,21 @@ sys.path.insert(0, str(ROOT))
 
 from tools.autograder import fixtures as fx  # noqa: E402
 from tools.autograder.core import Limits, grade, load_course  # noqa: E402
-from tools.autograder.feedback import HideHiddenTests, hidden_lines, strip_hidden  # noqa: E402
+from tools.autograder.feedback import (  # noqa: E402
+    HIDDEN_FAILED,
+    HIDDEN_PASSED,
+    HideHiddenTests,
+    hidden_lines,
+    strip_hidden,
+)
+from tools.autograder.sandbox import detect  # noqa: E402
 from tools.grade import main  # noqa: E402
 
+SANDBOX = detect().sandboxed
+needs_sandbox = pytest.mark.skipif(not SANDBOX, reason="bubblewrap is not installed (apt-get install bubblewrap)")
+
 LESSON = os.environ.get("COURSE_GRADING_LESSON", fx.FIXTURE)
-LIMITS = Limits(cell_timeout=5, submission_timeout=30, memory=1024**3 if LESSON == fx.FIXTURE else 3 * 1024**3)
+LIMITS = Limits(cell_timeout=5, submission_timeout=30, memory=512 * 1024**2 if LESSON == fx.FIXTURE else 3 * 1024**3)
 
 EXPECTED = {
     "correct": "graded",
@@ -49,7 +68,14 @@ EXPECTED = {
     "empty": "invalid",
     "not_a_notebook": "invalid",
     "slow": "killed",
+    "dup": "invalid",  # dup.ipynb and dup!.ipynb: one student id, two submissions
 }
+# attacks on the grader (fixtures.attack_submissions), graded when bubblewrap is there
+ATTACKS = {"read_hidden_tests": "graded", "write_outside": "graded", "kill_others": "graded",
+           "orphan_process": "graded", "network": "graded", "html_output": "graded", "html_markdown": "graded",
+           "big_attachment": "graded", "stash_hidden_tests": "graded", "fake_pass": "graded"}
+if SANDBOX:
+    EXPECTED.update(ATTACKS)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +88,9 @@ def run(tmp_path_factory):
     inbox = tmp / "inbox"
     inbox.mkdir()
     files = fx.bad_submissions(student, solution, slow_seconds=LIMITS.submission_timeout + 6)
+    if SANDBOX:
+        files.update(fx.attack_submissions(student, solution))
+    files["dup"] = files["dup!"] = files["correct"]
     for name, data in files.items():
         if name in ("correct", "partial"):  # nbgrader's layout, one of them under another file name
             folder = inbox / name / LESSON
@@ -69,7 +98,7 @@ def run(tmp_path_factory):
             (folder / (f"{LESSON}.ipynb" if name == "correct" else "my_copy.ipynb")).write_bytes(data)
         else:
             (inbox / f"{name}.ipynb").write_bytes(data)
-    report = grade(LESSON, inbox, root=root, jobs=2, limits=LIMITS, progress=False)
+    report = grade(LESSON, inbox, root=root, jobs=2, limits=LIMITS, progress=False, weak_isolation=not SANDBOX)
     return root, report
 
 
@@ -157,7 +186,9 @@ def test_feedback_hides_hidden_tests(run):
             assert "hidden tests: not shown" in text
     if LESSON == fx.FIXTURE:
         correct = (report.feedback_dir / "correct" / LESSON / f"{LESSON}.html").read_text(encoding="utf-8")
-        assert "add passes the hidden cases" in html.unescape(correct)  # pass output kept
+        assert HIDDEN_PASSED.strip() in html.unescape(correct)  # a fixed line for the hidden tests
+        assert "add passes the hidden cases" not in html.unescape(correct)  # never what ran there
+        assert "add works on small numbers" in html.unescape(correct)  # the visible checks' output stays
         partial = (report.feedback_dir / "partial" / LESSON / f"{LESSON}.html").read_text(encoding="utf-8")
         assert "NotImplementedError" in html.unescape(partial)  # fail output kept
 
@@ -179,7 +210,7 @@ def test_strip_hidden_keeps_the_rest():
     assert "hidden tests" in out
 
 
-def test_feedback_preprocessor_cuts_tracebacks():
+def test_feedback_preprocessor_shows_a_fixed_line_for_hidden_tests():
     cell = nbformat.v4.new_code_cell(
         "### BEGIN HIDDEN TESTS\nassert secret_function(3) == 9, 'secret_function(3) should be 9'\n### END HIDDEN TESTS")
     cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="secret_function(3) should be 9",
@@ -191,7 +222,7 @@ def test_feedback_preprocessor_cuts_tracebacks():
     nb = nbformat.v4.new_notebook(cells=[cell, other])
     nb, _ = HideHiddenTests().preprocess(nb, {})
     assert "secret_function(3) ==" not in nb.cells[0].source
-    assert nb.cells[0].outputs[0].traceback == ["\x1b[0;31mAssertionError\x1b[0m: secret_function(3) should be 9"]
+    assert nb.cells[0].outputs == [nbformat.v4.new_output("stream", name="stdout", text=HIDDEN_FAILED)]
     assert nb.cells[1].outputs[0].text.strip() == "ok"
 
 
@@ -272,3 +303,262 @@ def test_cells_failing_after_an_unanswered_exercise_are_not_student_errors():
     # an exception before the unanswered exercise stays an error
     notes = analyse(_executed((None, "KeyError"), (solution, "NotImplementedError")))
     assert ("error", "exceptions in student code: cell 0: KeyError") in notes
+
+
+# ----------------------------------------------------------------------------
+# attacks on the grader (issue #10)
+# ----------------------------------------------------------------------------
+def _outputs(report, student: str) -> str:
+    """The outputs of a submission's autograded notebook (what its code printed), as JSON text."""
+    ag = report.feedback_dir.parent / "autograded" / student / LESSON / f"{LESSON}.ipynb"
+    nb = nbformat.read(ag, as_version=4)
+    return "\n".join(json.dumps(c.get("outputs", [])) for c in nb.cells if c.cell_type == "code")
+
+
+def _published(report, student: str) -> str:
+    """Everything a student sees of a submission: the feedback page, and the autograded outputs."""
+    page = (report.feedback_dir / student / LESSON / f"{LESSON}.html").read_text(encoding="utf-8")
+    return page + "\n" + _outputs(report, student)
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.bad: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "iframe", "object", "embed", "link", "svg"):
+            self.bad.append(tag)
+        self.bad += [f"{tag} {name}" for name, value in attrs
+                     if name.startswith("on") or "javascript:" in (value or "").lower()]
+
+
+def _unsafe_html(page: str) -> list[str]:
+    parser = _Tags()
+    parser.feed(page)
+    return parser.bad
+
+
+def _leaks(text: str) -> list[str]:
+    """The hidden-test marker in plain text, ROT13 or any base64 run in ``text``."""
+    found = []
+    plain = html.unescape(text)
+    if fx.SECRET in plain or "BEGIN HIDDEN TESTS" in plain:
+        found.append("plain")
+    if codecs.encode(fx.SECRET, "rot13") in plain:
+        found.append("rot13")
+    for run in re.findall(r"[A-Za-z0-9+/=]{40,}", plain):
+        try:
+            decoded = base64.b64decode(run + "=" * (-len(run) % 4), validate=False)
+        except ValueError:
+            continue
+        if fx.SECRET.encode() in decoded or b"HIDDEN TESTS" in decoded:
+            found.append("base64")
+    return found
+
+
+HONEST_ATTACKS = [k for k in ATTACKS if k not in ("stash_hidden_tests", "fake_pass")]
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_attacks_earn_nothing_and_harm_no_one(run):
+    _, report = run
+    rows = report.by_student()
+    full = rows["correct"].total
+    for name in HONEST_ATTACKS:  # each is the correct notebook plus one hostile cell
+        assert rows[name].total == full, f"{name}: {rows[name].total} ({rows[name].reason})"
+    assert rows["correct"].status == "graded" and rows["blank"].total == 0
+    assert "bubblewrap" in report.isolation
+
+
+@pytest.mark.slow
+@needs_sandbox
+@pytest.mark.parametrize("name", HONEST_ATTACKS)
+def test_no_hidden_test_text_in_any_encoding(run, name):
+    _, report = run
+    assert not _leaks(_published(report, name)), name
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_sandbox_hides_the_course_and_the_network(run):
+    _, report = run
+    seen = _outputs(report, "read_hidden_tests")
+    assert "found 0" in seen  # nothing of solutions/, grading/, the scratch gradebook or other jobs
+    net = _outputs(report, "network")
+    assert "CONNECTED" not in net and "no connection to" in net
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_nothing_written_or_left_running_outside(run):
+    root, report = run
+    assert "WROTE" not in _outputs(report, "write_outside")
+    assert "could not write" in _outputs(report, "write_outside")
+    for folder in (ROOT, root, Path(sys.prefix) / "lib"):
+        assert not (folder / "sitecustomize.py").exists(), folder
+    time.sleep(1)
+    left = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if fx.ORPHAN_MARK.encode() in (proc / "cmdline").read_bytes():
+                left.append(proc.name)
+    assert not left, f"processes left behind: {left}"
+    assert not list(Path(tempfile.gettempdir()).glob(f"grade-{LESSON}-*")), "scratch left behind"
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_feedback_and_formgrader_views_are_sanitized(run):
+    _, report = run
+    for name in ("html_output", "html_markdown", "big_attachment"):
+        page = (report.feedback_dir / name / LESSON / f"{LESSON}.html").read_text(encoding="utf-8")
+        assert not _unsafe_html(page), f"{name}: {_unsafe_html(page)[:5]}"
+        assert len(page) < 1_000_000, f"{name}: feedback of {len(page)} characters"
+        ag = nbformat.read(report.feedback_dir.parent / "autograded" / name / LESSON / f"{LESSON}.ipynb",
+                           as_version=4)
+        for cell in ag.cells:
+            assert "attachments" not in cell, name
+            for out in cell.get("outputs", []):
+                assert set(out.get("data", {})) <= {"text/plain", "image/png", "image/jpeg"}, name
+            if cell.cell_type == "markdown":
+                assert not _unsafe_html(cell.source), cell.source[:200]
+    assert (report.feedback_dir / "html_output" / LESSON / f"{LESSON}.html").stat().st_size < 200_000
+
+
+@pytest.mark.slow
+@needs_sandbox
+@pytest.mark.xfail(strict=True, reason="the hidden tests still run in the student's kernel (issue #10, item 1)")
+def test_kernel_hooks_cannot_read_the_hidden_tests(run):
+    _, report = run
+    assert not _leaks(_published(report, "stash_hidden_tests"))
+
+
+@pytest.mark.slow
+@needs_sandbox
+@pytest.mark.xfail(strict=True, reason="the tests still run in the student's kernel (issue #10, item 1)")
+def test_kernel_hooks_cannot_fake_a_pass(run):
+    _, report = run
+    assert report.by_student()["fake_pass"].total == 0  # an untouched notebook plus rebound checks
+
+
+@pytest.mark.slow
+def test_colliding_ids_are_invalid_with_a_reason(run):
+    _, report = run
+    row = report.by_student()["dup"]
+    assert row.status == "invalid" and "dup!.ipynb" in row.reason and "dup.ipynb" in row.reason
+    assert row.total == 0
+
+
+@pytest.mark.slow
+def test_similarity_report_flags_copies(run):
+    _, report = run
+    assert report.similarity and report.similarity.is_file() and report.similarity.with_suffix(".html").is_file()
+    with open(report.similarity, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and set(rows[0]) == {"exercise", "student", "similar_to", "share_of_student_code",
+                                     "overlapping_tokens"}
+    # the correct answers are copies of each other
+    pairs = {(r["student"], r["similar_to"]) for r in rows}
+    assert ("correct", "partial") in pairs or ("correct", "sys_exit") in pairs
+    assert "<script" not in report.similarity.with_suffix(".html").read_text().lower()
+
+
+def test_similarity_against_lib(tmp_path):
+    from tools.autograder.integrity import report as similarity
+
+    release = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()",
+        metadata={"nbgrader": {"grade_id": "ex1_f", "solution": True, "grade": False}})])
+    copied = (ROOT / "lib" / "checks.py").read_text().split("def check_close")[1].split("\ndef ")[0]
+    answers = {"copier": {"ex1_f": "def check_close" + copied}, "own": {"ex1_f": "def f(x):\n    return x + 1\n"}}
+    n = similarity(answers, release, ROOT / "lib", tmp_path / "s.csv", tmp_path / "s.html")
+    rows = list(csv.DictReader(open(tmp_path / "s.csv", newline="")))
+    assert n == len(rows) and any(r["student"] == "copier" and r["similar_to"] == "lib/checks.py" for r in rows)
+    assert not any(r["student"] == "own" for r in rows)
+
+
+@pytest.mark.filterwarnings("ignore:.*not in session")
+def test_manual_grades_changed_during_a_run_are_restored(tmp_path):
+    from nbgrader.api import Gradebook
+
+    from tools.autograder.gradebook import ManualGuard, prepare_assignment
+
+    root = fx.fixture_course(tmp_path / "course")
+    course = load_course(root)
+    course.db_path.parent.mkdir(parents=True)
+    prepare_assignment(course, fx.FIXTURE, tmp_path / "scratch")
+    with Gradebook(course.db_url, course.course_id) as gb:
+        for student in ("honest", "cheat"):
+            gb.add_student(student)
+            gb.add_submission(fx.FIXTURE, student)
+        gb.find_grade("ex3_explain", fx.FIXTURE, fx.FIXTURE, "honest").manual_score = 2
+        gb.db.commit()
+    guard = ManualGuard(course, fx.FIXTURE)
+    with Gradebook(course.db_url, course.course_id) as gb:  # what a hostile process would do
+        gb.find_grade("ex3_explain", fx.FIXTURE, fx.FIXTURE, "honest").manual_score = 0
+        gb.find_grade("ex1_add_hidden", fx.FIXTURE, fx.FIXTURE, "cheat").manual_score = 3
+        gb.db.commit()
+    fixed = guard.restore()
+    assert len(fixed) == 2 and any("honest/ex3_explain" in f for f in fixed)
+    with Gradebook(course.db_url, course.course_id) as gb:
+        assert gb.find_grade("ex3_explain", fx.FIXTURE, fx.FIXTURE, "honest").manual_score == 2
+        assert gb.find_grade("ex1_add_hidden", fx.FIXTURE, fx.FIXTURE, "cheat").manual_score is None
+    assert guard.restore() == []
+
+
+def test_refuses_without_a_sandbox_unless_accepted(tmp_path, monkeypatch, capsys):
+    from tools.autograder import core
+    from tools.autograder.sandbox import Isolation
+
+    monkeypatch.setattr(core, "detect", lambda: Isolation(False, "none", why="bwrap not found"))
+    root = fx.fixture_course(tmp_path / "course")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    assert main([fx.FIXTURE, str(inbox), "--root", str(root), "--no-progress"]) == 2
+    assert "--weak-isolation" in capsys.readouterr().err
+    assert main([fx.FIXTURE, str(inbox), "--root", str(root), "--no-progress", "--weak-isolation"]) == 0
+    assert "WEAK ISOLATION" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_a_killed_parent_leaves_nothing_and_a_rerun_grades(tmp_path):
+    root = fx.fixture_course(tmp_path / "course")
+    student = fx.release(root, fx.FIXTURE)
+    solution = nbformat.read(root / "solutions" / fx.FIXTURE / f"{fx.FIXTURE}.ipynb", as_version=4)
+    files = fx.bad_submissions(student, solution)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "looper.ipynb").write_bytes(files["infinite_loop"])
+    (inbox / "correct.ipynb").write_bytes(files["correct"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "tools.grade", fx.FIXTURE, str(inbox), "--root", str(root), "--no-progress",
+           "--cell-timeout", "60", "--jobs", "1"]
+    parent = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    scratch = []
+    while time.monotonic() < deadline and not any(p.stat().st_size for s in scratch for p in s.glob("jobs/*/kernel.pids")):
+        time.sleep(0.5)
+        scratch = [s for s in Path(tempfile.gettempdir()).glob(f"grade-{fx.FIXTURE}-*")]
+    assert scratch, "the run never started a kernel"
+    time.sleep(2)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(s.exists() for s in scratch):
+        time.sleep(0.5)
+    assert not any(s.exists() for s in scratch), "scratch (with the hidden tests) left behind"
+    left = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(scratch[0]))]
+    assert not left, f"processes of the killed run still alive: {left}"
+    report = grade(fx.FIXTURE, inbox, root=root, jobs=2, progress=False, limits=Limits(cell_timeout=5))
+    assert report.by_student()["correct"].status == "graded"
+    assert report.by_student()["looper"].status == "timeout"
+
+
+def _cmdline_has(proc: Path, text: str) -> bool:
+    try:
+        return text.encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False

@@ -12,8 +12,11 @@ the course gradebook (``grading/gradebook.db``), a grade table
 (``grading/<assignment>_grades.csv``) and per-student feedback without the
 hidden tests (``grading/feedback/<student>/<assignment>/``).
 
+Each kernel runs in its own bubblewrap sandbox; without ``bwrap`` grading refuses
+to run unless ``--weak-isolation`` accepts resource limits only.
+
 Exit status: 0 when grading ran (whatever the students' results), 2 when it
-could not run (unknown assignment, missing folder, unusable gradebook).
+could not run (unknown assignment, missing folder, unusable gradebook, no sandbox).
 See docs/grading.md.
 """
 
@@ -26,7 +29,6 @@ from pathlib import Path
 
 from tools.autograder.core import (
     GIB,
-    REPO,
     STATUSES,
     GradingError,
     Limits,
@@ -34,6 +36,7 @@ from tools.autograder.core import (
     grade,
     regenerate_feedback,
 )
+from tools.common import REPO
 
 
 def _bytes(text: str) -> int:
@@ -61,7 +64,12 @@ def summary(report: Report) -> str:
         for r in rows:
             if r.status != "graded":
                 lines.append(f"    {r.student}: {r.status}: {r.reason}")
+    lines.append(f"  isolation:   {report.isolation}")
+    for fix in report.restored:
+        lines.append(f"  RESTORED manual gradebook entry changed during the run: {fix}")
     lines.append(f"  grade table: {report.csv_path}")
+    if report.similarity:
+        lines.append(f"  similarity:  {report.similarity} (and .html)")
     lines.append(f"  feedback:    {report.feedback_dir}/<student>/{report.assignment}/")
     return "\n".join(lines)
 
@@ -83,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="run the lessons in full mode (default: COURSE_QUICK=1)")
     p.add_argument("--csv", type=Path, help="grade table path (default grading/<assignment>_grades.csv)")
     p.add_argument("--keep-scratch", action="store_true", help="keep the scratch folders (debugging)")
+    p.add_argument("--weak-isolation", action="store_true",
+                   help="grade without the bubblewrap sandbox (resource limits only; student code runs as you)")
+    p.add_argument("--no-similarity", action="store_true", help="skip the similarity report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--feedback-only", action="store_true",
                    help="only regenerate feedback from the gradebook (after manual grading)")
@@ -97,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         limits = Limits(cell_timeout=a.cell_timeout, submission_timeout=a.timeout, memory=a.memory,
                         max_cell_output=a.max_output, max_notebook_output=max(a.max_output, Limits.max_notebook_output))
         report = grade(a.assignment, a.submissions, root=a.root, jobs=a.jobs, limits=limits, quick=not a.full,
-                       csv_path=a.csv, keep_scratch=a.keep_scratch, progress=not a.no_progress)
+                       csv_path=a.csv, keep_scratch=a.keep_scratch, progress=not a.no_progress,
+                       weak_isolation=a.weak_isolation, similarity=not a.no_similarity)
     except GradingError as e:
         print(f"grading could not run: {e}", file=sys.stderr)
         return 2

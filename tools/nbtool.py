@@ -28,7 +28,9 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
+from tools.common import REPO as ROOT  # noqa: E402
+
 SOLUTIONS = ROOT / "solutions"
 
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}

@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
 
-
-def tool_env() -> dict[str, str]:
-    """The environment for nbgrader: it runs `alembic` from PATH, so put this Python's bin/ first."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
+from tools.common import REPO as ROOT  # noqa: E402
+from tools.common import generate_assignment  # noqa: E402
 
 
 def lessons(root: Path = ROOT) -> list[str]:
@@ -37,12 +31,7 @@ def generate(root: Path = ROOT) -> None:
     """Run nbgrader generate_assignment for every lesson under ``root``."""
     (root / "grading").mkdir(exist_ok=True)
     for lesson in lessons(root):
-        cmd = [
-            sys.executable, "-m", "nbgrader", "generate_assignment", lesson,
-            "--force", "--log-level=WARN", f"--CourseDirectory.root={root}",
-            f"--CourseDirectory.db_url=sqlite:///{root / 'grading' / 'gradebook.db'}",
-        ]
-        result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tool_env())
+        result = generate_assignment(root, lesson, db_url=f"sqlite:///{root / 'grading' / 'gradebook.db'}", force=True)
         if result.returncode != 0:
             sys.exit(f"nbgrader generate_assignment {lesson} failed:\n{result.stdout}\n{result.stderr}")
     stale = sorted(p.name for p in (root / "notebooks").iterdir() if p.is_dir()) if (root / "notebooks").exists() else []

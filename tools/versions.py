@@ -17,8 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `lib` importable
 
 from lib.runtime import LOCK_FILE, version_drift  # noqa: E402
 

@@ -7,14 +7,14 @@ them, so students would read the hidden tests in their feedback.
 
 * replaces each region between ``### BEGIN HIDDEN TESTS`` and
   ``### END HIDDEN TESTS`` by a one-line placeholder,
-* cuts error tracebacks of such cells down to their last line
-  (``AssertionError: <the check's message>``), because IPython prints the
-  failing lines of the cell in the traceback, and
+* replaces all output of such cells by one fixed line, ``hidden tests: passed``
+  or ``hidden tests: failed``: nothing printed while they ran (by the tests or by
+  the student's code they called, which could print the tests in any encoding)
+  reaches the feedback; the cell's points are shown by nbgrader's template, and
 * as a last sweep, removes any output line (of any cell) that quotes a line of
   hidden test code.
 
-Pass/fail output (the printed ``✔`` lines, the error name and message) and the
-scores stay.  To use it with plain ``nbgrader generate_feedback``, add to
+The visible checks' output and the scores stay.  To use it with plain ``nbgrader generate_feedback``, add to
 ``nbgrader_config.py``::
 
     c.GenerateFeedback.preprocessors = [
@@ -29,12 +29,15 @@ from __future__ import annotations
 import re
 
 from nbconvert.preprocessors import Preprocessor
+from nbformat.notebooknode import NotebookNode
 from traitlets import Bool, Unicode
 
 BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 _REGION = re.compile(r"^([ \t]*)### BEGIN HIDDEN TESTS.*?(?:^[ \t]*### END HIDDEN TESTS[^\n]*$|\Z)", re.M | re.S)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 PLACEHOLDER = "# (hidden tests: not shown in feedback)"
+HIDDEN_PASSED = "hidden tests: passed\n"
+HIDDEN_FAILED = "hidden tests: failed (the points of this cell show how many you earned)\n"
 
 
 def hidden_regions(source: str) -> list[str]:
@@ -84,10 +87,12 @@ class HideHiddenTests(Preprocessor):
             had_hidden = BEGIN in cell.get("source", "")
             if had_hidden:
                 cell.source = strip_hidden(cell.source, self.placeholder)
+                failed = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+                cell.outputs = [NotebookNode(output_type="stream", name="stdout",
+                                             text=HIDDEN_FAILED if failed else HIDDEN_PASSED)]
+                continue
             for out in cell.get("outputs", []):
                 if out.get("output_type") == "error":
-                    if had_hidden:
-                        out.traceback = [f"\x1b[0;31m{out.get('ename', 'Error')}\x1b[0m: {out.get('evalue', '')}"]
                     out.traceback = [t for t in (_redact(t, secret) for t in out.get("traceback", [])) if t]
                     out.evalue = _redact(out.get("evalue", ""), secret)
                 elif out.get("output_type") == "stream":

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import nbformat
 
+from tools.common import grade_id as _gid
+from tools.common import nbgrader_md as _nbg
+
 MAX_BYTES = 20 * 1024 * 1024
 _ID_BAD = re.compile(r"[^A-Za-z0-9_.@+-]")
 
@@ -53,7 +56,12 @@ def _hidden(p: Path) -> bool:
 
 
 def find(folder: Path, assignment: str, notebook: str) -> list[Submission]:
-    """Every submission in ``folder`` (sorted by student id; a duplicate id gets a suffix)."""
+    """Every submission in ``folder``, sorted by student id.
+
+    Names that normalise to the same student id (``alice.ipynb`` and ``alice/``,
+    ``Bob!.ipynb`` and ``Bob.ipynb``) are one ``invalid`` submission whose problem
+    names all of them: no sort order decides whose work is graded.
+    """
     found: list[Submission] = []
     for entry in sorted(folder.iterdir()):
         if _hidden(entry):
@@ -76,23 +84,20 @@ def find(folder: Path, assignment: str, notebook: str) -> list[Submission]:
                 names = ", ".join(p.name for p in nbs)
                 found.append(Submission(student_id(entry.name), None, ts,
                                         f"several notebooks and none named {notebook}.ipynb: {names}"))
-    seen: dict[str, int] = {}
+    by_id: dict[str, list[Submission]] = {}
     for sub in found:
-        n = seen.get(sub.student, 0)
-        seen[sub.student] = n + 1
-        if n:
-            sub.student = f"{sub.student}__{n + 1}"
-    return found
-
-
-def _nbg(cell) -> dict:
-    md = cell.get("metadata", {}).get("nbgrader")
-    return md if isinstance(md, dict) else {}
-
-
-def _gid(cell) -> str | None:
-    gid = _nbg(cell).get("grade_id")
-    return gid if isinstance(gid, str) else None
+        by_id.setdefault(sub.student, []).append(sub)
+    out = []
+    for sid in sorted(by_id):
+        group = by_id[sid]
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        names = ", ".join(sorted(str(s.path.relative_to(folder)) if s.path else "(a folder without a notebook)"
+                                 for s in group))
+        out.append(Submission(sid, None, None, f"student id {sid!r} is claimed by {len(group)} submissions "
+                              f"({names}); none graded: rename them and grade again"))
+    return out
 
 
 def read(path: Path) -> tuple[nbformat.NotebookNode | None, str]:

@@ -13,37 +13,40 @@ scratch gradebook into it.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import traceback
 from pathlib import Path
 
-KERNEL_NAME = "attention-course-sandbox"
+from tools.autograder.records import JobSpec, Result
+from tools.autograder.sandbox import KERNEL_NAME
 
 
-def _config(job: dict):
+def _config(job: JobSpec):
     from traitlets.config import Config
 
     c = Config()
     cd = c.CourseDirectory
-    cd.root = job["course"]
-    cd.course_id = job["course_id"]
-    cd.source_directory = job["source_directory"]
+    cd.root = job.course
+    cd.course_id = job.course_id
+    cd.source_directory = job.source_directory
     cd.submitted_directory = "submitted"
     cd.autograded_directory = "autograded"
     cd.feedback_directory = "feedback"
-    cd.db_url = "sqlite:///" + str(Path(job["course"]) / "gradebook.db")
-    cd.assignment_id = job["assignment"]
-    cd.student_id = job["student"]
+    cd.db_url = "sqlite:///" + str(Path(job.course) / "gradebook.db")
+    cd.assignment_id = job.assignment
+    cd.student_id = job.student
     cd.notebook_id = "*"
     c.Autograde.autograde_preprocessors, c.GenerateFeedback.preprocessors = _converter_classes()
     ex = c.SafeExecute
     ex.kernel_name = KERNEL_NAME
-    ex.timeout = job["cell_timeout"]
+    ex.timeout = job.cell_timeout
     ex.startup_timeout = 120
-    ex.max_cell_output = job["max_cell_output"]
-    ex.max_notebook_output = job["max_notebook_output"]
+    ex.max_cell_output = job.max_cell_output
+    ex.max_notebook_output = job.max_notebook_output
+    if job.ipc_dir:  # a sandboxed kernel has no network: Unix sockets in the folder both sides see
+        c.KernelManager.transport = "ipc"
+        c.KernelManager.ip = str(Path(job.ipc_dir) / "k")
     return c
 
 
@@ -136,8 +139,8 @@ def _remove_student_files(folder: Path, source: Path, keep: str) -> None:
             p.unlink(missing_ok=True)
 
 
-def run(job_path: Path) -> dict:
-    job = json.loads(job_path.read_text())
+def run(job_path: Path) -> Result:
+    job = JobSpec.read(job_path)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import warnings
 
@@ -146,29 +149,33 @@ def run(job_path: Path) -> dict:
     from nbgrader.converters import Autograde, GenerateFeedback
     from nbgrader.coursedir import CourseDirectory
 
+    from tools.autograder.sanitize import sanitize_notebook
+
     config = _config(job)
-    result: dict = {"notes": [], "autograded": False, "feedback": False}
+    result = Result()
 
     coursedir = CourseDirectory(config=config)
     try:
         Autograde(coursedir=coursedir, config=config).start()
     except BaseException as e:  # noqa: BLE001  (NbGraderException, SystemExit ...)
-        result["notes"].append(["grader_error", f"nbgrader autograde failed: {type(e).__name__}: {str(e)[:300]}"])
-        result["log"] = traceback.format_exc()[-4000:]
+        result.notes.append(("grader_error", f"nbgrader autograde failed: {type(e).__name__}: {str(e)[:300]}"))
+        result.log = traceback.format_exc()[-4000:]
         return result
-    course = Path(job["course"])
-    out = course / "autograded" / job["student"] / job["assignment"] / f"{job['notebook']}.ipynb"
+    course = Path(job.course)
+    out = course / "autograded" / job.student / job.assignment / f"{job.notebook}.ipynb"
     if not out.exists():
-        result["notes"].append(["grader_error", "nbgrader autograde wrote no notebook (see the grader log)"])
+        result.notes.append(("grader_error", "nbgrader autograde wrote no notebook (see the grader log)"))
         return result
-    result["autograded"] = True
-    _remove_student_files(out.parent, Path(job["source_directory"]) / job["assignment"], out.name)
-    result["notes"] = [list(n) for n in analyse(nbformat.read(out, as_version=4))]
+    result.autograded = True
+    _remove_student_files(out.parent, Path(job.source_directory) / job.assignment, out.name)
+    nb = nbformat.read(out, as_version=4)
+    result.notes = analyse(nb)
+    nbformat.write(sanitize_notebook(nb), out)  # what the formgrader and the feedback show
     try:
         GenerateFeedback(coursedir=CourseDirectory(config=config), config=config).start()
-        result["feedback"] = True
+        result.feedback = True
     except BaseException as e:  # noqa: BLE001
-        result["notes"].append(["grader_error", f"feedback failed: {type(e).__name__}: {str(e)[:300]}"])
+        result.notes.append(("grader_error", f"feedback failed: {type(e).__name__}: {str(e)[:300]}"))
     return result
 
 
@@ -189,15 +196,13 @@ def serve() -> None:
         job_path = Path(line.strip())
         if not line.strip():
             continue
-        job = json.loads(job_path.read_text())
         os.environ.clear()
-        os.environ.update(job["env"])
+        os.environ.update(JobSpec.read(job_path).env)
         try:
             result = run(job_path)
         except BaseException as e:  # noqa: BLE001
-            result = {"notes": [["grader_error", f"{type(e).__name__}: {str(e)[:300]}"]], "autograded": False,
-                      "log": traceback.format_exc()[-4000:]}
-        (job_path.parent / "result.json").write_text(json.dumps(result, indent=1))
+            result = Result.failed("grader_error", f"{type(e).__name__}: {str(e)[:300]}", traceback.format_exc()[-4000:])
+        result.write(job_path.parent / "result.json")
         reply.write("done\n")
 
 
@@ -206,8 +211,7 @@ def main() -> None:
         serve()
         return
     job_path = Path(sys.argv[1])
-    result = run(job_path)
-    (job_path.parent / "result.json").write_text(json.dumps(result, indent=1))
+    run(job_path).write(job_path.parent / "result.json")
 
 
 if __name__ == "__main__":
