@@ -547,7 +547,17 @@ except DatasetNotFoundError as err:
 # YOUR ANSWER HERE
 #
 # ### BEGIN SOLUTION
-# MODEL_ANSWER_PLACEHOLDER
+# Without position embeddings the encoder sees a set of patches: self-attention is permutation
+# equivariant and both the class token and the mean are permutation invariant, so any rearrangement of
+# the 16 patches gives the same prediction (tests/test_vit.py checks this). It cannot tell a stroke at
+# the top from the same stroke at the bottom: a 6 and a 9 are made of the same 2x2 pieces, arranged
+# upside down, and a 2 and a 5 share most of theirs. It still classifies most digits because the bag of
+# 2x2 patches (how many edge pieces of which orientation, how much ink) is itself very informative on
+# 8x8 digits; the table's "none" rows show how much accuracy that bag keeps and what the positions add,
+# and the pooling rows show that the class token vs mean pooling choice moves the accuracy less than
+# removing positions does (quote the stored table's numbers). The learned embeddings of section 6 show
+# the 2-D grid recovered from 1-D indices: neighbouring patches have more similar embeddings than
+# distant ones (the printed neighbour vs far similarities).
 # ### END SOLUTION
 
 # %% [markdown]
