@@ -433,7 +433,7 @@ for en, refs in list(zip(data.test_sources, data.test_references, strict=True))[
 # 11 minutes or 8 epochs, whichever comes first: on a shared or slow CPU the budget, not the
 # epochs, decides how far it gets, and the cell prints the number of steps it made.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 D = 128
 cfg = TransformerConfig(src_vocab_size=len(data.src_vocab), tgt_vocab_size=len(data.tgt_vocab), d_model=D,
                         num_heads=4, d_ff=512, num_encoder_layers=2, num_decoder_layers=2, dropout=0.1,
