@@ -86,6 +86,13 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, H*Dh)
 
 
+def _packed_linear(x: Tensor, lins: tuple[nn.Linear, ...]) -> tuple[Tensor, ...]:
+    """``tuple(lin(x) for lin in lins)`` as one GEMM on the stacked weights, as torch's packed ``in_proj_weight``."""
+    w = torch.cat([lin.weight for lin in lins])  # (sum of out_features, D)
+    b = None if lins[0].bias is None else torch.cat([lin.bias for lin in lins])  # (sum of out_features,)
+    return F.linear(x, w, b).split([lin.out_features for lin in lins], dim=-1)  # each (B, T, out_features)
+
+
 def _per_head_size(d_model: int, num_heads: int, key_dim: int | None) -> int:
     """Dh: ``key_dim`` when given, else D // H (which must divide)."""
     if d_model <= 0 or num_heads <= 0:
@@ -314,13 +321,8 @@ class MultiHeadAttention(nn.Module):
         H = self.num_heads
         if self.fused_qkv:
             return tuple(split_heads(t, H) for t in self.qkv(query).chunk(3, dim=-1))  # 3 x (B, H, Tq, Dh)
-        if self.fast and key is query and value is query:
-            # One GEMM instead of three, as torch's packed in_proj_weight does (bench/bench_encoder.py).
-            lins = (self.W_q, self.W_k, self.W_v)
-            w = torch.cat([lin.weight for lin in lins])  # (H*(2Dh+Dv), D)
-            b = None if self.W_q.bias is None else torch.cat([lin.bias for lin in lins])  # (H*(2Dh+Dv),)
-            qkv = F.linear(query, w, b).split([lin.out_features for lin in lins], dim=-1)  # 3 x (B, Tq, H*Dh)
-            return tuple(split_heads(t, H) for t in qkv)  # 3 x (B, H, Tq, Dh)
+        if self.fast and key is query and value is query:  # one GEMM instead of three (bench_encoder.py)
+            return tuple(split_heads(t, H) for t in _packed_linear(query, (self.W_q, self.W_k, self.W_v)))
         return split_heads(self.W_q(query), H), split_heads(self.W_k(key), H), split_heads(self.W_v(value), H)
 
     def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
