@@ -94,7 +94,8 @@ def fake_fashion(tmp_path, monkeypatch):
         for part, a in (("images", images), ("labels", labels)):
             ds = data.REGISTRY[f"fashion-mnist-{split}-{part}"]
             payload = write_idx(cache / ds.target, a, 0x08, gz=True)
-            monkeypatch.setitem(data.REGISTRY, ds.name, replace(ds, checksums={"md5": hashlib.md5(payload).hexdigest()}))
+            monkeypatch.setitem(data.REGISTRY, ds.name, replace(ds, checksums={"md5": hashlib.md5(payload).hexdigest()},
+                                                                 digest=hashlib.sha256(payload).hexdigest()))
     return cache, arrays
 
 

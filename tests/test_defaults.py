@@ -66,14 +66,14 @@ DOCUMENTED = {
     data.fetch: {"verify": "fast", "download": True, "progress": True, "registry": None},
     data.file_digest: {"algo": "sha256"},
     data.verify_path: {"mode": "fast"},
-    text.Vocab.__init__: {"counter": None, "max_size": None, "min_freq": 1},
+    text.Vocab.__init__: {"counter": None, "max_size": None, "min_freq": 1, "reserved": ()},
     text.Vocab.decode: {"skip_pad": True},
     text.pad_sequences: {"padding": "post", "truncating": "pre", "value": 0},
     text.load_imdb_texts: {"root": None},
     text.load_imdb: {"num_words": 10000, "maxlen": 256, "subset": None, "seed": 0, "padding": "post",
                      "truncating": "pre", "with_lengths": False},
     train.fit: {"val_loader": None, "device": None, "progress": True, "grad_clip": None, "scheduler": None,
-                "scheduler_interval": "epoch", "seed": None, "verbose": True},
+                "scheduler_interval": "epoch", "seed": None, "verbose": True, "max_steps": None, "time_limit": None},
     train.evaluate: {"device": None},
     memory.tensor_bytes: {"dtype": torch.float32},
     memory.count_parameters: {"trainable_only": False},
@@ -93,6 +93,19 @@ DOCUMENTED = {
     train.History.__init__: {k: None for k in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time",
                                                "step_loss", "grad_norm", "lr")},
     train.History.curves: {"metric": "loss"},
+    # Added with lesson 07's and lesson 10's modules; their behaviour is tested in
+    # tests/test_text.py, tests/test_train.py, tests/test_decode.py and tests/test_memory.py.
+    text.load_fra_eng_pairs: {"path": None},
+    text.load_fra_eng: {"num_test": 2000, "seed": 0, "min_freq": 3, "num_train": None, "pairs": None},
+    text.TranslationBatches.__init__: {"pad": 0, "seed": 0, "shuffle": True},
+    train.SequenceCrossEntropy.__init__: {"label_smoothing": 0.0},
+    train.warmup_schedule: {"scale": 1.0},
+    memory.decoder_layer_saved_tensors: {"d_ff": None, "activation": "relu", "memory_masked": False,
+                                         "norm_first": False, "include_memory": True, "dtype": torch.float32},
+    memory.encoder_saved_tensors: {"masked": False, "dtype": torch.float32},
+    memory.decoder_saved_tensors: {"memory_masked": False, "dtype": torch.float32},
+    memory.transformer_saved_tensors: {"src_masked": False, "dtype": torch.float32},
+    memory.training_step_bytes: {"optimizer": "adam", "mixed_precision": False},
 }
 OUTSIDE_THE_CORE = (runtime, ffn, checks, data, text, train, memory)
 
