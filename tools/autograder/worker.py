@@ -14,12 +14,14 @@ scratch gradebook into it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from tools.autograder.records import JobSpec, Result
 from tools.autograder.sandbox import KERNEL_NAME
+from tools.common import REPO
 
 
 def _config(job: JobSpec):
@@ -44,6 +46,8 @@ def _config(job: JobSpec):
     ex.startup_timeout = 120
     ex.max_cell_output = job.max_cell_output
     ex.max_notebook_output = job.max_notebook_output
+    # the graded test cells run here, in the grader, from the lesson's source (never the submission's cells)
+    ex.trusted_source = str(Path(job.source_directory) / job.assignment / f"{job.notebook}.ipynb")
     if job.ipc_dir:  # a sandboxed kernel has no network: Unix sockets in the folder both sides see
         c.KernelManager.transport = "ipc"
         c.KernelManager.ip = str(Path(job.ipc_dir) / "k")
@@ -153,6 +157,9 @@ def run(job_path: Path) -> Result:
 
     config = _config(job)
     result = Result()
+    os.environ.setdefault("MPLBACKEND", "Agg")  # the lesson's own cells that run in the grader draw nowhere
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # the grader's trusted copy of lib
 
     coursedir = CourseDirectory(config=config)
     try:
