@@ -87,13 +87,36 @@ def _exception(ename: str, evalue: str) -> BaseException:
 class Remote:
     """A proxy of an object in the student's kernel: a global name, or a handle."""
 
-    __slots__ = ("_s", "_target", "_label", "_ref", "__weakref__")
+    __slots__ = ("_s", "_target", "_label", "_ref", "_mro", "__weakref__")
 
     def __init__(self, session: GraderSession, target: dict, label: str, ref: str | None = None) -> None:
         object.__setattr__(self, "_s", session)
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_label", label)
         object.__setattr__(self, "_ref", ref)
+        object.__setattr__(self, "_mro", None)
+
+    def _trusted_mro(self, of_class: bool) -> tuple:
+        """The classes of lib, torch or math in the method resolution order of the object's class (or its own)."""
+        if self._mro is None:
+            cls = self if of_class else self._s.request({"op": "get", **self._target, "attr": "__class__"})
+            mro = cls._s.request({"op": "get", **cls._target, "attr": "__mro__"}, raw=True) \
+                if isinstance(cls, Remote) else {"T": []}
+            refs = [t.get("ref") for t in mro.get("T", []) if isinstance(t, dict) and t.get("ref")] \
+                if isinstance(mro, dict) else []
+            object.__setattr__(self, "_mro", tuple(wire.resolve_ref(r) for r in refs))
+        return self._mro
+
+    @property
+    def __bases__(self):  # issubclass(the student's class, lib's reference)
+        return tuple(c for c in self._trusted_mro(True) if c is not object)
+
+    @property
+    def __class__(self):  # isinstance(the student's object, lib's reference class)
+        for c in self._trusted_mro(False):
+            if c.__module__.startswith("lib."):
+                return c
+        return Remote
 
     def __call__(self, *args, **kwargs):
         return self._s.call(self._target, None, args, kwargs)
@@ -175,13 +198,17 @@ class GraderSession:
             kind = "solution" if md.get("solution") else "test" if md.get("grade") else "code"
             self.cells.append((kind, md.get("grade_id") or f"cell {i}", c.source))
         self.done = 0
+        self.mirrors: dict[int, list] = {}  # parameter handle -> [this process's copy, its version when synced]
+        self.module_params: dict[int, list] = {}  # module handle -> its parameters' copies
         self._calls = itertools.count(1)
-        self.installed = False
 
     # -- requests ------------------------------------------------------------
     def request(self, header: dict, blobs: list[bytes] | None = None, *, raw: bool = False):
-        if not self.installed:
-            self.installed = True  # the caller (SafeExecute) installs the agent with the first request
+        if self.mirrors and header.get("op") != "call" and "sync" not in header:
+            enc = wire.Encoder(_refuse)
+            sync = self._sync(enc)
+            if sync:  # parameters changed here (an optimizer step) reach the kernel before it answers
+                self.request({"op": "sync", "sync": sync}, enc.blobs)
         answer = self.send(wire.pack(header, blobs or []))
         reply, rblobs = wire.unpack(answer)
         if reply.get("ok") is not True:
@@ -192,7 +219,38 @@ class GraderSession:
         return self.decode(value, rblobs)
 
     def decode(self, value, blobs):
-        return wire.Decoder(blobs, self._proxy, wire.resolve_ref)(value)
+        return wire.Decoder(blobs, self._proxy, wire.resolve_ref, param=self._mirror)(value)
+
+    def _mirror(self, pid: int, t, rg: bool):
+        """This process's copy of a parameter of the student's module: one object per parameter, kept in sync."""
+        import torch
+
+        entry = self.mirrors.get(pid)
+        if entry is not None and entry[0].shape == t.shape and entry[0].dtype == t.dtype:
+            with torch.no_grad():
+                entry[0].copy_(t)
+            entry[0].requires_grad_(rg)
+        else:
+            entry = self.mirrors[pid] = [torch.nn.Parameter(t, requires_grad=rg), None]
+        entry[1] = entry[0]._version
+        return entry[0]
+
+    def _sync(self, enc: wire.Encoder):
+        """Parameters changed here since the kernel sent them (an optimizer step): their new values."""
+        changed = [[pid, p] for pid, (p, version) in self.mirrors.items() if p._version != version]
+        for pid, p in changed:
+            self.mirrors[pid][1] = p._version
+        return enc([[pid, p.detach()] for pid, p in changed]) if changed else None
+
+    def _params_of(self, target: dict) -> list:
+        n = target.get("h")
+        if n is None:
+            return []
+        if n not in self.module_params:
+            got = self.request({"op": "params", "h": n})
+            self.module_params[n] = [p for p in got if getattr(p, "requires_grad", False)] \
+                if isinstance(got, list) else []
+        return self.module_params[n]
 
     def _proxy(self, tag: dict) -> Remote:
         n = tag.get("H")
@@ -219,21 +277,31 @@ class GraderSession:
     def call(self, target: dict, attr: str | None, args: tuple, kwargs: dict):
         torch = sys.modules.get("torch")
         leaves = []
+        params = []
         if torch is not None and torch.is_grad_enabled():
             leaves = [t for t in wire._tensors((args, kwargs), torch) if t.requires_grad]
-        if leaves:
-            box: dict = {}
-            flat = _RemoteCall().apply(self, target, attr, (args, kwargs), box, *leaves)
+            if attr is None:  # calling a module: gradients reach its parameters (their copies here)
+                params = [p for p in self._params_of(target) if p.requires_grad]
+        if leaves or params:
+            box: dict = {"params": [self._pid(p) for p in params]}
+            flat = _RemoteCall().apply(self, target, attr, (args, kwargs), box, *leaves, *params)
             return _rebuild(box["tree"], list(flat[1:]), torch)
         value, _ = self._call(target, attr, args, kwargs, grad=False)
         return value
 
-    def _call(self, target, attr, args, kwargs, *, grad: bool):
+    def _pid(self, p) -> int:
+        return next(pid for pid, (q, _) in self.mirrors.items() if q is p)
+
+    def _call(self, target, attr, args, kwargs, *, grad: bool, params: list | None = None):
         enc = self._encoder()
         header = {"op": "call", **target, "attr": attr, "args": enc(tuple(args)), "kwargs": enc(dict(kwargs)),
-                  "forbid": [list(g) for g in _active_forbid], "grad": grad}
+                  "forbid": [list(g) for g in _active_forbid], "grad": grad, "params": params or []}
+        sync = self._sync(enc) if self.mirrors else None
+        if sync:
+            header["sync"] = sync
         torch = sys.modules.get("torch")
-        header["grad_mode"] = bool(torch.is_grad_enabled()) if torch is not None else True
+        # inside RemoteCall.forward autograd is off here, but the kernel must record the graph
+        header["grad_mode"] = grad or (bool(torch.is_grad_enabled()) if torch is not None else True)
         cid = next(self._calls)
         header["call"] = cid
         return self.request(header, enc.blobs), cid
@@ -390,7 +458,7 @@ def _remote_call_class():
 
         @staticmethod
         def forward(ctx, session, target, attr, argkw, box, *leaves):
-            value, cid = session._call(target, attr, argkw[0], argkw[1], grad=True)
+            value, cid = session._call(target, attr, argkw[0], argkw[1], grad=True, params=box["params"])
             outs = wire._tensors(value, torch)
             box["tree"] = value
             ctx.session, ctx.cid, ctx.n_leaves = session, cid, len(leaves)

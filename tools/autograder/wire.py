@@ -106,9 +106,10 @@ def resolve_ref(name: str) -> object:
 class Encoder:
     """Turns a value into a JSON tree plus blobs; ``other(obj)`` encodes what is not data (or raises)."""
 
-    def __init__(self, other) -> None:
+    def __init__(self, other, param_id=None) -> None:
         self.blobs: list[bytes] = []
         self.other = other
+        self.param_id = param_id  # kernel side: a handle number for each nn.Parameter (the grader mirrors it)
 
     def __call__(self, x: object, depth: int = 0) -> object:
         if depth > MAX_DEPTH:
@@ -154,15 +155,18 @@ class Encoder:
         flat = p.reshape(-1)
         data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
         self.blobs.append(data)
-        return {"X": len(self.blobs) - 1, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
-                "perm": perm, "rg": bool(x.requires_grad), "p": isinstance(x, torch.nn.Parameter)}
+        out = {"X": len(self.blobs) - 1, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+               "perm": perm, "rg": bool(x.requires_grad), "p": isinstance(x, torch.nn.Parameter)}
+        if out["p"] and self.param_id is not None:
+            out["pid"] = self.param_id(x)
+        return out
 
 
 class Decoder:
     """The inverse of :class:`Encoder`; ``handle(tag)`` and ``ref(name)`` decode handles and references."""
 
-    def __init__(self, blobs: list[bytes], handle, ref, *, grad_inputs: bool = False) -> None:
-        self.blobs, self.handle, self.ref = blobs, handle, ref
+    def __init__(self, blobs: list[bytes], handle, ref, *, grad_inputs: bool = False, param=None) -> None:
+        self.blobs, self.handle, self.ref, self.param = blobs, handle, ref, param
         self.grad_inputs = grad_inputs  # kernel side: inputs flagged rg become leaves that require grad
         self.leaves: list = []
 
@@ -222,7 +226,12 @@ class Decoder:
         t = p.permute(inverse)
         rg = bool(x.get("rg")) and (dtype.is_floating_point or dtype.is_complex)
         if x.get("p"):
-            return torch.nn.Parameter(t, requires_grad=rg)
+            if self.param is not None and type(x.get("pid")) is int:
+                return self.param(x["pid"], t, rg)
+            t = torch.nn.Parameter(t, requires_grad=rg)
+            if rg and self.grad_inputs:
+                self.leaves.append(t)
+            return t
         if rg and self.grad_inputs:
             t.requires_grad_(True)
             self.leaves.append(t)
@@ -302,9 +311,21 @@ class Agent:
         op = h.get("op")
         if op == "backward":
             return self.backward(h, blobs)
+        if torch is not None and h.get("sync"):
+            sync = Decoder(blobs, self._lookup, resolve_ref)(h["sync"])
+            with torch.no_grad():
+                for pid, value in sync:
+                    param = self._lookup({"H": pid})
+                    if isinstance(param, torch.nn.Parameter) and isinstance(value, torch.Tensor) \
+                            and param.shape == value.shape:
+                        param.copy_(value)
+        if op == "sync":
+            return {"ok": True, "value": None}, []
         target = self._target(h)
         if op == "get":
             value = target
+        elif op == "params":
+            value = list(target.parameters()) if torch is not None and isinstance(target, torch.nn.Module) else []
         elif op == "call":
             dec = Decoder(blobs, self._lookup, resolve_ref, grad_inputs=bool(h.get("grad")))
             args = dec(h.get("args", {"T": []}))
@@ -332,8 +353,9 @@ class Agent:
         if h.get("grad") and torch is not None:
             if len(self.calls) >= self.MAX_CALLS:
                 self.calls.pop(next(iter(self.calls)))
-            self.calls[int(h.get("call", 0))] = (dec.leaves, _tensors(value, torch))
-        enc = Encoder(lambda obj: _materialize(obj, enc, self._handle_of))
+            params = [self._lookup({"H": pid}) for pid in h.get("params") or []]
+            self.calls[int(h.get("call", 0))] = (dec.leaves + params, _tensors(value, torch))
+        enc = Encoder(lambda obj: _materialize(obj, enc, self._handle_of), lambda p: self._handle_of(p)["H"])
         return {"ok": True, "value": enc(value)}, enc.blobs
 
     def _lookup(self, tag: dict) -> object:
