@@ -112,9 +112,9 @@ class Remote:
         return tuple(c for c in self._trusted_mro(True) if c is not object)
 
     @property
-    def __class__(self):  # isinstance(the student's object, lib's reference class)
+    def __class__(self):  # isinstance(the student's object, nn.Conv1d or lib's reference class)
         for c in self._trusted_mro(False):
-            if c.__module__.startswith("lib."):
+            if c.__module__.startswith(("lib.", "torch.nn")):
                 return c
         return Remote
 
@@ -270,9 +270,15 @@ class GraderSession:
             ref = wire.ref_name(obj)
             if ref:
                 return {"R": ref}
+            torch = sys.modules.get("torch")
+            if torch is not None and isinstance(obj, torch.nn.Module):
+                layer = wire.module_data(obj, enc)
+                if layer is not None:
+                    return layer
             return _refuse(obj)
 
-        return wire.Encoder(other)
+        enc = wire.Encoder(other)
+        return enc
 
     def call(self, target: dict, attr: str | None, args: tuple, kwargs: dict):
         torch = sys.modules.get("torch")

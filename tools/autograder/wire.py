@@ -103,6 +103,34 @@ def resolve_ref(name: str) -> object:
     return obj
 
 
+# torch.nn layers a test may pass to the student's code: their constructor arguments, read back from the layer
+MODULES = {
+    "Linear": lambda m: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
+                         "dtype": m.weight.dtype},
+    "Conv1d": lambda m: {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
+                         "stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups,
+                         "bias": m.bias is not None, "padding_mode": m.padding_mode, "dtype": m.weight.dtype},
+    "LayerNorm": lambda m: {"normalized_shape": tuple(m.normalized_shape), "eps": m.eps,
+                            "elementwise_affine": m.elementwise_affine,
+                            **({"dtype": m.weight.dtype} if m.weight is not None else {})},
+    "Embedding": lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
+                            "padding_idx": m.padding_idx, "dtype": m.weight.dtype},
+    "Dropout": lambda m: {"p": m.p},
+    "ReLU": lambda m: {},
+    "GELU": lambda m: {"approximate": m.approximate},
+    "Identity": lambda m: {},
+}
+
+
+def module_data(m, encode) -> dict | None:
+    """A torch.nn layer of :data:`MODULES` as data (class, constructor arguments, state), else None."""
+    cls = type(m)
+    if cls.__name__ not in MODULES or not cls.__module__.startswith("torch.nn") or ref_name(cls) is None:
+        return None
+    return {"M": ref_name(cls), "kw": encode(MODULES[cls.__name__](m)), "state": encode(dict(m.state_dict())),
+            "training": bool(m.training)}
+
+
 class Encoder:
     """Turns a value into a JSON tree plus blobs; ``other(obj)`` encodes what is not data (or raises)."""
 
@@ -200,7 +228,24 @@ class Decoder:
             return self.handle(x)
         if "R" in x:
             return self.ref(str(x["R"]))
+        if "M" in x:
+            return self.module(x, depth)
         raise WireError("unknown value tag")
+
+    def module(self, x: dict, depth: int):
+        """A torch.nn layer sent as data: its class, constructor arguments and state (see module_data)."""
+        torch = _need_torch()
+        cls = self.ref(str(x["M"]))
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__name__ in MODULES
+                and cls.__module__.startswith("torch.nn")):
+            raise WireError("not a layer the grader sends")
+        kwargs = self(x.get("kw", {"D": []}), depth + 1)
+        state = self(x.get("state", {"D": []}), depth + 1)
+        if not isinstance(kwargs, dict) or not isinstance(state, dict):
+            raise WireError("malformed layer")
+        m = cls(**{str(k): v for k, v in kwargs.items()})
+        m.load_state_dict(state)
+        return m.train(bool(x.get("training", True)))
 
     def tensor(self, x: dict):
         torch = _need_torch()
