@@ -72,6 +72,7 @@ TEST = {"solution": False, "grade": True, "locked": True, "points": 1}
     lambda: torch.randn(3, 4),
     lambda: torch.randn(2, 3, 5).transpose(1, 2),  # non-contiguous: the layout survives
     lambda: torch.randn(4, 1).expand(4, 3),
+    lambda: torch.randn(1, dtype=torch.float64).expand(1, 1),  # one element, stride 0
     lambda: torch.randn(3).to(torch.bfloat16),
     lambda: torch.rand(2, 3) > 0.5,
     lambda: torch.tensor(2.5, dtype=torch.float64),

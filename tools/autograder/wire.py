@@ -181,6 +181,8 @@ class Encoder:
         if not p.is_contiguous():
             perm, p = list(range(t.dim())), t.contiguous()
         flat = p.reshape(-1)
+        if flat.numel() and flat.stride(0) != 1:  # one element seen through a broadcast (stride 0)
+            flat = flat.clone(memory_format=torch.contiguous_format)
         data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
         self.blobs.append(data)
         out = {"X": len(self.blobs) - 1, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
