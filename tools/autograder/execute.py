@@ -193,9 +193,6 @@ class SafeExecute(Execute):
         except Exception:  # noqa: BLE001
             pass
 
-    def _restore(self, cell, index):
-        return cell
-
     def preprocess_cell(self, cell, resources, index):  # type: ignore[override]
         if cell.cell_type != "code" or not cell.source.strip():
             return cell, resources
@@ -210,11 +207,9 @@ class SafeExecute(Execute):
                 return self._run_test(cell, resources, index)
             return super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
-            cell = self._restore(cell, index)
             self._dead = self._exit_description()
             cell.outputs = list(cell.get("outputs", [])) + [_error(KERNEL_DIED, f"{self._dead} while running this cell")]
         except CellTimeoutError:
-            cell = self._restore(cell, index)
             self._kill_kernel()
             self._dead = "the kernel did not respond to an interrupt after the cell timeout and was killed"
             cell.outputs = list(cell.get("outputs", [])) + [

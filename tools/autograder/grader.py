@@ -480,7 +480,7 @@ def _remote_call_class():
             if not isinstance(got, list) or len(got) != ctx.n_leaves:
                 raise RuntimeError("the kernel sent no gradients for the student's code")
             out = []
-            for g, (dtype, shape) in zip(got, ctx.leaf_meta):
+            for g, (dtype, shape) in zip(got, ctx.leaf_meta, strict=True):
                 if g is None:
                     out.append(None)
                 elif not isinstance(g, torch.Tensor) or tuple(g.shape) != tuple(shape):

@@ -432,7 +432,7 @@ class Agent:
         grads = Decoder(blobs, self._lookup, resolve_ref)(h.get("grads", {"L": []}))
         if not isinstance(grads, list) or len(grads) != len(outs):
             raise WireError("malformed backward request")
-        pairs = [(o, g) for o, g in zip(outs, grads)
+        pairs = [(o, g) for o, g in zip(outs, grads, strict=True)
                  if g is not None and isinstance(o, torch.Tensor) and o.requires_grad]
         result: list = [None] * len(leaves)
         if pairs and leaves:
