@@ -89,10 +89,11 @@ def test_tensors_round_trip(make):
 
 
 def test_values_round_trip():
-    value = {"a": [1, 2.5, None, True, "x"], ("k", 1): (torch.ones(2), slice(1, None)), "d": torch.float16}
+    value = {"s": {1, "a"}, "f": frozenset({2}), "a": [1, 2.5, None, True, "x"], ("k", 1): (torch.ones(2), slice(1, None)), "d": torch.float16}
     enc = wire.Encoder(lambda obj: pytest.fail(f"not data: {obj!r}"))
     header, blobs = wire.unpack(wire.pack({"v": enc(value)}, enc.blobs))
     back = wire.Decoder(blobs, None, wire.resolve_ref)(header["v"])
+    assert back["s"] == {1, "a"} and back["f"] == frozenset({2})
     assert back["a"] == value["a"] and back["d"] is torch.float16 and back[("k", 1)][1] == slice(1, None)
     assert torch.equal(back[("k", 1)][0], torch.ones(2))
 

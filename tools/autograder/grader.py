@@ -144,6 +144,18 @@ class Remote:
             raise TypeError(f"{self._label} is not iterable as data")
         return iter(items)
 
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+        """nn.Module's traversal, walked from here (a grader-side layer holding the student's module)."""
+        memo = set() if memo is None else memo
+        if self in memo:
+            return
+        if remove_duplicate:
+            memo.add(self)
+        yield prefix, self
+        for name, child in self._s.call(self._target, "named_children", (), {}):
+            if isinstance(child, Remote):
+                yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else str(name), remove_duplicate)
+
     @property
     def __wrapped__(self):  # check_not_reference: is the student's object lib's own?
         ref = self._identity()

@@ -5,7 +5,7 @@ names a student defines are proxies there, and every use of a proxy is one messa
 to the student's (sandboxed) kernel and one answer back.  Both carry **data only**:
 
 * a JSON header: ``None``, bools, numbers, strings, and tagged containers
-  (``{"L": [...]}`` list, ``{"T": [...]}`` tuple, ``{"D": [[k, v], ...]}`` dict),
+  (``{"L": [...]}`` list, ``{"T": [...]}`` tuple, ``{"D": [[k, v], ...]}`` dict, ``{"St": [...]}`` set),
   dtypes, slices, references to importable functions of ``lib``/``torch``/``math``
   (``{"R": "module:qualname"}``, resolved by import and attribute look-up, never
   called while decoding), and handles of objects that live in the kernel
@@ -160,6 +160,8 @@ class Encoder:
             return {"L" if isinstance(x, list) else "T": [self(v, depth + 1) for v in x]}
         if isinstance(x, dict):
             return {"D": [[self(k, depth + 1), self(v, depth + 1)] for k, v in x.items()]}
+        if isinstance(x, (set, frozenset)):
+            return {"St": [self(v, depth + 1) for v in x], "frozen": isinstance(x, frozenset)}
         if isinstance(x, slice):
             return {"S": [self(x.start, depth + 1), self(x.stop, depth + 1), self(x.step, depth + 1)]}
         if x is Ellipsis:
@@ -218,6 +220,9 @@ class Decoder:
                     raise WireError("malformed dict")
                 out[self(kv[0], depth + 1)] = self(kv[1], depth + 1)
             return out
+        if "St" in x:
+            items = [self(v, depth + 1) for v in _list(x["St"])]
+            return frozenset(items) if x.get("frozen") else set(items)
         if "X" in x:
             return self.tensor(x)
         if "dtype" in x:
