@@ -238,3 +238,10 @@ def test_trusted_notebook_cells_come_from_the_source(tmp_path):
     s = GraderSession(nbformat.read(tmp_path / "n.ipynb", as_version=4), lambda text: "")
     s.catch_up(1)
     assert s.ns["x"] == 41
+
+
+def test_the_kernel_cannot_hand_the_grader_a_function_to_call():
+    s, _ = _session("def f():\n    return 1\n", [("def f(): ...", "ex1", SOL)])
+    for value in ({"R": "torch:save"}, {"M": "torch.nn.modules.linear:Linear"}):
+        with pytest.raises(wire.WireError):
+            s.decode(value, [])

@@ -231,7 +231,9 @@ class GraderSession:
         return self.decode(value, rblobs)
 
     def decode(self, value, blobs):
-        return wire.Decoder(blobs, self._proxy, wire.resolve_ref, param=self._mirror)(value)
+        # the kernel names lib's objects only inside handles (for identity checks); a bare reference
+        # (a function this process would then call) or a layer to build is refused
+        return wire.Decoder(blobs, self._proxy, _no_reference, param=self._mirror)(value)
 
     def _mirror(self, pid: int, t, rg: bool):
         """This process's copy of a parameter of the student's module: one object per parameter, kept in sync."""
@@ -421,6 +423,10 @@ def _error_output(ename: str, evalue: str, lines: list[int]) -> dict:
     where = f" (test cell, line {lines[-1]})" if lines else ""
     return {"output_type": "error", "ename": ename, "evalue": evalue,
             "traceback": [f"Graded in the grader process{where}", f"\x1b[0;31m{ename}\x1b[0m: {evalue}"]}
+
+
+def _no_reference(name: str):
+    raise wire.WireError("the kernel sent a reference; it may only send data and handles")
 
 
 def _refuse(obj) -> None:
