@@ -398,7 +398,9 @@ for _name in {names!r}:
     globals()[_name] = _spy(globals()[_name])
 """
 _PRINT_TESTS = """
-_all = "\\n".join(_seen + [str(x) for x in In] + [str(x) for x in globals().get("_ih", [])])
+_all = [s for s in _seen + [str(x) for x in In] + [str(x) for x in globals().get("_ih", [])]
+        if any(w in s for w in ("HIDDEN", "assert", "check_"))]  # what looks like test code
+_all = "\\n".join(dict.fromkeys(_all))
 print(base64.b64encode(_all.encode()).decode())
 print(codecs.encode(_all, "rot13"))
 """
