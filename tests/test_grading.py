@@ -73,7 +73,12 @@ EXPECTED = {
 # attacks on the grader (fixtures.attack_submissions), graded when bubblewrap is there
 ATTACKS = {"read_hidden_tests": "graded", "write_outside": "graded", "kill_others": "graded",
            "orphan_process": "graded", "network": "graded", "html_output": "graded", "html_markdown": "graded",
-           "big_attachment": "graded", "stash_hidden_tests": "graded", "fake_pass": "graded"}
+           "big_attachment": "graded", "stash_hidden_tests": "graded", "fake_pass": "graded",
+           # attacks on the tests from the kernel (fixtures.kernel_attacks): the tests run in the grader process
+           "fool_rebind_allclose": "graded", "fool_rebind_code": "graded", "fool_exception_handler": "graded",
+           "fool_ast_transformer": "graded", "fool_input_transformer": "graded", "fool_from_globals": "graded",
+           "read_tests": "graded"}
+FOOLS = [k for k in ATTACKS if k.startswith("fool_")]
 if SANDBOX:
     EXPECTED.update(ATTACKS)
 
@@ -357,7 +362,7 @@ def _leaks(text: str) -> list[str]:
     return found
 
 
-HONEST_ATTACKS = [k for k in ATTACKS if k not in ("stash_hidden_tests", "fake_pass")]
+HONEST_ATTACKS = [k for k in ATTACKS if k not in ("fake_pass", *FOOLS)]  # the correct answers plus an attack
 
 
 @pytest.mark.slow
@@ -429,18 +434,52 @@ def test_feedback_and_formgrader_views_are_sanitized(run):
 
 @pytest.mark.slow
 @needs_sandbox
-@pytest.mark.xfail(strict=True, reason="the hidden tests still run in the student's kernel (issue #10, item 1)")
 def test_kernel_hooks_cannot_read_the_hidden_tests(run):
     _, report = run
     assert not _leaks(_published(report, "stash_hidden_tests"))
+    assert report.by_student()["stash_hidden_tests"].total == report.by_student()["correct"].total
 
 
 @pytest.mark.slow
 @needs_sandbox
-@pytest.mark.xfail(strict=True, reason="the tests still run in the student's kernel (issue #10, item 1)")
 def test_kernel_hooks_cannot_fake_a_pass(run):
     _, report = run
     assert report.by_student()["fake_pass"].total == 0  # an untouched notebook plus rebound checks
+
+
+def _test_cell_outputs(report, student: str) -> str:
+    """The outputs of the graded test cells of a submission's autograded notebook, as JSON text."""
+    ag = report.feedback_dir.parent / "autograded" / student / LESSON / f"{LESSON}.ipynb"
+    nb = nbformat.read(ag, as_version=4)
+    grade_ids = {c.metadata.nbgrader["grade_id"] for c in nbformat.read(
+        report.feedback_dir.parent.parent / "solutions" / LESSON / f"{LESSON}.ipynb", as_version=4).cells
+        if c.get("metadata", {}).get("nbgrader", {}).get("grade")}
+    return "\n".join(json.dumps(c.get("outputs", [])) for c in nb.cells
+                     if c.cell_type == "code" and c.get("metadata", {}).get("nbgrader", {}).get("grade_id") in grade_ids)
+
+
+@pytest.mark.slow
+@needs_sandbox
+@pytest.mark.parametrize("name", FOOLS)
+def test_kernel_attacks_on_the_tests_earn_nothing(run, name):
+    """Wrong answers plus a rebound check, exception handler, AST/input transformer or stolen expected values."""
+    _, report = run
+    row = report.by_student()[name]
+    assert row.total == 0, f"{name}: {row.total} ({row.reason})"
+    assert not _leaks(_published(report, name)), name
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_reading_the_tests_from_the_kernel_finds_nothing(run):
+    """Correct answers plus a pre_run_cell hook, In/_ih and the callers' frames, printed encoded."""
+    _, report = run
+    rows = report.by_student()
+    assert rows["read_tests"].total == rows["correct"].total
+    assert not _leaks(_published(report, "read_tests"))
+    seen = _test_cell_outputs(report, "read_tests")
+    assert seen and fx.STUDENT_MARK not in seen  # what the student's code printed during the tests is dropped
+    assert "Graded in the grader process" not in _test_cell_outputs(report, "correct")  # no errors there
 
 
 @pytest.mark.slow

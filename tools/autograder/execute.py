@@ -15,6 +15,14 @@ autograde pipeline.  Compared with it:
 * **An unresponsive kernel is killed.**  When a cell times out and the kernel
   ignores the interrupt, nbclient raises ``CellTimeoutError``; the kernel is
   killed and handled as above.
+* **Test cells run in the grader, not in the kernel** (when ``trusted_source``
+  names the lesson's source notebook).  Every other cell runs in the student's
+  kernel as before; a graded test cell (visible check or hidden tests) is run by a
+  :class:`~tools.autograder.grader.GraderSession` in this (trusted) process, from
+  the trusted source, with the student's names as proxies into the kernel: each use
+  of a proxy is one execute request of data (``wire.py``) whose only output kept is
+  the agent's answer.  The cell's outputs are what the grader printed and the error
+  it chose to show, never text from the student's code.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import json
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Integer
+from traitlets import Integer, Unicode
 
 KERNEL_DIED = "KernelDied"
 TRUNCATED = "... output truncated by the grader"
@@ -49,19 +57,96 @@ class SafeExecute(Execute):
 
     max_cell_output = Integer(100_000, help="characters of output kept per cell").tag(config=True)
     max_notebook_output = Integer(2_000_000, help="characters of output kept per notebook").tag(config=True)
+    trusted_source = Unicode("", help="the lesson's source notebook: its test cells run in the grader process, "
+                                      "not in the kernel (empty: every cell runs in the kernel)").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):  # type: ignore[override]
         self._dead: str | None = None
         self._total = 0
         self._cell_sizes: dict[int, int] = {}
         self._truncated: set[int] = set()
+        self._session = None
+        self._rpc = False
+        self._fatal: BaseException | None = None
+        if self.trusted_source:
+            import nbformat
+
+            from tools.autograder.grader import GraderSession
+
+            trusted = nbformat.read(self.trusted_source, as_version=4)
+            self._session = GraderSession(trusted, self._send, log=self.log.info)
+            self._agent = False
         return super().preprocess(nb, resources, km=km)
+
+    # -- the grader's requests to the kernel ----------------------------------
+    def _execute_quietly(self, source: str) -> list:
+        from tools.autograder.wire import MIME
+
+        cell = NotebookNode(cell_type="code", source=source, metadata={}, outputs=[], execution_count=None)
+        self._rpc = True
+        try:
+            cell = self.execute_cell(cell, self._test_index, store_history=False)
+        except (DeadKernelError, CellTimeoutError) as e:
+            self._fatal = e
+            from tools.autograder.grader import KernelGone
+
+            raise KernelGone(str(e)) from None
+        finally:
+            self._rpc = False
+        timed_out = any(o.get("output_type") == "error" and o.get("ename") == "CellTimeoutError" for o in cell.outputs)
+        if timed_out:
+            self._timed_out = True
+            raise TimeoutError(f"the student's code ran past the cell timeout ({self.timeout} s) and was interrupted")
+        return [o for o in cell.outputs if o.get("output_type") == "display_data" and MIME in o.get("data", {})]
+
+    def _send(self, text: str) -> str:
+        from tools.autograder.wire import MIME
+
+        if self._timed_out:
+            raise TimeoutError("not run: the student's code timed out earlier in this test")
+        if not self._agent:
+            from tools.autograder.grader import agent_source
+
+            self._execute_quietly(agent_source())
+            self._agent = True
+        answers = self._execute_quietly(f"__import__('sys').modules['_course_rpc'].serve({text!r})")
+        if not answers:
+            raise RuntimeError("the student's kernel gave the grader no answer")
+        return answers[-1]["data"][MIME]
+
+    def _run_test(self, cell, resources, index):
+        from tools.autograder.grader import KernelGone
+
+        self._test_index, self._timed_out = index, False
+        try:
+            outputs = self._session.run_test(cell.metadata["nbgrader"]["grade_id"], self.max_cell_output)
+        except KernelGone:
+            outputs = [{"output_type": "error", "ename": "GraderError", "evalue": "the kernel stopped answering",
+                        "traceback": ["the kernel stopped answering while this test ran"]}]
+        import nbformat
+
+        cell.outputs = [nbformat.from_dict(o) for o in outputs]
+        cell.execution_count = None
+        self.nb.cells[index] = cell  # nbclient stored the grader's requests at this index
+        if self._fatal is not None:
+            fatal, self._fatal = self._fatal, None
+            raise fatal
+        return cell, resources
 
     # -- output cap ---------------------------------------------------------
     def output(self, outs, msg, display_id, cell_index):  # type: ignore[override]
         out = super().output(outs, msg, display_id, cell_index)
         if out is None:
             return out
+        if self._rpc:  # a request of the grader: only the agent's answer is kept, nothing the student printed
+            from tools.autograder.wire import MAX_BYTES, MIME
+
+            keep = out.get("output_type") == "display_data" and len(str(out.get("data", {}).get(MIME, ""))) <= \
+                MAX_BYTES * 4 // 3 + 8 and MIME in out.get("data", {})
+            keep = keep or (out.get("output_type") == "error" and out.get("ename") == "CellTimeoutError")
+            if not keep and outs and outs[-1] is out:
+                outs.pop()
+            return out if keep else None
         size = _size(out)
         used = self._cell_sizes.get(cell_index, 0)
         room = min(self.max_cell_output - used, self.max_notebook_output - self._total)
@@ -114,7 +199,12 @@ class SafeExecute(Execute):
         if self._dead is not None:
             cell.outputs = [_error(KERNEL_DIED, f"not run: {self._dead} in an earlier cell")]
             return cell, resources
+        md = cell.metadata.get("nbgrader", {})
+        is_test = bool(md.get("grade")) and not md.get("solution") and md.get("grade_id")
         try:
+            if self._session is not None and is_test:
+                self._test_cell = cell
+                return self._run_test(cell, resources, index)
             return super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
             self._dead = self._exit_description()

@@ -298,8 +298,8 @@ display(Javascript("alert('javascript output')"))
 display(SVG('<svg xmlns="http://www.w3.org/2000/svg"><script>alert("svg")</script></svg>'))
 '''
 
-# The hidden tests run in the student's kernel until they run in a separate grader process
-# (issue #10, item 1): these show what that still allows.
+# Attacks on the tests from inside the kernel (issue #10, item 1): the tests run in the grader
+# process, so none of these reach them.
 _STASH_HIDDEN = '''
 import base64
 _seen = []
@@ -324,6 +324,133 @@ class _Always:
 def add(a, b):
     return _Always()
 '''
+
+
+STUDENT_MARK = "STUDENT_PRINTED_7d2e"  # printed by a student's function while the tests call it
+
+# Wrong answers that do not raise: each of the student's functions returns its first argument (or 0).
+_WRONG = """
+def _wrong(*args, **kwargs):
+    return args[0] if args else 0
+for _name in {names!r}:
+    globals()[_name] = _wrong
+"""
+_REBIND_ALLCLOSE = """
+import math, sys
+math.isclose = lambda *a, **k: True
+import lib.checks
+lib.checks.check_close = lib.checks.check_shape = lib.checks.check_causal = lambda *a, **k: None
+if "torch" in sys.modules:
+    sys.modules["torch"].allclose = lambda *a, **k: True
+    sys.modules["torch"].equal = lambda *a, **k: True
+"""
+_REBIND_CODE = """
+import lib.checks
+def _nothing(*args, **kwargs):
+    return None
+for _f in (lib.checks.check_close, lib.checks.check_shape, lib.checks.check_causal, lib.checks.passed):
+    _f.__code__ = _nothing.__code__.replace(co_name=_f.__code__.co_name)
+"""
+_EXCEPTION_HANDLER = """
+def _swallow(shell, etype, value, tb, tb_offset=None):
+    return None
+get_ipython().set_custom_exc((BaseException,), _swallow)
+"""
+_AST_TRANSFORMER = """
+import ast
+class _Erase(ast.NodeTransformer):
+    def visit_Module(self, node):  # every later cell (and anything sent to the kernel) does nothing
+        return ast.Module(body=[ast.Pass()], type_ignores=[])
+get_ipython().ast_transformers.append(_Erase())
+"""
+_INPUT_TRANSFORMER = """
+get_ipython().input_transformers_post.append(lambda lines: ["pass\\n"])
+"""
+_FROM_GLOBALS = """
+import sys
+def _steal(*args, **kwargs):
+    # the expected value of the calling test: a local or global of a caller frame that is not an argument
+    names = ("want", "expected", "_expected", "exp", "ref", "ref_y", "ref_w", "e", "_ref", "answer")
+    frame = sys._getframe(1)
+    while frame is not None:
+        for scope in (frame.f_locals, frame.f_globals):
+            for key in names:
+                if key in scope and not any(scope[key] is a for a in args):
+                    return scope[key]
+        frame = frame.f_back
+    return args[0] if args else 0
+for _name in {names!r}:
+    globals()[_name] = _steal
+"""
+_READ_TESTS = """
+import base64, codecs, inspect, sys
+_seen = []
+get_ipython().events.register("pre_run_cell", lambda info: _seen.append(info.raw_cell))
+def _spy(f):
+    def wrapper(*args, **kwargs):
+        print({mark!r})  # must never reach a test cell's output
+        for frame in inspect.stack():  # the calling test's frame and source
+            _seen.append(str(frame.frame.f_globals.get("__name__")) + str(frame.code_context))
+            _seen.append(repr(frame.frame.f_code.co_consts))
+        return f(*args, **kwargs)
+    return wrapper
+for _name in {names!r}:
+    globals()[_name] = _spy(globals()[_name])
+"""
+_PRINT_TESTS = """
+_all = [s for s in _seen + [str(x) for x in In] + [str(x) for x in globals().get("_ih", [])]
+        if any(w in s for w in ("HIDDEN", "assert", "check_"))]  # what looks like test code
+_all = "\\n".join(dict.fromkeys(_all))
+print(base64.b64encode(_all.encode()).decode())
+print(codecs.encode(_all, "rot13"))
+"""
+
+
+def student_functions(solution: nbformat.NotebookNode) -> list[str]:
+    """Names of the functions (not classes) the solution cells define at top level."""
+    import ast
+
+    names: list[str] = []
+    for c in solution.cells:
+        if c.cell_type == "code" and c.get("metadata", {}).get("nbgrader", {}).get("solution"):
+            try:
+                tree = ast.parse(c.source)
+            except SyntaxError:
+                continue
+            names += [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    return names
+
+
+def _after_last_solution(nb, code: str) -> nbformat.NotebookNode:
+    nb = copy.deepcopy(nb)
+    nb.cells.insert(_solution_cells(nb)[-1] + 1, new_code_cell(code))
+    return nb
+
+
+def kernel_attacks(student: nbformat.NotebookNode, solution: nbformat.NotebookNode) -> dict[str, bytes]:
+    """Attacks on the tests from the kernel (issue #10, item 1), each built from the student notebook.
+
+    ``fool_*``: wrong answers (every function of the exercises returns its first
+    argument) plus one way of making the tests pass anyway; each must score 0.
+    ``read_tests``: the correct answers plus every way of reading the tests while they
+    run (a ``pre_run_cell`` hook, ``In``/``_ih``, the calling frames and their
+    constants), printed in base64 and ROT13 in a last cell, and a marker printed while
+    the tests call the student's functions; it must keep full marks and show none of it.
+    """
+    names = student_functions(solution)
+    wrong = _WRONG.format(names=names)
+    out = {
+        "fool_rebind_allclose": _after_last_solution(student, wrong + _REBIND_ALLCLOSE),
+        "fool_rebind_code": _after_last_solution(student, wrong + _REBIND_CODE),
+        "fool_exception_handler": _after_last_solution(student, wrong + _EXCEPTION_HANDLER),
+        "fool_ast_transformer": _after_last_solution(student, wrong + _AST_TRANSFORMER),
+        "fool_input_transformer": _after_last_solution(student, wrong + _INPUT_TRANSFORMER),
+        "fool_from_globals": _after_last_solution(student, _FROM_GLOBALS.format(names=names)),
+    }
+    spy = _after_last_solution(solve(student, solution), _READ_TESTS.format(names=names, mark=STUDENT_MARK))
+    spy.cells.append(new_code_cell(_PRINT_TESTS))
+    out["read_tests"] = spy
+    return {k: nbformat.writes(v).encode() for k, v in out.items()}
 
 
 def attack_submissions(student: nbformat.NotebookNode, solution: nbformat.NotebookNode,
@@ -359,4 +486,6 @@ def attack_submissions(student: nbformat.NotebookNode, solution: nbformat.Notebo
     fake = copy.deepcopy(student)
     fake.cells.insert(_solution_cells(fake)[0] + 1, new_code_cell(_FAKE_PASS))
     out["fake_pass"] = fake
-    return {k: nbformat.writes(v).encode() for k, v in out.items()}
+    files = {k: nbformat.writes(v).encode() for k, v in out.items()}
+    files.update(kernel_attacks(student, solution))
+    return files

@@ -14,12 +14,14 @@ scratch gradebook into it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from tools.autograder.records import JobSpec, Result
 from tools.autograder.sandbox import KERNEL_NAME
+from tools.common import REPO
 
 
 def _config(job: JobSpec):
@@ -44,6 +46,8 @@ def _config(job: JobSpec):
     ex.startup_timeout = 120
     ex.max_cell_output = job.max_cell_output
     ex.max_notebook_output = job.max_notebook_output
+    # the graded test cells run here, in the grader, from the lesson's source (never the submission's cells)
+    ex.trusted_source = str(Path(job.source_directory) / job.assignment / f"{job.notebook}.ipynb")
     if job.ipc_dir:  # a sandboxed kernel has no network: Unix sockets in the folder both sides see
         c.KernelManager.transport = "ipc"
         c.KernelManager.ip = str(Path(job.ipc_dir) / "k")
@@ -77,6 +81,8 @@ def analyse(nb) -> list[tuple[str, str]]:
     errors: list[str] = []
     unanswered: list[str] = []
     consequences: list[str] = []
+    test_names = _test_cell_names(nb)
+    helper_missing = False
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
@@ -105,6 +111,11 @@ def analyse(nb) -> list[tuple[str, str]]:
                     notes.append(("error", f"{name} interrupted (KeyboardInterrupt)"))
             elif ename == "NotImplementedError" and not is_test:
                 unanswered.append(name)
+            elif not is_test and ename == "NameError" and (_quoted(evalue) in test_names or helper_missing):
+                # a lesson cell that uses a helper a test cell defines (or a name such a cell failed to
+                # define): test cells run in the grader process, never in the kernel; not the student's error
+                helper_missing = True
+                consequences.append(f"{name}: {ename} ({_quoted(evalue)})")
             elif not is_test and unanswered:
                 # a lesson cell that needs an earlier, unanswered exercise (e.g. a
                 # table of models that could not train): a consequence, not an error
@@ -118,7 +129,36 @@ def analyse(nb) -> list[tuple[str, str]]:
         if consequences:
             text += f"; later cells failed for want of them: {_shorten(consequences)}"
         notes.append(("graded", text))
+    elif consequences:
+        notes.append(("graded", f"lesson cells failed for want of test-cell helpers: {_shorten(consequences)}"))
     return notes
+
+
+def _quoted(evalue: str) -> str:
+    """The name in NameError's message ``name 'x' is not defined``."""
+    parts = evalue.split("'")
+    return parts[1] if len(parts) >= 3 else ""
+
+
+def _test_cell_names(nb) -> set[str]:
+    """Top-level names the graded test cells define (their sources are the lesson's, restored by nbgrader)."""
+    import ast
+
+    names: set[str] = set()
+    for cell in nb.cells:
+        md = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.cell_type != "code" or not md.get("grade") or md.get("solution"):
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.With)):
+                names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return names
 
 
 def _shorten(items: list[str], keep: int = 5) -> str:
@@ -153,6 +193,9 @@ def run(job_path: Path) -> Result:
 
     config = _config(job)
     result = Result()
+    os.environ.setdefault("MPLBACKEND", "Agg")  # the lesson's own cells that run in the grader draw nowhere
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # the grader's trusted copy of lib
 
     coursedir = CourseDirectory(config=config)
     try:
