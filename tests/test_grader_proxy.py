@@ -219,6 +219,19 @@ def test_torch_layers_are_sent_as_data():
     assert torch.allclose(conv(x.transpose(1, 2)).transpose(1, 2), lin(x).detach(), atol=1e-6)
 
 
+
+def test_lib_layers_are_sent_as_data():
+    """lib's own layers (lesson 08 hands the student a PatchEmbed) travel as class, arguments and state."""
+    from lib.vit import PatchEmbed
+
+    student = ("def tokens(x, pe):\n"
+               "    return pe.proj(x).flatten(2).transpose(1, 2) + 0 * pe.proj.bias.sum()\n")
+    s, _ = _session(student, [("def tokens(x, pe): ...", "ex1", SOL)])
+    s.catch_up(1)
+    pe = PatchEmbed(img_size=(8, 12), patch_size=4, in_chans=3, d_model=5)
+    x = torch.randn(2, 3, 8, 12)
+    assert torch.allclose(s.ns["tokens"](x, pe), pe(x).detach(), atol=1e-6)
+
 def test_the_kernel_never_gets_the_test_source():
     seen: list[str] = []
     s, _ = _session("def add(a, b):\n    return a + b\n",

@@ -103,31 +103,43 @@ def resolve_ref(name: str) -> object:
     return obj
 
 
-# torch.nn layers a test may pass to the student's code: their constructor arguments, read back from the layer
+# Layers a test may pass to the student's code (torch.nn's and lib's own), keyed by their reference
+# (module:qualname): their constructor arguments, read back from the layer.
+def _patch_embed_kwargs(m) -> dict:
+    return {"img_size": m.img_size, "patch_size": m.patch_size, "in_chans": m.in_chans, "d_model": m.d_model,
+            "norm": m.norm.__class__.__name__ == "LayerNorm", "eps": getattr(m.norm, "eps", 1e-6),
+            "flatten": m.flatten, "bias": m.proj.bias is not None, "strict_img_size": m.strict_img_size,
+            "dynamic_img_pad": m.dynamic_img_pad}
+
+
 MODULES = {
-    "Linear": lambda m: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
-                         "dtype": m.weight.dtype},
-    "Conv1d": lambda m: {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
-                         "stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups,
-                         "bias": m.bias is not None, "padding_mode": m.padding_mode, "dtype": m.weight.dtype},
-    "LayerNorm": lambda m: {"normalized_shape": tuple(m.normalized_shape), "eps": m.eps,
-                            "elementwise_affine": m.elementwise_affine,
-                            **({"dtype": m.weight.dtype} if m.weight is not None else {})},
-    "Embedding": lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
-                            "padding_idx": m.padding_idx, "dtype": m.weight.dtype},
-    "Dropout": lambda m: {"p": m.p},
-    "ReLU": lambda m: {},
-    "GELU": lambda m: {"approximate": m.approximate},
-    "Identity": lambda m: {},
+    "torch.nn.modules.linear:Linear": lambda m: {"in_features": m.in_features, "out_features": m.out_features,
+                                                 "bias": m.bias is not None, "dtype": m.weight.dtype},
+    "torch.nn.modules.conv:Conv1d": lambda m: {
+        "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
+        "stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups,
+        "bias": m.bias is not None, "padding_mode": m.padding_mode, "dtype": m.weight.dtype},
+    "torch.nn.modules.normalization:LayerNorm": lambda m: {
+        "normalized_shape": tuple(m.normalized_shape), "eps": m.eps, "elementwise_affine": m.elementwise_affine,
+        **({"dtype": m.weight.dtype} if m.weight is not None else {})},
+    "torch.nn.modules.sparse:Embedding": lambda m: {"num_embeddings": m.num_embeddings,
+                                                    "embedding_dim": m.embedding_dim,
+                                                    "padding_idx": m.padding_idx, "dtype": m.weight.dtype},
+    "torch.nn.modules.dropout:Dropout": lambda m: {"p": m.p},
+    "torch.nn.modules.activation:ReLU": lambda m: {},
+    "torch.nn.modules.activation:GELU": lambda m: {"approximate": m.approximate},
+    "torch.nn.modules.linear:Identity": lambda m: {},
+    "lib.vit:PatchEmbed": _patch_embed_kwargs,
+    "lib.vit:PatchEmbedLinear": _patch_embed_kwargs,
 }
 
 
 def module_data(m, encode) -> dict | None:
-    """A torch.nn layer of :data:`MODULES` as data (class, constructor arguments, state), else None."""
-    cls = type(m)
-    if cls.__name__ not in MODULES or not cls.__module__.startswith("torch.nn") or ref_name(cls) is None:
+    """A layer of :data:`MODULES` as data (class, constructor arguments, state), else None."""
+    name = ref_name(type(m))
+    if name not in MODULES:
         return None
-    return {"M": ref_name(cls), "kw": encode(MODULES[cls.__name__](m)), "state": encode(dict(m.state_dict())),
+    return {"M": name, "kw": encode(MODULES[name](m)), "state": encode(dict(m.state_dict())),
             "training": bool(m.training)}
 
 
@@ -243,8 +255,7 @@ class Decoder:
         """A torch.nn layer sent as data: its class, constructor arguments and state (see module_data)."""
         torch = _need_torch()
         cls = self.ref(str(x["M"]))
-        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__name__ in MODULES
-                and cls.__module__.startswith("torch.nn")):
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and ref_name(cls) in MODULES):
             raise WireError("not a layer the grader sends")
         kwargs = self(x.get("kw", {"D": []}), depth + 1)
         state = self(x.get("state", {"D": []}), depth + 1)
