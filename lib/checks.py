@@ -34,12 +34,52 @@ __all__ = [
     "check_not_reference",
     "forbid",
     "passed",
+    "yours_or_reference",
 ]
 
 
 def passed(message: str) -> None:
     """Print a success line (deterministic, so nbval can compare it)."""
     print(f"✔ {message}")
+
+
+def yours_or_reference(
+    yours: object,
+    reference: object,
+    name: str,
+    *,
+    exercise: str,
+    probe: Callable[[object], object],
+) -> object:
+    """Your function (or class) if it is written, else the course's reference, with a notice.
+
+    Cells after an exercise use it so that a student who has not finished the
+    exercise can still run the rest of the lesson::
+
+        pool = yours_or_reference(attention_pool, nadaraya_watson_pool, "attention_pool",
+                                  exercise="exercise 2", probe=lambda f: f(q, k, v, kernel, 1.0))
+
+    Args:
+        yours: the student's function or class.
+        reference: what to use instead, with the same call signature.
+        name: the student's name for it, for the notice.
+        exercise: which exercise to finish ("exercise 2").
+        probe: calls its argument once on a small input; ``yours`` counts as
+            unwritten when this raises ``NotImplementedError`` (the exercise's
+            placeholder). Any other error is the student's to see, so it propagates.
+
+    Returns:
+        ``yours``, or ``reference`` after printing which exercise to finish.
+    """
+    try:
+        probe(yours)
+    except NotImplementedError:
+        print(
+            f"⚠ {name} is not written yet: finish {exercise} to see your own code at work. "
+            f"Until then this lesson uses the course's reference."
+        )
+        return reference
+    return yours
 
 
 def check_shape(t: Tensor, expected: Sequence[int], name: str = "tensor") -> None:

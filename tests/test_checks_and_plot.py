@@ -195,3 +195,25 @@ def test_plot_curves():
     assert ax.get_yscale() == "log"
     with pytest.raises(ValueError, match="at least one curve"):
         plot_curves({})
+
+
+def test_yours_or_reference_falls_back_only_for_unwritten_code(capsys):
+    from lib.checks import yours_or_reference
+
+    def unwritten(x):
+        raise NotImplementedError
+
+    def written(x):
+        return x + 1
+
+    def buggy(x):
+        raise IndexError("off by one")
+
+    probe = lambda f: f(torch.zeros(1))  # noqa: E731
+    assert yours_or_reference(written, torch.neg, "f", exercise="exercise 1", probe=probe) is written
+    assert capsys.readouterr().out == ""
+    assert yours_or_reference(unwritten, torch.neg, "my_f", exercise="exercise 3", probe=probe) is torch.neg
+    out = capsys.readouterr().out
+    assert "my_f is not written yet" in out and "finish exercise 3" in out and "reference" in out
+    with pytest.raises(IndexError, match="off by one"):  # a bug is the student's to see, not hidden
+        yours_or_reference(buggy, torch.neg, "f", exercise="exercise 1", probe=probe)
