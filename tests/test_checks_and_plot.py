@@ -188,6 +188,15 @@ def test_show_heatmaps_grid_and_errors():
         show_heatmaps(torch.rand(2, 4, 4), titles=["only one"])
 
 
+def test_show_heatmaps_ticks_are_whole_positions():
+    # one query row (Tq = 1) used to get ticks at -0.5, 0.0 and 0.5
+    fig = show_heatmaps(torch.rand(2, 1, 10), colorbar=False)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for ticks in (ax.get_xticks(), ax.get_yticks()):
+            assert all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_plot_curves():
     fig = plot_curves({"train": [3, 2, 1], "val": [3.5, 2.5]}, ylabel="loss", logy=True)
     ax = fig.axes[0]
