@@ -7,6 +7,9 @@ nbgrader counts as a failed test) and print one line on success.
 
     check_shape(out, (2, 4, 8), "attention output")
     check_close(mine, reference, "masked_softmax on random scores")
+    check_close(mine, reference, "masked_softmax", variants={
+        "with the mask inverted (True means *may attend*)": lambda: masked_softmax(scores, ~mask),
+    })
     check_causal(lambda x: block(x), torch.randn(2, 6, 16))
     with forbid("lib.attention.masked_softmax"):
         mine = masked_softmax(scores, mask)     # must not call the reference
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from unittest import mock
 
 import torch
@@ -31,12 +34,52 @@ __all__ = [
     "check_not_reference",
     "forbid",
     "passed",
+    "yours_or_reference",
 ]
 
 
 def passed(message: str) -> None:
     """Print a success line (deterministic, so nbval can compare it)."""
     print(f"✔ {message}")
+
+
+def yours_or_reference(
+    yours: object,
+    reference: object,
+    name: str,
+    *,
+    exercise: str,
+    probe: Callable[[object], object],
+) -> object:
+    """Your function (or class) if it is written, else the course's reference, with a notice.
+
+    Cells after an exercise use it so that a student who has not finished the
+    exercise can still run the rest of the lesson::
+
+        pool = yours_or_reference(attention_pool, nadaraya_watson_pool, "attention_pool",
+                                  exercise="exercise 2", probe=lambda f: f(q, k, v, kernel, 1.0))
+
+    Args:
+        yours: the student's function or class.
+        reference: what to use instead, with the same call signature.
+        name: the student's name for it, for the notice.
+        exercise: which exercise to finish ("exercise 2").
+        probe: calls its argument once on a small input; ``yours`` counts as
+            unwritten when this raises ``NotImplementedError`` (the exercise's
+            placeholder). Any other error is the student's to see, so it propagates.
+
+    Returns:
+        ``yours``, or ``reference`` after printing which exercise to finish.
+    """
+    try:
+        probe(yours)
+    except NotImplementedError:
+        print(
+            f"⚠ {name} is not written yet: finish {exercise} to see your own code at work. "
+            f"Until then this lesson uses the course's reference."
+        )
+        return reference
+    return yours
 
 
 def check_shape(t: Tensor, expected: Sequence[int], name: str = "tensor") -> None:
@@ -47,6 +90,34 @@ def check_shape(t: Tensor, expected: Sequence[int], name: str = "tensor") -> Non
         raise AssertionError(f"{name}: expected shape {tuple(expected)}, got {tuple(t.shape)}")
 
 
+Variant = Tensor | Callable[[], Tensor]
+
+
+def _as_float64(t: Tensor) -> Tensor:
+    return t.detach().to("cpu", torch.float64)
+
+
+def _same(a: Tensor, b: Tensor, atol: float, rtol: float) -> bool:
+    """Same shape and values within tolerance (NaNs in the same places count as equal)."""
+    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=rtol, equal_nan=True)
+
+
+def _matching_variant(
+    actual: Tensor, expected: Tensor, variants: Mapping[str, Variant] | None, atol: float, rtol: float
+) -> str | None:
+    """The description of the first variant ``actual`` matches, skipping those equal to ``expected``."""
+    for description, variant in (variants or {}).items():
+        value = variant() if callable(variant) else variant
+        if not isinstance(value, Tensor):
+            raise TypeError(f"variant {description!r}: expected a tensor or a function returning one, got {type(value).__name__}")
+        v = _as_float64(value)
+        if _same(v, expected, atol, rtol):
+            continue  # on this input the mistake does not show, so it cannot be the explanation
+        if _same(actual, v, atol, rtol):
+            return description
+    return None
+
+
 def check_close(
     actual: Tensor,
     expected: Tensor,
@@ -54,28 +125,58 @@ def check_close(
     *,
     atol: float = 1e-5,
     rtol: float = 1e-4,
+    variants: Mapping[str, Variant] | None = None,
 ) -> None:
     """Fail unless ``actual`` matches ``expected`` in shape and value.
 
     The message names the largest difference and where it is, and warns about
     NaNs, which are the usual sign of a fully masked row gone wrong.
+
+    Args:
+        actual: the student's result.
+        expected: the reference result.
+        name: what is compared, for the message.
+        atol, rtol: tolerances as in :func:`torch.allclose`.
+        variants: known wrong answers, ``{description: tensor}``, each the
+            reference computed with one typical mistake (the mask inverted, a
+            scale missing, axes swapped, ...); a value may also be a function
+            of no arguments returning the tensor, computed only when the check
+            fails. When ``actual`` is wrong but matches a variant, the message
+            names the mistake instead of only the difference::
+
+                your result matches the expected one <description>
+
+            so write the description to complete that sentence, e.g.
+            ``"with the mask inverted (True means *may attend*)"``. Variants
+            that coincide with ``expected`` on this input are never reported.
+            A variant may have another shape than ``expected`` (a transposed
+            result, say): a wrong shape that matches it is named too.
+
+    Raises:
+        AssertionError: with the message a student sees.
     """
     if not isinstance(actual, Tensor):
         raise AssertionError(f"{name}: expected a torch.Tensor, got {type(actual).__name__}")
+    a = _as_float64(actual)
+    e = _as_float64(expected)
     if actual.shape != expected.shape:
-        raise AssertionError(f"{name}: expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}")
-    a = actual.detach().to("cpu", torch.float64)
-    e = expected.detach().to("cpu", torch.float64)
+        mistake = _matching_variant(a, e, variants, atol, rtol)
+        hint = f"; your result matches the expected one {mistake}" if mistake else ""
+        raise AssertionError(f"{name}: expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}{hint}")
+    if _same(a, e, atol, rtol):
+        return
+    mistake = _matching_variant(a, e, variants, atol, rtol)
+    if mistake:
+        raise AssertionError(f"{name}: values differ; your result matches the expected one {mistake}")
     if torch.isnan(a).any() and not torch.isnan(e).any():
         where = tuple(torch.nonzero(torch.isnan(a))[0].tolist())
         raise AssertionError(f"{name}: your result contains NaN (first at index {where}); expected none")
-    if not torch.allclose(a, e, atol=atol, rtol=rtol, equal_nan=True):
-        diff = (a - e).abs().nan_to_num(nan=float("inf"))
-        idx = tuple(torch.nonzero(diff == diff.max())[0].tolist())
-        raise AssertionError(
-            f"{name}: values differ; largest difference {diff.max().item():.3g} at index {idx} "
-            f"(yours {a[idx].item():.6g}, expected {e[idx].item():.6g})"
-        )
+    diff = (a - e).abs().nan_to_num(nan=float("inf"))
+    idx = tuple(torch.nonzero(diff == diff.max())[0].tolist())
+    raise AssertionError(
+        f"{name}: values differ; largest difference {diff.max().item():.3g} at index {idx} "
+        f"(yours {a[idx].item():.6g}, expected {e[idx].item():.6g})"
+    )
 
 
 def check_causal(fn: Callable[[Tensor], Tensor], x: Tensor, name: str = "model") -> None:

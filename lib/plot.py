@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["show_heatmaps", "plot_curves"]
 
@@ -62,6 +63,8 @@ def show_heatmaps(
         for j in range(cols):
             ax = axes[i, j]
             image = ax.imshow(m[i, j], cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # positions are integers: no 0.5 ticks
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             if i == rows - 1:
                 ax.set_xlabel(xlabel)
             if j == 0:

@@ -39,6 +39,83 @@ def test_check_close_reports_where_and_how_much():
         check_close([0.0], a, "x")
 
 
+def _attention_weights(scores, mask):
+    return lib.attention.masked_softmax(scores, mask)
+
+
+def _weights_variants(scores, mask, d):
+    """Typical mistakes in softmax(q kᵀ / √d) with a mask, computed from the reference."""
+    return {
+        "with the mask inverted (True means *may attend*)": lambda: _attention_weights(scores / d**0.5, ~mask),
+        "without the 1/√d scale": lambda: _attention_weights(scores, mask),
+        "with the scores transposed": _attention_weights(scores.transpose(-2, -1) / d**0.5, mask),
+    }
+
+
+def test_check_close_names_each_matched_variant():
+    torch.manual_seed(0)
+    d = 16
+    scores = torch.randn(2, 5, 5) * 3
+    mask = torch.rand(2, 5, 5) > 0.3
+    mask[..., 0] = True  # no row fully masked, either way round
+    mask[..., 1] = False
+    expected = _attention_weights(scores / d**0.5, mask)
+    variants = _weights_variants(scores, mask, d)
+    check_close(expected.clone(), expected, "weights", variants=variants)  # a correct answer passes
+    for description, wrong in variants.items():
+        answer = wrong() if callable(wrong) else wrong
+        with pytest.raises(AssertionError) as info:
+            check_close(answer, expected, "weights", variants=variants)
+        assert str(info.value) == f"weights: values differ; your result matches the expected one {description}"
+
+
+def test_check_close_variant_of_another_shape_is_named():
+    x = torch.arange(6.0).reshape(2, 3)
+    with pytest.raises(AssertionError, match=r"expected shape \(2, 3\), got \(3, 2\); your result matches the expected one transposed"):
+        check_close(x.T.clone(), x, "y", variants={"transposed": x.T})
+    with pytest.raises(AssertionError, match=r"expected shape \(2, 3\), got \(3, 2\)$"):  # shape named, no variant matches
+        check_close(x.T + 1, x, "y", variants={"transposed": x.T})
+
+
+def test_check_close_without_a_matching_variant_gives_the_plain_difference():
+    a = torch.zeros(2, 3)
+    b = a.clone()
+    b[1, 2] = 0.5
+    with pytest.raises(AssertionError, match=r"^x: values differ; largest difference 0.5 at index \(1, 2\)"):
+        check_close(b, a, "x", variants={"negated": -torch.ones(2, 3), "plus one": lambda: a + 1})
+    nan = a.clone()
+    nan[0, 1] = float("nan")
+    with pytest.raises(AssertionError, match=r"contains NaN"):
+        check_close(nan, a, "x", variants={"plus one": a + 1})
+
+
+def test_check_close_ignores_variants_that_coincide_with_the_reference():
+    # A mask with no False entry: the "inverted mask" variant cannot be told apart from the
+    # scale, and a symmetric input makes "transposed" equal to the reference; neither is reported.
+    x = torch.eye(3) + 1.0
+    wrong = x * 2
+    calls = []
+
+    def lazy():
+        calls.append(1)
+        return x * 2
+
+    with pytest.raises(AssertionError, match="matches the expected one doubled"):
+        check_close(wrong, x, "y", variants={"transposed": x.T, "doubled": lazy})
+    with pytest.raises(AssertionError, match="largest difference"):
+        check_close(x.T.clone() + 0.5, x, "y", variants={"transposed": x.T})
+    # the wrong answer equals a variant that equals the reference: it passes as correct, never "named"
+    check_close(x.T.clone(), x, "y", variants={"transposed": x.T})
+    calls.clear()
+    check_close(x.clone(), x, "y", variants={"doubled": lazy})
+    assert calls == [], "a lazy variant is computed only when the check fails"
+
+
+def test_check_close_variant_must_be_a_tensor():
+    with pytest.raises(TypeError, match="variant 'bad'"):
+        check_close(torch.ones(2), torch.zeros(2), "y", variants={"bad": lambda: [1.0, 2.0]})
+
+
 def test_check_shape():
     check_shape(torch.zeros(2, 3), (2, 3))
     with pytest.raises(AssertionError, match=r"out: expected shape \(2, 4\), got \(2, 3\)"):
@@ -111,6 +188,15 @@ def test_show_heatmaps_grid_and_errors():
         show_heatmaps(torch.rand(2, 4, 4), titles=["only one"])
 
 
+def test_show_heatmaps_ticks_are_whole_positions():
+    # one query row (Tq = 1) used to get ticks at -0.5, 0.0 and 0.5
+    fig = show_heatmaps(torch.rand(2, 1, 10), colorbar=False)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for ticks in (ax.get_xticks(), ax.get_yticks()):
+            assert all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_plot_curves():
     fig = plot_curves({"train": [3, 2, 1], "val": [3.5, 2.5]}, ylabel="loss", logy=True)
     ax = fig.axes[0]
@@ -118,3 +204,25 @@ def test_plot_curves():
     assert ax.get_yscale() == "log"
     with pytest.raises(ValueError, match="at least one curve"):
         plot_curves({})
+
+
+def test_yours_or_reference_falls_back_only_for_unwritten_code(capsys):
+    from lib.checks import yours_or_reference
+
+    def unwritten(x):
+        raise NotImplementedError
+
+    def written(x):
+        return x + 1
+
+    def buggy(x):
+        raise IndexError("off by one")
+
+    probe = lambda f: f(torch.zeros(1))  # noqa: E731
+    assert yours_or_reference(written, torch.neg, "f", exercise="exercise 1", probe=probe) is written
+    assert capsys.readouterr().out == ""
+    assert yours_or_reference(unwritten, torch.neg, "my_f", exercise="exercise 3", probe=probe) is torch.neg
+    out = capsys.readouterr().out
+    assert "my_f is not written yet" in out and "finish exercise 3" in out and "reference" in out
+    with pytest.raises(IndexError, match="off by one"):  # a bug is the student's to see, not hidden
+        yours_or_reference(buggy, torch.neg, "f", exercise="exercise 1", probe=probe)

@@ -161,7 +161,11 @@ def stable_softmax(x: torch.Tensor) -> torch.Tensor:
 from lib.checks import check_close, passed
 
 scores = torch.randn(4, 7)
-check_close(stable_softmax(scores), torch.softmax(scores, dim=-1), "stable_softmax on random scores")
+mistakes = {  # the reference computed with a typical mistake, so a wrong answer is named
+    "normalised over the first axis (dim=0) instead of the last": torch.softmax(scores, dim=0),
+    "without dividing by the sum (exp of the shifted scores only)": lambda: torch.exp(scores - scores.max(-1, keepdim=True).values),
+}
+check_close(stable_softmax(scores), torch.softmax(scores, dim=-1), "stable_softmax on random scores", variants=mistakes)
 passed("stable_softmax agrees with torch.softmax on random scores")
 big = torch.tensor([[1000.0, 1001.0, 1002.0]])
 check_close(stable_softmax(big), torch.softmax(big, dim=-1), "stable_softmax on scores near 1000")

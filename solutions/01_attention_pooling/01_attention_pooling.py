@@ -185,8 +185,9 @@ _ = fig.tight_layout()
 # Implement
 #
 # * the **Laplace** kernel $k(u) = \exp(-\lvert u\rvert)$, and
-# * the **Epanechnikov** kernel $k(u) = \max(0,\ 1 - u^2)$, which is optimal in a
-#   mean-squared-error sense among kernels of compact support.
+# * the **Epanechnikov** kernel $k(u) = \max(0,\ 1 - u^2)$, which minimises the asymptotic
+#   mean integrated squared error among **all** non-negative kernels (Epanechnikov, 1969),
+#   not only among those of compact support.
 #
 # Both take a tensor of scaled distances of any shape and return a tensor of the same
 # shape. Use elementwise tensor operations (no Python loops).
@@ -206,6 +207,16 @@ def epanechnikov(u: torch.Tensor) -> torch.Tensor:
 
 # %% nbgrader={"grade": true, "grade_id": "ex1_kernels_check", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 u = torch.linspace(-3, 3, 61)
+check_close(laplace(u), torch.exp(-u.abs()), "laplace(u) for u in [-3, 3]", variants={
+    "without the absolute value: exp(-u) (the kernel must be symmetric)": torch.exp(-u),
+    "with u squared: exp(-u²) is Gaussian-like, the Laplace kernel uses |u|": torch.exp(-(u**2)),
+    "with the sign flipped: exp(|u|) (a kernel decays away from 0)": torch.exp(u.abs()),
+})
+check_close(epanechnikov(u), torch.clamp(1 - u**2, min=0.0), "epanechnikov(u) for u in [-3, 3]", variants={
+    "without the clamp at 0: 1 - u² goes negative for |u| > 1": 1 - u**2,
+    "times the normalising constant 3/4 (here every kernel has k(0) = 1)": 0.75 * torch.clamp(1 - u**2, min=0.0),
+    "with |u| instead of u²: max(0, 1 - |u|) is the triangular kernel": torch.clamp(1 - u.abs(), min=0.0),
+})
 for name, kernel in [("laplace", laplace), ("epanechnikov", epanechnikov)]:
     k = kernel(u)
     check_shape(k, tuple(u.shape), f"{name}(u)")
@@ -235,18 +246,28 @@ passed("hidden tests passed")
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# With your kernels in hand, compare all five at a bandwidth of 0.5:
+# With your kernels in hand, compare all five at a bandwidth of 0.5: the constant kernel
+# (average pooling, section 1), the Gaussian, the boxcar and your two:
 
 # %%
+from lib.checks import yours_or_reference
+
+_probe = lambda kernel: kernel(torch.zeros(1))  # noqa: E731
+ours = {
+    "constant": KERNELS["constant"],
+    "gaussian": KERNELS["gaussian"],
+    "boxcar": KERNELS["boxcar"],
+    "laplace": yours_or_reference(laplace, KERNELS["laplace"], "laplace", exercise="exercise 1", probe=_probe),
+    "epanechnikov": yours_or_reference(epanechnikov, KERNELS["epanechnikov"], "epanechnikov", exercise="exercise 1", probe=_probe),
+}
 fig, axes = plt.subplots(1, 2, figsize=(10, 3))
-ours = {"gaussian": KERNELS["gaussian"], "boxcar": KERNELS["boxcar"], "laplace": laplace, "epanechnikov": epanechnikov}
 for name, kernel in ours.items():
     axes[0].plot(u, kernel(u), label=name)
     y_hat, _ = nadaraya_watson(x_val, x_train, y_train, kernel=kernel, bandwidth=0.5)
     axes[1].plot(x_val, y_hat, label=f"{name} (MSE {mse(y_hat):.3f})")
-axes[0].set(title="kernels", xlabel="u")
+axes[0].set(title="kernels", xlabel="u", ylabel="k(u)")
 axes[1].plot(x_val, y_truth, "k--", label="truth")
-axes[1].set(title="predictions, h = 0.5", xlabel="x")
+axes[1].set(title="predictions, h = 0.5", xlabel="x", ylabel="y")
 for ax in axes:
     ax.legend(fontsize=7)
 _ = fig.tight_layout()
@@ -279,8 +300,16 @@ y_hat, w = attention_pool(x_val, x_train, y_train, KERNELS["gaussian"], 0.5)
 check_shape(w, (len(x_val), n_train), "weights")
 check_shape(y_hat, (len(x_val),), "prediction")
 ref_y, ref_w = nadaraya_watson(x_val, x_train, y_train, kernel="gaussian", bandwidth=0.5)
-check_close(w, ref_w, "weights (Gaussian, h = 0.5)")
-check_close(y_hat, ref_y, "prediction (Gaussian, h = 0.5)")
+_k = KERNELS["gaussian"]((x_val.unsqueeze(1) - x_train.unsqueeze(0)) / 0.5)  # (Tq, Tk), not normalised
+check_close(w, ref_w, "weights (Gaussian, h = 0.5)", variants={
+    "without dividing the distances by the bandwidth": lambda: nadaraya_watson(x_val, x_train, y_train, kernel="gaussian", bandwidth=1.0)[1],
+    "with the distances multiplied by the bandwidth instead of divided": lambda: nadaraya_watson(x_val, x_train, y_train, kernel="gaussian", bandwidth=2.0)[1],
+    "normalised over the queries (columns sum to 1) instead of over the keys (rows)": _k / _k.sum(0, keepdim=True),
+    "without normalising (the raw kernel values; each row must sum to 1)": _k,
+})
+check_close(y_hat, ref_y, "prediction (Gaussian, h = 0.5)", variants={
+    "computed from the kernel values before normalising (divide each row by its sum)": _k @ y_train,
+})
 y_far, w_far = attention_pool(torch.tensor([100.0]), x_train, y_train, KERNELS["boxcar"], 0.5)
 assert not torch.isnan(y_far).any(), "a query no key reaches gives NaN; return zeros instead"
 check_close(w_far, torch.zeros(1, n_train), "weights of a query that no key reaches")

@@ -143,7 +143,14 @@ mask = torch.rand(2, 1, 4, 5) > 0.4
 mask[0, 0, 2] = False  # a query with nothing to attend to
 w = my_masked_softmax(scores, mask)
 check_shape(w, (2, 3, 4, 5), "weights")
-check_close(w, masked_softmax(scores, mask=mask), "weights on random scores and a random mask")
+_uniform_row = masked_softmax(scores, mask=mask)
+_uniform_row[0, :, 2] = 1 / 5  # the row mask[0, 0, 2] hides everything, in every head
+check_close(w, masked_softmax(scores, mask=mask), "weights on random scores and a random mask", variants={
+    "with the mask inverted (True means *may attend*; fill where ~mask)": lambda: masked_softmax(scores, mask=~mask),
+    "normalised over the queries (dim=-2) instead of the keys (dim=-1)": lambda: masked_softmax(scores.transpose(-2, -1), mask=mask.transpose(-2, -1)).transpose(-2, -1),
+    "except that the masked scores were set to 0 instead of a very negative number": lambda: F.softmax(scores.masked_fill(~mask, 0.0), dim=-1),
+    "except that the fully masked row is uniform (1/Tk) instead of all zeros": _uniform_row,
+})
 assert not torch.isnan(w).any(), "weights contain NaN: a fully masked row must give zeros"
 assert torch.all(w[~mask.expand_as(w)] == 0), "masked keys must get weight exactly 0"
 passed("my_masked_softmax matches lib on random scores, and a fully masked row is zeros")
@@ -351,11 +358,25 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 m = my_causal_mask(5)
 check_shape(m, (5, 5), "my_causal_mask(5)")
 assert m.dtype == torch.bool, f"the mask must be boolean, got {m.dtype}"
-check_close(m.int(), causal_mask(5).int(), "my_causal_mask(5) (1 = may attend)")
+_ones = torch.ones(5, 5, dtype=torch.int)
+check_close(m.int(), causal_mask(5).int(), "my_causal_mask(5) (1 = may attend)", variants={
+    "transposed: True for j >= i lets query i see the future; use j <= i (torch.tril)": torch.triu(_ones),
+    "inverted: True must mean *may attend* (j <= i), not *hidden*": torch.triu(_ones, diagonal=1),
+    "without the diagonal: query i may also attend to itself (j <= i, not j < i)": torch.tril(_ones, diagonal=-1),
+})
 q, k, v = torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 3)
 out = causal_attention(q, k, v)
 check_shape(out, (2, 5, 3), "causal_attention output")
-check_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), "causal_attention vs PyTorch (is_causal=True)")
+_scores = q @ k.transpose(-2, -1)
+check_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), "causal_attention vs PyTorch (is_causal=True)", variants={
+    "without the 1/√d scale": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0),
+    "with the scores multiplied by √d instead of divided": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=math.sqrt(8)),
+    "with the scores divided by d instead of √d": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1 / 8),
+    "without the causal mask": lambda: F.scaled_dot_product_attention(q, k, v),
+    "with the mask inverted (True means *may attend*)": lambda: masked_softmax(_scores / math.sqrt(8), mask=~causal_mask(5)) @ v,
+    "with the mask transposed (each query sees itself and the future)": lambda: masked_softmax(_scores / math.sqrt(8), mask=causal_mask(5).T) @ v,
+    "with q and k swapped in the scores (k qᵀ instead of q kᵀ)": lambda: masked_softmax(_scores.transpose(-2, -1) / math.sqrt(8), mask=causal_mask(5)) @ v,
+})
 check_causal(lambda x: causal_attention(x, x, x), torch.randn(2, 5, 4), "causal_attention")
 passed("my_causal_mask and causal_attention are right, and nothing leaks from the future")
 

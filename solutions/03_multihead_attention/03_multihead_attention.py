@@ -33,6 +33,7 @@
 # **Points in this lesson: 8** (exercise 1: 3, exercise 2: 5).
 
 # %%
+import copy
 import math
 
 import torch
@@ -152,9 +153,27 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 _x = torch.randn(2, 5, 12)
 _h = split_heads(_x, 3)
 check_shape(_h, (2, 3, 5, 4), "split_heads(x of shape (2, 5, 12), 3)")
-check_close(_h[:, 1], _x[:, :, 4:8], "head 1 must hold features 4..7 of every position")
+check_close(_h[:, 1], _x[:, :, 4:8], "head 1 must hold features 4..7 of every position", variants={
+    "after reshaping x straight to (B, H, T, Dh): view it as (B, T, H, Dh), then transpose(1, 2)": _x.reshape(2, 3, 5, 4)[:, 1],
+    "with the features interleaved (head 1 takes features 1, 4, 7, 10): view as (B, T, H, Dh), not (B, T, Dh, H)": _x.reshape(2, 5, 4, 3)[..., 1],
+})
 check_shape(merge_heads(_h), (2, 5, 12), "merge_heads(split_heads(x, 3))")
-check_close(merge_heads(_h), _x, "merge_heads(split_heads(x, 3)) must give x back")
+check_close(merge_heads(_h), _x, "merge_heads(split_heads(x, 3)) must give x back", variants={
+    "except that merge_heads reshapes straight to (B, T, H·Dh): move the head axis next to the features first (transpose(1, 2))": _h.reshape(2, 5, 12),
+})
+# In exercise 2, merge_heads gets `weights @ v`, a fresh (contiguous) (B, H, T, Dh) tensor:
+_y = torch.randn(2, 3, 5, 4)
+try:
+    _merged = merge_heads(_y)
+except RuntimeError as _e:
+    raise AssertionError(
+        "merge_heads fails on a contiguous (B, H, T, Dh) tensor such as `weights @ v` in exercise 2: after "
+        "transpose(1, 2) its memory is no longer in (B, T, H, Dh) order, so .view cannot regroup it; "
+        f"use .reshape (it copies when it must). PyTorch said: {_e}"
+    ) from None
+check_close(_merged, _y.transpose(1, 2).reshape(2, 5, 12), "merge_heads on a (B, H, T, Dh) tensor", variants={
+    "reshaped straight to (B, T, H·Dh): move the head axis next to the features first (transpose(1, 2))": _y.reshape(2, 5, 12),
+})
 passed("split_heads and merge_heads have the right shapes, layout and round trip")
 
 # %% nbgrader={"grade": true, "grade_id": "ex1_split_merge_hidden", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -280,16 +299,45 @@ def _weights_of(m: MultiHeadAttention):
     return m.W_q.weight.T, m.W_k.weight.T, m.W_v.weight.T, m.W_o.weight.T
 
 
+def _altered(**change):
+    """A copy of _ref with some nn.Linear weights changed, e.g. W_q=lambda w: 2 * w."""
+    m = copy.deepcopy(_ref)
+    with torch.no_grad():
+        for name, fn in change.items():
+            getattr(m, name).weight.copy_(fn(getattr(m, name).weight).clone())
+    return m
+
+
 _g = torch.Generator().manual_seed(1)
 _ref = MultiHeadAttention(16, 4, bias=False).eval()
 _x = torch.randn(2, 6, 16, generator=_g)
 with torch.no_grad():
-    _mine = mha_forward(_x, _x, _x, *_weights_of(_ref), num_heads=4)
+    try:
+        _mine = mha_forward(_x, _x, _x, *_weights_of(_ref), num_heads=4)
+    except RuntimeError as _e:
+        if "view" not in str(_e):
+            raise
+        raise AssertionError(
+            "mha_forward: a .view failed. `weights @ v` is (B, H, T, Dv); after transpose(1, 2) its memory is not "
+            f"in (B, T, H, Dv) order, so merge the heads with .reshape. PyTorch said: {_e}"
+        ) from None
     check_shape(_mine, (2, 6, 16), "mha_forward on x of shape (2, 6, 16), 4 heads")
-    check_close(_mine, _ref(_x), "self-attention vs lib.multihead.MultiHeadAttention")
+    _mistakes = {  # lib's layer with one typical mistake built into its weights
+        "without the 1/√D_h scale": lambda: _altered(W_q=lambda w: w * 2.0)(_x),
+        "scaled by 1/√D (the model width, 16) instead of 1/√D_h (the head width, 4)": lambda: _altered(W_q=lambda w: w / 2.0)(_x),
+        "without the output projection W_o": lambda: _altered(W_o=lambda w: torch.eye(16))(_x),
+        "with the weight matrices transposed (they multiply from the right: query @ W_q)": lambda: _altered(
+            W_q=lambda w: w.T, W_k=lambda w: w.T, W_v=lambda w: w.T, W_o=lambda w: w.T)(_x),
+    }
+    check_close(_mine, _ref(_x), "self-attention vs lib.multihead.MultiHeadAttention", variants=_mistakes)
     _m = causal_mask(6)
     check_close(mha_forward(_x, _x, _x, *_weights_of(_ref), num_heads=4, mask=_m), _ref(_x, mask=_m),
-                "with a causal mask")
+                "with a causal mask", variants={
+                    "with the mask inverted (True means *may attend*)": lambda: _ref(_x, mask=~_m),
+                    "with the mask inverted (True means *may attend*); the last query then sees no key, hence NaN":
+                        lambda: _ref(_x, mask=~_m).index_fill(1, torch.tensor([5]), float("nan")),
+                    "with the mask transposed (each query sees the future)": lambda: _ref(_x, mask=_m.T),
+                })
 check_permutation_equivariance(lambda t: mha_forward(t, t, t, *_weights_of(_ref), num_heads=4), _x,
                                "mha_forward without positions")
 check_causal(lambda t: mha_forward(t, t, t, *_weights_of(_ref), num_heads=4, mask=causal_mask(t.shape[1])), _x,
@@ -496,7 +544,7 @@ wp = record.weights[0]  # (1, H, T, T)
 print("weights:", tuple(wp.shape))
 for h in range(Hp):
     print(f"head {h}: query i attends most to key", wp[0, h].argmax(-1).tolist())
-_ = show_heatmaps(wp[0], titles=["head 0: same token", "head 1: previous token"])
+_ = show_heatmaps(wp[0], titles=["head 0: same token", "head 1: previous token"], figsize=(3.2, 2.8))
 
 # %% [markdown]
 # (Query 0 has no previous token; the causal mask leaves it only itself.)

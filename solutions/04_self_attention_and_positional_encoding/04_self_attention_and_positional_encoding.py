@@ -36,6 +36,7 @@
 
 # %%
 import contextlib
+import copy
 import math
 import time
 
@@ -44,10 +45,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from lib import positional as pos
 from lib.attention import Record, causal_mask
-from lib.checks import check_close, check_permutation_equivariance, check_shape, passed
+from lib.checks import check_close, check_permutation_equivariance, check_shape, passed, yours_or_reference
 from lib.multihead import MultiHeadAttention
 from lib.plot import plot_curves, show_heatmaps
 from lib.runtime import device, pick, seed_everything
@@ -111,7 +113,10 @@ passed("self-attention is permutation equivariant: it ignores the order of its i
 # (for a $k$-wide kernel; $\log_k n$ with dilations), an RNN $n$ steps, self-attention
 # one. Short paths make long-range dependencies easier to learn (Vaswani et al. 2017,
 # section 4 and table 1). The price is the $n^2$: self-attention is quadratic in the
-# sequence length, and it is faster than a recurrent layer only while $n < d$, roughly.
+# sequence length. Counting operations as the table does, it does less work than a
+# recurrent layer only while $n < d$; on a real processor the RNN also pays for its $n$
+# sequential steps, so the measured crossover comes later (below, with $d = 64$, between
+# $n = 128$ and $n = 256$ in the stored run).
 #
 # Let us measure it. We time one forward pass of each layer, with $d = 64$, over growing
 # $n$, on one CPU thread (timings depend on the machine; the trends are what matters).
@@ -176,7 +181,7 @@ repeats = pick(full=5, quick=1)
 # %% tags=["nbval-ignore-output"]
 timings = {name: [] for name in layers}
 with one_thread():
-    for n in lengths:
+    for n in tqdm(lengths, desc="timing each length"):
         x = torch.randn(4, n, d, device=dev)  # (B, n, d)
         for name, layer in layers.items():
             timings[name].append(time_forward(layer, x, repeats))
@@ -191,10 +196,15 @@ fig.axes[0].set_xscale("log", base=2)
 # On a log-log plot a power law is a straight line. The convolution grows linearly and
 # stays cheap. The RNN grows linearly too, but with a large constant: its $n$ steps run
 # one after the other, each too small to keep the processor busy. Self-attention keeps up
-# with the RNN on short sequences, then grows with slope 2 or more (doubling $n$ at least
-# quadruples the time, more once the $B \cdot H \cdot n^2$ scores outgrow the processor's
-# caches); past a few hundred tokens it is the
-# slowest of the three. That quadratic cost is what efficient-attention variants attack.
+# with the RNN on short sequences, where fixed costs per call dominate and the time grows
+# more slowly than $n$ (in the stored run 0.15 ms at $n = 32$, 0.72 ms at $n = 128$). Then
+# the $n^2$ term takes over: from 256 to 512 tokens the time grows 7-fold and from 512 to
+# 1024 8-fold, steeper than the 4-fold of $n^2$ alone because the $B \cdot H \cdot n^2$
+# scores outgrow the processor's caches; the last doubling, 1024 to 2048, cost only
+# 2.5-fold in the stored run (single timings on a busy machine are noisy). From 256 tokens
+# on it is the slowest of the three (your timings will differ; the shape of the curves
+# should not). That quadratic cost is what efficient-attention
+# variants attack.
 #
 # ## 3. Sinusoidal positional encoding
 #
@@ -223,8 +233,9 @@ fig, ax = plt.subplots(figsize=(6, 2.8))
 for col in range(6, 10):
     _ = ax.plot(torch.arange(T), P[:, col], label=f"Col {col}")
 ax.set_xlabel("Row (position)")
+ax.set_ylabel("encoding value")
 ax.set_title("Columns 6-9 of the sinusoidal encoding")
-_ = ax.legend()
+_ = ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the plot, not over the curves
 
 # %% [markdown]
 # Column 6 oscillates faster than column 8; columns 7 and 9 are their cosine twins.
@@ -360,7 +371,14 @@ def _cosine_reference(h):
 
 _h = torch.randn(3, 5, 8)
 check_shape(mean_pairwise_cosine(_h), (3,), "mean_pairwise_cosine(h of shape (3, 5, 8))")
-check_close(mean_pairwise_cosine(_h), _cosine_reference(_h), "mean_pairwise_cosine on random h")
+_all_pairs = F.cosine_similarity(_h.unsqueeze(2), _h.unsqueeze(1), dim=-1)  # (B, T, T), diagonal included
+_dots = _h @ _h.transpose(-2, -1)
+check_close(mean_pairwise_cosine(_h), _cosine_reference(_h), "mean_pairwise_cosine on random h", variants={
+    "with the diagonal included (each token with itself, cosine 1): average over i != j only": _all_pairs.mean((-2, -1)),
+    "with the diagonal left out of the sum but still divided by T² (there are T (T - 1) pairs)": _cosine_reference(_h) * 4 / 5,
+    "counting each pair once (divided by T (T - 1) / 2, but the sum has both (i, j) and (j, i))": _cosine_reference(_h) * 2,
+    "without normalising the rows (dot products, not cosines)": (_dots.sum((-2, -1)) - _dots.diagonal(dim1=-2, dim2=-1).sum(-1)) / 20,
+})
 check_close(mean_pairwise_cosine(torch.ones(2, 4, 3)), torch.ones(2), "identical tokens have cosine 1")
 passed("mean_pairwise_cosine matches the pairwise cosine similarity, diagonal excluded")
 
@@ -385,7 +403,8 @@ with forbid("torch.nn.functional.cosine_similarity", "torch.cosine_similarity"):
 
 # %% [markdown]
 # Now the experiment. We stack `depth` untrained self-attention layers **without** the
-# residual connections and feed-forward layers that a Transformer block adds (lesson 05),
+# residual connections and feed-forward layers that a Transformer block adds (lesson 05
+# builds the feed-forward layer, lesson 06 the block),
 # feed them random tokens plus the sinusoidal encoding, and follow two numbers through
 # the stack:
 #
@@ -397,6 +416,34 @@ with forbid("torch.nn.functional.cosine_similarity", "torch.cosine_similarity"):
 # We run three stacks: PyTorch's default initialisation, "sharp" attention (all weights
 # scaled up, so each token attends to few others), and the default stack with a residual
 # connection (and a layer norm) around each layer.
+#
+# Two tools of the Transformer block appear here for the first time (lesson 06 builds the
+# block around them):
+#
+# * a **residual connection** adds a layer's output to its input, $\mathbf{h} \leftarrow
+#   \mathbf{h} + f(\mathbf{h})$, instead of replacing it: the input always gets through, and
+#   $f$ only has to learn a correction (He et al. 2016);
+# * **layer normalisation** (Ba et al. 2016) rescales each token's vector to mean 0 and
+#   variance 1 over its $D$ features, then applies a learned gain $\boldsymbol\gamma$ and
+#   bias $\boldsymbol\beta$ (here, untrained: $\boldsymbol\gamma = 1$, $\boldsymbol\beta = 0$):
+#
+# $$\mathrm{LN}(\mathbf{h}) = \boldsymbol\gamma \odot \frac{\mathbf{h} - \mu}{\sqrt{\sigma^2 + \epsilon}} + \boldsymbol\beta,
+# \qquad \mu = \frac1D \sum_k h_k,\quad \sigma^2 = \frac1D \sum_k (h_k - \mu)^2 .$$
+#
+# Normalising the input of $f$, not the sum, is the **pre-norm** arrangement,
+# $\mathbf{h} + f(\mathrm{LN}(\mathbf{h}))$, used below and by GPT-2 and most recent models
+# (lesson 06 compares it with the original post-norm $\mathrm{LN}(\mathbf{h} + f(\mathbf{h}))$).
+# The formula, checked against PyTorch:
+
+# %%
+_h = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0)) * 3 + 1  # (B, T, D), mean 1, std 3
+_mu = _h.mean(-1, keepdim=True)
+_var = _h.var(-1, unbiased=False, keepdim=True)  # the biased variance (divide by D)
+_ln = (_h - _mu) / torch.sqrt(_var + 1e-5)
+check_close(_ln, F.layer_norm(_h, (8,)), "the LayerNorm formula vs F.layer_norm")
+check_close(_ln, nn.LayerNorm(8)(_h).detach(), "vs nn.LayerNorm(8) (gain 1, bias 0 at initialisation)")
+print("every token after LayerNorm has mean 0:", torch.allclose(_ln.mean(-1), torch.zeros(2, 5), atol=1e-6),
+      " and standard deviation 1:", torch.allclose(_ln.std(-1, unbiased=False), torch.ones(2, 5), atol=1e-3))
 
 # %%
 def positional_signal(h: torch.Tensor) -> torch.Tensor:
@@ -424,12 +471,9 @@ def run_stack(measure, depth: int = 12, sharp: bool = False, residual: bool = Fa
     return cosines, signals
 
 
-try:  # your function if it works, else the reference, so the rest of the lesson runs
-    measure = mean_pairwise_cosine
-    measure(torch.randn(1, 2, 3))
-except NotImplementedError:
-    print("mean_pairwise_cosine is not written yet: using the reference")
-    measure = _cosine_reference
+# your function if it is written, else the reference, so that the rest of the lesson runs
+measure = yours_or_reference(mean_pairwise_cosine, _cosine_reference, "mean_pairwise_cosine",
+                             exercise="exercise 1", probe=lambda f: f(torch.randn(1, 2, 3)))
 
 stacks = {
     "default init": run_stack(measure),
@@ -448,6 +492,10 @@ _ = plot_curves({name: c for name, (c, s) in stacks.items()}, xlabel="depth (lay
 _ = plot_curves({name: s for name, (c, s) in stacks.items()}, xlabel="depth (layers)",
                 ylabel="positional signal", x=list(range(13)), ax=axes[1],
                 title="Positions can no longer be told apart")
+for _ax in axes:  # one legend below both panels, so that no curve is hidden
+    _ax.get_legend().remove()
+_ = fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3)
+_ = fig.subplots_adjust(bottom=0.3)
 
 
 # %% [markdown]
@@ -530,9 +578,22 @@ _added = _enc(torch.zeros(1, 6, 8))[0]  # (6, 8): what is added at each position
 assert not torch.allclose(_added[0], _added[1]), "positions 0 and 1 get the same vector: initialise the table at random"
 check_close(_enc(_x) - _x, _added.expand(2, 6, 8), "the same vector is added to every sequence of the batch")
 try:
+    _full = _enc(torch.randn(1, 10, 8))
+except ValueError as e:
+    raise AssertionError(
+        f"a sequence of exactly max_len = 10 positions must be accepted (positions 0..9 all have a row); "
+        f"raise only when T > max_len. Your module said: {e}"
+    ) from None
+check_shape(_full, (1, 10, 8), "LearnablePositionalEncoding(10, 8) on a sequence of length max_len = 10")
+try:
     _enc(torch.randn(1, 11, 8))
 except ValueError as e:
     assert "max_len" in str(e), f"the error message should name max_len, got: {e}"
+except Exception as e:
+    raise AssertionError(
+        f"a sequence of length 11 > max_len = 10 must raise ValueError naming max_len (check T in forward), "
+        f"got {type(e).__name__}: {e}"
+    ) from None
 else:
     raise AssertionError("a sequence of length 11 > max_len = 10 must raise ValueError")
 passed("LearnablePositionalEncoding adds trainable, position-dependent vectors and refuses long inputs")
@@ -621,7 +682,21 @@ _rel = pos.RelativePosition(d_head=8, max_distance=3)
 _q = torch.randn(2, 4, 10, 8)
 _got = relative_logits(_q, _rel.rel_k.detach(), 3)
 check_shape(_got, (2, 4, 10, 10), "relative_logits(q of shape (2, 4, 10, 8), ...)")
-check_close(_got, _rel.score_bias(_q, torch.arange(10), torch.arange(10)).detach(), "relative_logits vs lib's RelativePosition.score_bias")
+def _bias_with(table):
+    """lib's relative logits computed with another table (a typical indexing mistake, expressed as a table)."""
+    other = copy.deepcopy(_rel)
+    with torch.no_grad():
+        other.rel_k.copy_(table)
+    return other.score_bias(_q, torch.arange(10), torch.arange(10)).detach()
+
+
+_expected = _rel.score_bias(_q, torch.arange(10), torch.arange(10)).detach()
+check_close(_got, _expected, "relative_logits vs lib's RelativePosition.score_bias", variants={
+    "with the distance's sign flipped: use j - i (key minus query), so row 0 of rel_k is distance -K": lambda: _bias_with(_rel.rel_k.flip(0)),
+    "without the +K offset: clip(j - i, -K, K) indexes rows -K..K, negative rows wrap around; add K": lambda: _bias_with(_rel.rel_k.roll(3, 0)),
+    "without the 1/√D_h scale": _expected * math.sqrt(8),
+    "divided by D_h instead of √D_h": _expected / math.sqrt(8),
+})
 passed("relative_logits agrees with Shaw et al.'s relative keys in lib.positional")
 
 # %% nbgrader={"grade": true, "grade_id": "ex3_relative_hidden", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -742,7 +817,10 @@ print("rotation keeps norms:", torch.allclose(rope.rotate(q.view(1, 8), torch.te
 # Press, Smith and Lewis (2022) add no vector at all: head $h$ subtracts from each score a
 # penalty proportional to the distance, $-m_h\,|i - j|$, with fixed slopes $m_h$: a geometric
 # sequence $2^{-8/H}, 2^{-16/H}, \dots, 2^{-8}$ (for 8 heads $\frac12, \frac14, \dots, \frac1{256}$;
-# other head counts interleave two such sequences, `pos.alibi_slopes`). Steep heads look at
+# for another head count $H$, the paper takes the $k$ slopes of the largest power of two
+# $k \le H$ and appends every other slope of the sequence for $2k$ heads, the two lists
+# concatenated: for 6 heads $\frac14, \frac1{16}, \frac1{64}, \frac1{256}$, then $\frac12, \frac18$;
+# `pos.alibi_slopes`). Steep heads look at
 # the last few tokens, flat heads far back. With a causal mask this is the paper's language-model
 # bias; without a mask the same formula is the symmetric variant used in encoders. ALiBi was
 # designed to **extrapolate**: train short, run long.
@@ -767,10 +845,22 @@ _ = show_heatmaps(bias, xlabel="key j", ylabel="query i", cmap="viridis", figsiz
 # Training uses sequences of length 32; testing uses lengths up to 512.
 #
 # The model: token embedding, the absolute encoding if any, two pre-norm blocks of
-# causal multi-head attention and a small feed-forward layer (lesson 05 builds them
-# properly), and a linear read-out. The relative schemes go into every attention layer
+# causal multi-head attention and a small feed-forward layer (lesson 05 builds the
+# feed-forward layer, lesson 06 the block), and a linear read-out. Each block is pre-norm,
+# $\mathbf{x} + \mathrm{attention}(\mathrm{LN}(\mathbf{x}))$ then $\mathbf{x} + \mathrm{FFN}(\mathrm{LN}(\mathbf{x}))$
+# (section 4), and the feed-forward layer uses the **GELU** non-linearity of BERT and GPT-2
+# (Hendrycks and Gimpel 2016), $\mathrm{GELU}(x) = x\,\Phi(x) = \frac{x}{2}\big(1 + \mathrm{erf}(x/\sqrt2)\big)$
+# with $\Phi$ the standard normal distribution function: a smooth ReLU that lets small
+# negative values through, checked against PyTorch in the next cell. The relative schemes go into every attention layer
 # through `positional=`. The learned table has room for the longest test length; rows
 # beyond 32 are never trained.
+
+# %%
+_x = torch.linspace(-4, 4, 81)
+check_close(_x / 2 * (1 + torch.erf(_x / math.sqrt(2))), F.gelu(_x), "GELU(x) = x Φ(x) vs F.gelu")
+check_close(nn.GELU()(_x), F.gelu(_x), "nn.GELU vs F.gelu")
+print(f"GELU(-1) = {F.gelu(torch.tensor(-1.0)):.4f}, GELU(1) = {F.gelu(torch.tensor(1.0)):.4f}, ReLU gives 0 and 1")
+
 
 # %%
 class Block(nn.Module):
@@ -858,7 +948,7 @@ sequences = pick(full=16, quick=2)
 # %% tags=["nbval-ignore-output"]
 results, started = {}, time.perf_counter()
 with one_thread():
-    for scheme in SCHEMES:
+    for scheme in tqdm(SCHEMES, desc="training one model per scheme"):  # about 2 minutes in full mode
         model = train_model(scheme, steps)
         results[scheme] = [test_accuracy(model, n, sequences) for n in test_lengths]
 table = pd.DataFrame(results, index=pd.Index(test_lengths, name="test length")).T
@@ -875,15 +965,17 @@ for line in ax.lines:  # dashed lines on top, so curves that coincide stay visib
         line.set_linestyle("--")
 ax.set_xscale("log", base=2)
 _ = ax.axvline(32, color="grey", linestyle=":")
-_ = ax.legend(loc="lower left")
+_ = ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the plot, not over the curves
 
 # %% [markdown]
 # What the stored run shows (your numbers may differ a little, the pattern should not):
 #
 # * **Sinusoidal** and **learned** absolute encodings solve the task on the training length
-#   and fail beyond it. Their accuracy on length $n$ is about $32/n$: right on the positions
-#   seen in training, chance (1/16) after. Learned rows beyond 32 were never trained; the
-#   sinusoidal rows exist, but the model never learned what to do with them.
+#   and fail beyond it. Their accuracy on length $n$ is about $32/n + (1 - 32/n)/16$: right on
+#   the 32 positions seen in training, chance (1/16) on the other $n - 32$ (0.53, 0.30, 0.18
+#   and 0.12 for $n$ = 64, 128, 256, 512, against the 0.55, 0.30, 0.19 and 0.13 measured).
+#   Learned rows beyond 32 were never trained; the sinusoidal rows exist, but the model
+#   never learned what to do with them.
 # * **Shaw's relative positions** extrapolate perfectly: the model only ever sees clipped
 #   distances in $[-8, 8]$, all of which occur in training at every length.
 # * **RoPE** is relative in its scores, yet it degrades with length: rotations by angles

@@ -161,7 +161,14 @@ ref = PositionWiseFFN(6, 20)
 xs = torch.randn(3, 7, 6)
 mine = my_ffn(xs, ref.fc1.weight.T, ref.fc1.bias, ref.fc2.weight.T, ref.fc2.bias)
 check_shape(mine, (3, 7, 6), "my_ffn output")
-check_close(mine, ref(xs).detach(), "my_ffn vs lib.ffn.PositionWiseFFN with the same weights")
+with torch.no_grad():
+    check_close(mine, ref(xs), "my_ffn vs lib.ffn.PositionWiseFFN with the same weights", variants={
+        "without the bias b1 (inside the ReLU)": lambda: torch.relu(xs @ ref.fc1.weight.T) @ ref.fc2.weight.T + ref.fc2.bias,
+        "without the bias b2 (added after W2)": lambda: ref(xs) - ref.fc2.bias,
+        "without the ReLU (max(0, ·) between the two maps)": lambda: ref.fc2(ref.fc1(xs)),
+        "with a ReLU after the second map too (the output must be able to go negative)": lambda: torch.relu(ref(xs)),
+        "with the ReLU applied before adding b1 (max(0, x W1) + b1)": lambda: (torch.relu(xs @ ref.fc1.weight.T) + ref.fc1.bias) @ ref.fc2.weight.T + ref.fc2.bias,
+    })
 passed("my_ffn matches PositionWiseFFN on a random input")
 
 # %% nbgrader={"grade": true, "grade_id": "ex1_ffn_forward_hidden", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
@@ -277,9 +284,21 @@ c = my_linear_to_conv1d(lin)
 assert isinstance(c, nn.Conv1d), f"expected an nn.Conv1d, got {type(c).__name__}"
 assert c.kernel_size == (1,), f"expected kernel_size (1,), got {c.kernel_size}"
 check_shape(c.weight, (10, 6, 1), "conv weight")
+assert c.bias is not None, "the Linear has a bias, so the Conv1d needs one too (bias=True), holding the same values"
+check_close(c.bias, lin.bias.detach(), "conv bias: copy linear.bias into it (a fresh Conv1d starts with a random bias)")
 xs = torch.randn(2, 7, 6)  # (B, T, D_in)
-check_close(c(xs.transpose(1, 2)).transpose(1, 2), lin(xs).detach(), "Conv1d on (B, D, T) vs Linear on (B, T, D)")
-passed("my_linear_to_conv1d gives a Conv1d with the Linear's outputs")
+with torch.no_grad():
+    check_close(c(xs.transpose(1, 2)).transpose(1, 2), lin(xs), "Conv1d on (B, D, T) vs Linear on (B, T, D)", variants={
+        "without the Linear's bias (copy linear.bias into conv.bias)": lambda: lin(xs) - lin.bias,
+    })
+for _mine, _theirs, _what in [(c.weight, lin.weight, "weight"), (c.bias, lin.bias, "bias")]:
+    assert _mine.untyped_storage().data_ptr() != _theirs.untyped_storage().data_ptr(), (
+        f"the Conv1d's {_what} shares its memory with the Linear's {_what}, so training one would change the other: "
+        f"copy the values (e.g. conv.{_what}.copy_(...) under torch.no_grad(), or .clone())"
+    )
+c_nobias = my_linear_to_conv1d(nn.Linear(6, 10, bias=False))
+assert c_nobias.bias is None, "a Linear without bias must give a Conv1d with bias=None"
+passed("my_linear_to_conv1d gives a Conv1d with the Linear's outputs, its own copy of the weights, no bias when the Linear has none")
 
 # %% nbgrader={"grade": true, "grade_id": "ex2_linear_to_conv_hidden", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 # Hidden tests run here when your notebook is graded.
@@ -555,6 +574,8 @@ _ = ax.plot(lengths, linear_part, "o-", label="(B, T, d) and (B, T, 4d) tensors"
 _ = ax.plot(lengths, attn_part, "s-", label="attention matrix (B, H, T, T)")
 _ = ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="MiB per layer",
            title="BERT-base layer, B=8, fp16 activations")
+_ = ax.set_xticks(lengths, [str(n) for n in lengths])  # one plain label per length measured
+_ = ax.xaxis.set_minor_locator(plt.NullLocator())  # no crowded minor labels (2×10³, 3×10³, ...)
 _ = ax.legend()
 
 # %% [markdown]
@@ -639,7 +660,16 @@ def my_layer_training_bytes(d_model: int, d_ff: int, bias: bool = True) -> int:
 got = my_layer_training_bytes(512, 2048)
 assert isinstance(got, int), f"return an int, got {type(got).__name__}"
 expected = adam_mixed_precision_bytes(layer_parameters(512, 2048)).total
-assert got == expected, f"d_model=512, d_ff=2048: expected {expected:,} bytes, got {got:,}"
+_d, _f = 512, 2048
+check_close(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
+            f"d_model=512, d_ff=2048: bytes (expected {expected:,}, got {got:,})", atol=0.5, rtol=0, variants={
+    "without the two LayerNorms (2 × 2d parameters)": torch.tensor(expected - 20 * 4 * _d),
+    "with one LayerNorm instead of two": torch.tensor(expected - 20 * 2 * _d),
+    "without the biases (3d + d + d_ff + d)": torch.tensor(expected - 20 * (3 * _d + _d + _f + _d)),
+    "as a count of parameters, not of bytes (20 bytes each)": torch.tensor(expected / 20),
+    "with 16 bytes per parameter instead of 20 (section 6 counts 20)": torch.tensor(expected / 20 * 16),
+    "with one (d, d) map for q, k and v together instead of (d, 3d)": torch.tensor(expected - 20 * (2 * _d * _d + 2 * _d)),
+})
 measured = 20 * count_parameters(EncoderBlock(16, 2, 24, bias=False))
 assert my_layer_training_bytes(16, 24, bias=False) == measured, (
     f"d_model=16, d_ff=24, bias=False: a real EncoderBlock gives {measured:,} bytes, "

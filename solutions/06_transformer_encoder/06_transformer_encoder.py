@@ -182,6 +182,14 @@ x = torch.randn(3, 6, 4)  # (B, T, D)
 keep = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
 out = masked_mean_pool(x, keep)
 check_shape(out, (3, 4), "masked_mean_pool(x, keep)")
+_m = keep.unsqueeze(-1).float()  # (B, T, 1)
+_pad_mean = ((x * (1 - _m)).sum(1) / (1 - _m).sum(1).clamp(min=1))  # the mean over the padding
+check_close(out, (x * _m).sum(1) / _m.sum(1), "masked_mean_pool(x, keep)", variants={
+    "without the mask: the plain mean over all T positions, padding included": x.mean(1),
+    "except that the sum is divided by T instead of the number of real tokens": (x * _m).sum(1) / 6,
+    "summed, not averaged (divide by the number of real tokens)": (x * _m).sum(1),
+    "with the mask inverted (keep is True for *real* tokens): yours averages the padding": _pad_mean,
+})
 check_close(out[0], x[0].mean(0), "row 0 (no padding): the plain mean")
 check_close(out[1], x[1, :3].mean(0), "row 1 (3 real tokens): the mean of the first 3")
 check_close(out[2], x[2, 0], "row 2 (1 real token): that token")
