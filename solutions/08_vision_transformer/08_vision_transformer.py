@@ -36,10 +36,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lib.checks import check_close, check_shape, passed
 from lib.data import DatasetNotFoundError, FASHION_MNIST_CLASSES, load_digits_split, load_fashion_mnist
-from lib.plot import plot_curves
-from lib.runtime import QUICK, device, pick, seed_everything
+from lib.runtime import device, pick, seed_everything
 from lib.train import evaluate, fit
-from lib.vit import PatchEmbed, PatchEmbedLinear, ViT, ViTConfig, patchify, unpatchify
+from lib.vit import PatchEmbed, ViT, ViTConfig, patchify, unpatchify
 
 seed_everything(0)
 dev = device()
