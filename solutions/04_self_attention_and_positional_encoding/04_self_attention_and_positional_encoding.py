@@ -197,11 +197,11 @@ fig.axes[0].set_xscale("log", base=2)
 # stays cheap. The RNN grows linearly too, but with a large constant: its $n$ steps run
 # one after the other, each too small to keep the processor busy. Self-attention keeps up
 # with the RNN on short sequences, where fixed costs per call dominate and the time grows
-# more slowly than $n$ (in the stored run 0.15 ms at $n = 32$, 0.72 ms at $n = 128$). Then
-# the $n^2$ term takes over: from 256 to 512 tokens the time grows 7-fold and from 512 to
-# 1024 8-fold, steeper than the 4-fold of $n^2$ alone because the $B \cdot H \cdot n^2$
-# scores outgrow the processor's caches; the last doubling, 1024 to 2048, cost only
-# 2.5-fold in the stored run (single timings on a busy machine are noisy). From 256 tokens
+# more slowly than $n$ (in the stored run 0.16 ms at $n = 32$, 0.71 ms at $n = 128$). Then
+# the $n^2$ term takes over: in the stored run the time grows 4-fold from 256 to 512 tokens,
+# as $n^2$ predicts, and almost 9-fold from 512 to 1024, steeper than $n^2$ because the
+# $B \cdot H \cdot n^2$ scores outgrow the processor's caches; the last doubling, 1024 to
+# 2048, cost 3.7-fold (single timings on a busy machine are noisy). From 256 tokens
 # on it is the slowest of the three (your timings will differ; the shape of the curves
 # should not). That quadratic cost is what efficient-attention
 # variants attack.
@@ -948,7 +948,7 @@ sequences = pick(full=16, quick=2)
 # %% tags=["nbval-ignore-output"]
 results, started = {}, time.perf_counter()
 with one_thread():
-    for scheme in tqdm(SCHEMES, desc="training one model per scheme"):  # about 2 minutes in full mode
+    for scheme in tqdm(SCHEMES, desc="training one model per scheme"):  # under a minute in full mode
         model = train_model(scheme, steps)
         results[scheme] = [test_accuracy(model, n, sequences) for n in test_lengths]
 table = pd.DataFrame(results, index=pd.Index(test_lengths, name="test length")).T
