@@ -14,6 +14,7 @@ installs it where it can). On a failure it saves a screenshot under ``build/brow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LESSON = ROOT / "solutions" / "00_setup" / "00_setup.ipynb"
+LESSON = Path(os.environ.get("COURSE_BROWSER_LESSON", ROOT / "solutions" / "00_setup" / "00_setup.ipynb"))
 LAB_SETTINGS = ROOT / "jupyter" / "lab-settings"
 SHOTS = ROOT / "build" / "browser-test"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -103,31 +104,30 @@ def lab(tmp_path_factory):
 
 @pytest.fixture
 def page(lab, request):
+    """A headless Chromium page; on a failing test, a screenshot under build/browser-test/."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=lab["browser"], headless=True,
                                     args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
         page.set_default_timeout(60_000)
         try:
             yield page
         finally:
-            report = getattr(request.node, "rep_call", None)
-            if report is None or report.failed:
-                SHOTS.mkdir(parents=True, exist_ok=True)
-                shot = SHOTS / f"{request.node.name}.png"
-                page.screenshot(path=str(shot), full_page=True)
-                print(f"\nbrowser test failed: screenshot saved to {shot}\nJupyterLab log: {lab['log']}")
             browser.close()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):  # pragma: no cover - pytest plumbing
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)
+@contextlib.contextmanager
+def screenshot_on_failure(page, name: str, log: Path):
+    try:
+        yield
+    except BaseException:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shot = SHOTS / f"{name}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"\nbrowser test failed: screenshot saved to {shot}\nJupyterLab log: {log}")
+        raise
 
 
 def _code_cell_prompts(page) -> list[str]:
@@ -136,6 +136,11 @@ def _code_cell_prompts(page) -> list[str]:
 
 @pytest.mark.slow
 def test_a_lesson_runs_in_jupyterlab_in_a_real_browser(lab, page):
+    with screenshot_on_failure(page, "lesson", lab["log"]):
+        _run_a_lesson(lab, page)
+
+
+def _run_a_lesson(lab, page):
     page.goto(f"{lab['base']}/lab/tree/{LESSON.name}?token={lab['token']}")
     page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
     # the kernel is up when the toolbar's status says Idle
@@ -145,18 +150,18 @@ def test_a_lesson_runs_in_jupyterlab_in_a_real_browser(lab, page):
     page.locator(".lm-MenuBar-item", has_text="Run").first.click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     n_code = page.locator(".jp-Notebook .jp-CodeCell").count()
+    tracebacks = page.locator(".jp-OutputArea-output", has_text="Traceback (most recent call last)")
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and tracebacks.count() == 0:  # Run All stops at an error
         prompts = _code_cell_prompts(page)
         if len(prompts) == n_code and all(p.strip()[1:-2].isdigit() for p in prompts):
             break
         time.sleep(1.0)
+    # no cell shows an error, every cell ran, outputs appear
+    assert tracebacks.count() == 0, f"a cell shows an error:\n{tracebacks.first.text_content()[-2000:]}"
     prompts = _code_cell_prompts(page)
     assert all(p.strip()[1:-2].isdigit() for p in prompts), f"not every cell ran: {prompts}"
-    # outputs appear, and none is an error
     assert page.locator(".jp-OutputArea-output").count() >= 3, "the lesson's cells show no outputs"
-    tracebacks = page.locator(".jp-OutputArea-output", has_text="Traceback (most recent call last)")
-    assert tracebacks.count() == 0, f"a cell shows an error: {tracebacks.first.inner_text()[:2000]}"
     # save through the UI and read the saved notebook: executed in order, no error output
     page.keyboard.press("Control+s")
     deadline = time.monotonic() + 30
@@ -178,6 +183,11 @@ def test_a_lesson_runs_in_jupyterlab_in_a_real_browser(lab, page):
 
 @pytest.mark.slow
 def test_the_formgrader_page_loads(lab, page):
+    with screenshot_on_failure(page, "formgrader", lab["log"]):
+        _open_the_formgrader(lab, page)
+
+
+def _open_the_formgrader(lab, page):
     response = page.goto(f"{lab['base']}/formgrader?token={lab['token']}")
     assert response is not None and response.status == 200, f"formgrader answered {response and response.status}"
     page.get_by_text("Manage Assignments").first.wait_for()
