@@ -59,6 +59,7 @@ ALLOW_ROOT   := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lab: env
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(ALLOW_ROOT) \
+	  --LabApp.app_settings_dir="$(CURDIR)/jupyter/lab-settings" \
 	  --LabApp.default_url='/lab/tree/notebooks/00_setup/00_setup.ipynb' $(LAB_ARGS)
 
 # Two test workers on two cores: one math thread each (two each oversubscribe

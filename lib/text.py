@@ -189,8 +189,12 @@ _CACHE_VERSION = 1
 
 
 def _encode_all(num_words: int, maxlen: int, padding: str, truncating: str) -> dict:
+    from tqdm.auto import tqdm
+
     texts = load_imdb_texts()
-    tokens = {split: [tokenize(t) for t in texts[split][0]] for split in texts}
+    tokens = {split: [tokenize(t) for t in tqdm(texts[split][0], desc=f"tokenizing IMDB {split}", unit=" reviews",
+                                                 mininterval=1.0)]
+              for split in texts}
     counter = Counter()
     for toks in tokens["train"]:
         counter.update(toks)
@@ -221,6 +225,25 @@ def _balanced_subset(y: Tensor, n: int, seed: int) -> Tensor:
     return both[torch.randperm(len(both), generator=g)]
 
 
+def _interleaved_order(y: Tensor, seed: int) -> Tensor:
+    """All indices in a seeded random order in which the two classes alternate pair by pair.
+
+    Each class is shuffled; pair ``i`` holds the ``i``-th review of each class in a random
+    order; the leftovers of the larger class (none in IMDB: 12,500 each) come last.  So
+    every prefix of even length ``2k <= 2 * min(n0, n1)`` holds exactly ``k`` reviews of each
+    class: ``x[:n]`` of the full set is never one class, as it was in the files' sorted order.
+    """
+    g = torch.Generator().manual_seed(seed)
+    per_class = [torch.nonzero(y == c).squeeze(1) for c in (0, 1)]
+    per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
+    m = min(len(idx) for idx in per_class)
+    pairs = torch.stack([per_class[0][:m], per_class[1][:m]], dim=1)  # (m, 2)
+    swap = torch.randint(0, 2, (m,), generator=g).bool()
+    pairs[swap] = pairs[swap].flip(1)  # a random class first within each pair
+    rest = torch.cat([idx[m:] for idx in per_class])
+    return torch.cat([pairs.reshape(-1), rest[torch.randperm(len(rest), generator=g)]])
+
+
 def load_imdb(
     num_words: int = 10000,
     maxlen: int = 256,
@@ -245,7 +268,11 @@ def load_imdb(
             training and ``n`` test reviews; ``(n_train, n_test)``.  Subsets are
             balanced (half positive) and chosen with ``seed``, so quick mode is
             deterministic.  The vocabulary always comes from the full training set.
-        seed: seed for the subset choice.
+            The full sets come in a seeded random order in which the classes
+            alternate pair by pair (``_interleaved_order``), not in the files' order
+            (all negatives, then all positives): any even-length prefix
+            ``x[:n]`` is exactly half positive.
+        seed: seed for the subset choice and the order of the full sets.
         padding, truncating: see ``pad_sequences`` (defaults: pad after, keep the end).
         with_lengths: add a third tensor, the number of real tokens per review.
 
@@ -277,7 +304,9 @@ def load_imdb(
         x, y, length = enc[split]["x"], enc[split]["y"], enc[split]["length"]
         if sizes is not None:
             idx = _balanced_subset(y, sizes[i], seed + i)
-            x, y, length = x[idx], y[idx], length[idx]
+        else:
+            idx = _interleaved_order(y, seed + i)
+        x, y, length = x[idx], y[idx], length[idx]
         tensors = (x, y, length) if with_lengths else (x, y)
         datasets.append(TensorDataset(*tensors))
     return datasets[0], datasets[1], vocab

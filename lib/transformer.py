@@ -60,6 +60,7 @@ __all__ = [
     "Decoder",
     "TransformerConfig",
     "Transformer",
+    "masked_mean_pool",
 ]
 
 
@@ -461,3 +462,27 @@ class Transformer(nn.Module):
         memory, memory_mask = self.encode(src, src_valid_lens, record=record)  # (B, S, D)
         tgt_mask = None if tgt_valid_lens is None else padding_mask(tgt_valid_lens, tgt.shape[1])  # (B, 1, 1, T)
         return self.decode(tgt, memory, memory_mask, tgt_mask=tgt_mask, record=record)  # (B, T, V)
+
+
+# ---------------------------------------------------------------------------
+# Pooling a sequence into one vector (lesson 06's classifier head)
+# ---------------------------------------------------------------------------
+
+
+def masked_mean_pool(x: Tensor, keep: Tensor) -> Tensor:
+    """Mean of ``x`` over the real positions only (lesson 06, exercise 1).
+
+    A row with no real position gives zeros, not NaN; padded positions get zero gradient.
+
+    Args:
+        x: the sequence, (B, T, D).
+        keep: boolean (B, T), True at real tokens.
+
+    Returns:
+        (B, D), in ``x``'s dtype.
+    """
+    if keep.shape != x.shape[:2] or keep.dtype != torch.bool:
+        raise ValueError(f"keep must be a boolean (B, T) = {tuple(x.shape[:2])} tensor, "
+                         f"got {keep.dtype} {tuple(keep.shape)}")
+    weights = keep.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, D)

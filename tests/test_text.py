@@ -81,6 +81,19 @@ def test_balanced_subset_is_balanced_and_seeded():
         text._balanced_subset(y, 60, seed=0)
 
 
+def test_interleaved_order_makes_every_even_prefix_balanced():
+    y = torch.tensor([0] * 500 + [1] * 500 + [1] * 7)  # sorted by class, like the files; 7 extra positives
+    order = text._interleaved_order(y, seed=0)
+    assert sorted(order.tolist()) == list(range(len(y)))  # a permutation
+    shuffled = y[order]
+    counts = shuffled[:1000].cumsum(0)[1::2]  # positives among the first 2, 4, ..., 1000
+    assert torch.equal(counts, torch.arange(1, 501))
+    assert shuffled[1000:].eq(1).all()  # the larger class's leftovers come last
+    assert not torch.equal(shuffled[:1000:2], shuffled[:1000:2].sort().values)  # which class comes first varies
+    assert not torch.equal(order, text._interleaved_order(y, seed=1))  # the seed is used
+    assert torch.equal(order, text._interleaved_order(y, seed=0))  # and repeats
+
+
 def make_imdb(root: Path) -> None:
     reviews = {
         "train/pos": ["Great film!<br /><br />Great acting.", "great great fun"],
@@ -102,12 +115,14 @@ def test_load_imdb_on_a_toy_tree_and_its_cache(tmp_path, monkeypatch):
     monkeypatch.setattr("lib.data.fetch", lambda name, **kw: calls.append(name) or root)
     train, test, vocab = text.load_imdb(num_words=6, maxlen=4)
     x, y = train.tensors
-    assert x.shape == (4, 4) and y.tolist() == [0, 0, 1, 1]  # negatives first
+    assert x.shape == (4, 4) and sorted(y.tolist()) == [0, 0, 1, 1]
+    assert y[:2].sum() == 1 and y[2:].sum() == 1  # classes alternate pair by pair, not negatives first
     assert vocab.itos[:3] == [PAD, UNK, "great"]  # the most frequent training word
-    assert x[2].tolist() == vocab.encode(["!", "great", "acting", "."])  # the end is kept
+    first = vocab.encode(["!", "great", "acting", "."])  # the end is kept
+    assert sum(row.tolist() == first for row in x) == 1
     xt, yt = test.tensors
-    assert xt.shape == (2, 4) and yt.tolist() == [0, 1]
-    assert xt[1].tolist()[1:] == [0, 0, 0]  # padded after the one real token
+    assert xt.shape == (2, 4) and sorted(yt.tolist()) == [0, 1]
+    assert xt[yt == 1][0].tolist()[1:] == [0, 0, 0]  # padded after the one real token
     # second call: from the cache, no reading of the reviews
     train2, _, _ = text.load_imdb(num_words=6, maxlen=4)
     assert calls == ["imdb"] and torch.equal(train2.tensors[0], x)

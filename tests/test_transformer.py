@@ -320,3 +320,27 @@ def test_encoder_errors():
         Encoder(_tiny(positional="learned"))(torch.randint(0, 50, (1, 21)))
     with pytest.raises(ValueError, match=r"token ids \(B, T\)"):
         enc(torch.randn(1, 5))
+
+
+def test_masked_mean_pool_averages_the_real_positions_only():
+    from lib.transformer import masked_mean_pool
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 7, 3, generator=g, dtype=torch.float64)
+    keep = torch.rand(4, 7, generator=g) < 0.5
+    keep[0] = False  # an empty row
+    expected = torch.stack([x[b][keep[b]].mean(0) if keep[b].any() else torch.zeros(3, dtype=x.dtype)
+                            for b in range(4)])
+    out = masked_mean_pool(x, keep)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected)
+    changed = x.clone()
+    changed[~keep] = 1e3
+    torch.testing.assert_close(masked_mean_pool(changed, keep), out)
+    xg = x.clone().requires_grad_(True)
+    masked_mean_pool(xg, keep).sum().backward()
+    assert (xg.grad[~keep] == 0).all()
+    with pytest.raises(ValueError, match="boolean"):
+        masked_mean_pool(x, keep.float())
+    with pytest.raises(ValueError, match=r"\(4, 7\)"):
+        masked_mean_pool(x, keep[:, :5])
