@@ -405,7 +405,7 @@ passed("hidden tests passed")
 # keep sequences short, which is what a CPU budget needs; the price is `<unk>` for rare words.
 #
 # **The split is by English sentence.** Many English sentences occur several times with different
-# French translations (`go .` has 4). Splitting *pairs* at random would put some English test
+# French translations (`you're the teacher .` has 26). Splitting *pairs* at random would put some English test
 # sentences into training. `lib.text.load_fra_eng` shuffles the distinct English sentences with a
 # fixed seed and keeps 2,000 for testing, none of which occurs in training; **all** their French
 # translations are references for BLEU. The digest of the test sentences identifies the split.
@@ -536,12 +536,17 @@ print(f"greedy on {len(some)} sentences: cached {timings[True][1]:.1f} s, recomp
 print("identical outputs:", timings[True][0] == timings[False][0])
 
 # %% [markdown]
-# d2l's four example sentences (they occur in the training data, with their translations):
+# d2l's four example sentences. Three of them are training pairs (`fra.txt` has one translation
+# of each); `he's calm .` is not in `fra.txt` at all, so it is a fair test of a sentence the model
+# has never seen:
 
 # %% tags=["nbval-ignore-output"]
 examples = ["go .", "i lost .", "he's calm .", "i'm home ."]
+train_pairs = {}
+for s, t in data.train:
+    train_pairs.setdefault(" ".join(data.src_vocab.decode(s)), data.decode_target(t))
 for en, greedy_fr, beam_fr in zip(examples, translate(examples), translate(examples, beam=4), strict=True):
-    print(f"{en:12} greedy: {greedy_fr:28} beam: {beam_fr}")
+    print(f"{en:12} greedy: {greedy_fr:24} beam: {beam_fr:24} training pair: {train_pairs.get(en, '(none)')}")
 
 # %% [markdown]
 # ## 8. Cross-attention: where each French word looks
