@@ -21,7 +21,6 @@ import argparse
 
 import torch
 
-from lib.attention import padding_mask
 from lib.decode import greedy_decode
 from lib.runtime import device, time_steps
 from lib.transformer import Transformer, TransformerConfig
@@ -43,12 +42,12 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=d_model, num_heads=4,
                             d_ff=4 * d_model, num_encoder_layers=layers, num_decoder_layers=layers, dropout=0.0,
-                            max_len=128, tie_embeddings=False, fast=True)
+                            max_len=128, tie_weights=False, fast=True)
     model = Transformer(cfg).to(dev).eval()
     with torch.no_grad():
-        model.output.bias[EOS] = -float("inf")  # never stop early: outputs of exactly max_len tokens
+        model.decoder.out.bias[EOS] = -float("inf")  # never stop early: outputs of exactly max_len tokens
     src = torch.randint(4, vocab, (batch, 12), device=dev)
-    mask = padding_mask(torch.full((batch,), 12, device=dev), 12)
+    mask = torch.full((batch,), 12, device=dev)  # src_valid_lens: every source has 12 tokens
     print(f"device {dev.type}; d_model {d_model}, {layers} + {layers} layers, vocabulary {vocab}, batch {batch}")
     print(f"{'tokens':>6} {'cached ms':>10} {'uncached ms':>12} {'uncached / cached':>18}")
     for T in lengths:
