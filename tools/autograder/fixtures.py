@@ -335,20 +335,29 @@ def _wrong(*args, **kwargs):
 for _name in {names!r}:
     globals()[_name] = _wrong
 """
+# The attacks on lib.checks import it (and so torch) where they can: in the fixture lesson the kernel's memory
+# limit (512 MiB) leaves no room for torch, and the attack does what it can without it (a real attacker would).
 _REBIND_ALLCLOSE = """
 import math, sys
 math.isclose = lambda *a, **k: True
-import lib.checks
-lib.checks.check_close = lib.checks.check_shape = lib.checks.check_causal = lambda *a, **k: None
+try:
+    import lib.checks
+    lib.checks.check_close = lib.checks.check_shape = lib.checks.check_causal = lambda *a, **k: None
+except ImportError:
+    pass
 if "torch" in sys.modules:
     sys.modules["torch"].allclose = lambda *a, **k: True
     sys.modules["torch"].equal = lambda *a, **k: True
 """
 _REBIND_CODE = """
-import lib.checks
 def _nothing(*args, **kwargs):
     return None
-for _f in (lib.checks.check_close, lib.checks.check_shape, lib.checks.check_causal, lib.checks.passed):
+try:
+    import lib.checks
+    _targets = [lib.checks.check_close, lib.checks.check_shape, lib.checks.check_causal, lib.checks.passed]
+except ImportError:
+    _targets = []
+for _f in _targets:
     _f.__code__ = _nothing.__code__.replace(co_name=_f.__code__.co_name)
 """
 _EXCEPTION_HANDLER = """
