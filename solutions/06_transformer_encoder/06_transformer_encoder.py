@@ -235,13 +235,11 @@ passed("hidden tests passed")
 # use `lib.transformer.masked_mean_pool` instead (and say so), so the rest of the lesson runs.
 
 # %%
-try:  # your function if it works, else lib's, so the rest of the lesson runs
-    masked_mean_pool(torch.zeros(1, 2, 3), torch.ones(1, 2, dtype=torch.bool))
-    pool = masked_mean_pool
-except NotImplementedError:
-    print("masked_mean_pool (exercise 1) is not written yet: sections 4-6 use lib.transformer.masked_mean_pool; "
-          "finish exercise 1, then run them again")
-    pool = _masked_mean_pool_reference
+from lib.checks import yours_or_reference  # noqa: E402
+
+# your function if it works, else lib's (with a notice), so the rest of the lesson runs
+pool = yours_or_reference(masked_mean_pool, _masked_mean_pool_reference, "masked_mean_pool", exercise="exercise 1",
+                          probe=lambda f: f(torch.zeros(1, 2, 3), torch.ones(1, 2, dtype=torch.bool)))
 
 # %% [markdown]
 # ## 4. Four Keras models, rebuilt
