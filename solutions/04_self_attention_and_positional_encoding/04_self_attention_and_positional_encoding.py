@@ -349,6 +349,15 @@ print("permuting the input only permutes the output:", same)
 # shape (B,). Do not use `torch.nn.functional.cosine_similarity` (normalise the rows
 # and use one matrix product).
 
+# %%
+# The checks compare your function with this direct (and memory-hungry: it builds a
+# (B, T, T, D) tensor) version, which the hidden tests do not let you call.
+def _cosine_reference(h: torch.Tensor) -> torch.Tensor:
+    sim = F.cosine_similarity(h.unsqueeze(2), h.unsqueeze(1), dim=-1)  # (B, T, T)
+    off = ~torch.eye(h.shape[1], dtype=torch.bool)  # (T, T): the pairs i != j
+    return sim[:, off].mean(-1)
+
+
 # %% nbgrader={"grade": false, "grade_id": "ex1_cosine", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def mean_pairwise_cosine(h: torch.Tensor) -> torch.Tensor:
     """(B, T, D) -> (B,): mean of cos(h_i, h_j) over the T (T - 1) pairs i != j."""
@@ -362,13 +371,6 @@ def mean_pairwise_cosine(h: torch.Tensor) -> torch.Tensor:
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex1_cosine_check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def _cosine_reference(h):
-    sim = F.cosine_similarity(h.unsqueeze(2), h.unsqueeze(1), dim=-1)  # (B, T, T)
-    T = h.shape[1]
-    off = ~torch.eye(T, dtype=torch.bool)
-    return sim[:, off].mean(-1)
-
-
 _h = torch.randn(3, 5, 8)
 check_shape(mean_pairwise_cosine(_h), (3,), "mean_pairwise_cosine(h of shape (3, 5, 8))")
 _all_pairs = F.cosine_similarity(_h.unsqueeze(2), _h.unsqueeze(1), dim=-1)  # (B, T, T), diagonal included
