@@ -20,8 +20,9 @@
 #
 # **Points in this lesson: 4** (exercise 1: 4).
 #
-# *Run time:* full mode trains four models for one epoch on all 25,000 reviews (under a minute
-# each on a 2-core CPU, seconds on a GPU), and three deep stacks for about a minute each. `COURSE_QUICK=1` trains on 2,000 reviews.
+# *Run time:* full mode trains each of four models from three seeds, one epoch on all 25,000
+# reviews per run (15 to 50 s per run on a 2-core CPU, seconds on a GPU), and three deep stacks
+# for about half a minute each: 6.5 minutes in all in the stored run. `COURSE_QUICK=1` trains on 2,000 reviews.
 
 # %%
 import time
@@ -383,36 +384,58 @@ passed("every model has exactly Keras' parameter count")
 # IMDB overfits fast: 160,000 embedding parameters against 25,000 reviews. The Keras runs
 # peak after an epoch or two and then lose accuracy while the training accuracy keeps
 # climbing (we saw 88.4 % after one epoch, 85.7 % after three). So we train for **one
-# epoch** with Adam at a high learning rate, $5 \cdot 10^{-3}$, that decays linearly to zero over
+# epoch** with Adam at a high learning rate, $10^{-2}$, that decays linearly to zero over
 # the epoch (a step-wise `LambdaLR` scheduler): large steps while the embedding is far from
 # useful, small ones at the end so the last batches do not throw the model around.
 # Batches of 64. `lib.train.fit` is a plain loop (forward, loss, backward, step);
-# `evaluate` gives the test loss and accuracy. Every model starts from the same seed.
-# (Quick mode: 2,000 reviews; the accuracies quoted in the text are full mode's.)
+# `evaluate` gives the test loss and accuracy.
+#
+# The learning rate was chosen without looking at the test set: on a validation split of the
+# training reviews that shares **no movie** with the rest (IMDB's training and test sets share no
+# movie, and a random split would let a model score by remembering film titles and actors), we
+# compared $5 \cdot 10^{-3}$ and $10^{-2}$, one and two epochs, with and without dropout on the
+# embeddings. One epoch at $10^{-2}$ had the best mean over the four models: it lifted (a) by 1.7
+# points over $5 \cdot 10^{-3}$, and no other setting beat it by more than the noise of 2,540
+# validation reviews (about ±0.7 points).
+#
+# One run says little when two models differ by a few tenths of a point, so each model trains
+# from three seeds (initialisation and batch order); the table gives seed 0, the mean and the
+# range. (Quick mode: 2,000 reviews and one seed; the accuracies quoted in the text are full
+# mode's.)
 
 # %%
 EPOCHS = 1
-LR = 5e-3
+LR = 1e-2
 BATCH = 64
+SEEDS = pick(full=(0, 1, 2), quick=(0,))
 loss_fn = nn.CrossEntropyLoss()
 test_loader = DataLoader(test_ds, batch_size=512)
 results, histories = {}, {}
 
 
-def train_and_test(name: str) -> None:
-    seed_everything(0)
+def train_once(name: str, seed: int):
+    """Train model ``name`` from ``seed`` (initialisation and batch order); return it and its history."""
+    seed_everything(seed)
     model = build(name)
-    loader = DataLoader(train_ds, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(train_ds, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     total_steps = EPOCHS * len(loader)
     decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
-    start = time.perf_counter()
-    histories[name] = fit(model, loader, epochs=EPOCHS, optimizer=optimizer, loss_fn=loss_fn, device=dev,
-                          scheduler=decay, scheduler_interval="step", seed=0)
-    seconds = time.perf_counter() - start
-    _, accuracy = evaluate(model, test_loader, loss_fn)
-    results[name] = (count(model), accuracy, seconds)
-    print(f"({name}) test accuracy {accuracy:.4f}, trained in {seconds:.0f} s")
+    history = fit(model, loader, epochs=EPOCHS, optimizer=optimizer, loss_fn=loss_fn, device=dev,
+                  scheduler=decay, scheduler_interval="step", seed=seed, verbose=False)
+    return model, history
+
+
+def train_and_test(name: str) -> None:
+    accuracies, start = [], time.perf_counter()
+    for seed in SEEDS:
+        model, history = train_once(name, seed)
+        if seed == SEEDS[0]:
+            histories[name] = history
+        accuracies.append(evaluate(model, test_loader, loss_fn)[1])
+        print(f"({name}) seed {seed}: test accuracy {accuracies[-1]:.4f}")
+    seconds = (time.perf_counter() - start) / len(SEEDS)
+    results[name] = (count(model), accuracies, seconds)
 
 
 # %% tags=["nbval-ignore-output"]
@@ -430,12 +453,13 @@ train_and_test("d")
 # %% tags=["nbval-ignore-output"]
 if not results:
     print("no model has trained yet: run the four training cells above first")
-print(f"{'model':<34}{'params':>9}{'test acc':>10}{'time (s)':>10}   (device: {dev}, epochs: {EPOCHS})")
-for name, (n, acc, sec) in results.items():
-    print(f"({name}) {DESCRIPTION[name]:<30}{n:>9,d}{acc:>10.4f}{sec:>10.0f}")
-if results:
-    best = max(results, key=lambda k: results[k][1])
-    print(f"best: ({best}) with {results[best][1]:.2%}")
+KERAS_ACC = {"a": 0.8852, "b": 0.8851, "c": 0.8796, "d": 0.8784}  # the source's validation accuracies
+print(f"test accuracy, {EPOCHS} epoch per run, seeds {list(SEEDS)}, device {dev}")
+print(f"{'model':<34}{'params':>9}{'Keras':>8}{'seed 0':>8}{'mean':>8}{'range':>15}{'s/run':>7}")
+for name, (n, accs, sec) in results.items():
+    mean = sum(accs) / len(accs)
+    print(f"({name}) {DESCRIPTION[name]:<30}{n:>9,d}{KERAS_ACC[name]:>8.2%}{accs[0]:>8.2%}{mean:>8.2%}"
+          f"{f'{min(accs):.2%}-{max(accs):.2%}':>15}{sec:>7.0f}")
 
 
 # %% tags=["nbval-ignore-output"]
@@ -453,10 +477,14 @@ else:
 
 
 # %% [markdown]
-# All four land within about a point of each other (87.2 to 88.2 % in the stored run). Against
-# their Keras counterparts with the same parameter counts (88.52, 88.51, 87.96 and 87.84 %),
-# (d) is ahead and (a) to (c) are 0.3 to 1.3 points behind: one seeded epoch of each, so
-# differences of a few tenths are within what another seed moves. Sentiment is
+# All four land within 0.2 points of each other (means of 88.02 to 88.22 % in the stored run),
+# and the seeds move each model by 0.34 points at most. Against their Keras counterparts with the
+# same parameter counts, (c) matches (88.02 against 87.96 %) and (d) beats its counterpart
+# (88.18 against 87.84 %) with every seed; (a) and (b) stay 0.3 points behind (88.20 against
+# 88.52 %, 88.22 against 88.51 %) with every seed. On the validation split no other setting we
+# tried (a second epoch, a lower learning rate, dropout on the embeddings) did better by more than
+# the split's noise. 0.3 points are 75 of the
+# 25,000 test reviews, and each Keras figure is a single run whose spread we cannot see. Sentiment is
 # mostly a matter of *which* words occur ("great", "waste", "7/10"): the embedding and the
 # average do most of the work, and word order, which only (d) can see, adds little. That is
 # what makes IMDB a good first exercise and a poor benchmark for attention.
@@ -563,8 +591,8 @@ _ = plot_curves({k: h.grad_norm for k, h in deep_hist.items()}, xlabel="step", y
 # At this small scale ($D = 32$, 12 blocks, Adam $10^{-3}$) the effect Xiong et al. describe is
 # mild. At initialisation post-norm's gradients grow from the first block to the last while
 # pre-norm's stay level, as the paper predicts; in training, post-norm without warm-up at most
-# lags behind (held-out 0.635 and 0.668 after the two epochs, against pre-norm's 0.656 and
-# 0.675), warm-up changes almost nothing (0.637, 0.668), and nothing diverges. In our search
+# lags behind (held-out 0.627 and 0.662 after the two epochs, against pre-norm's 0.656 and
+# 0.669), warm-up closes part of the gap (0.635, 0.672), and nothing diverges. In our search
 # (2,000 reviews, up to 3 epochs) pre-norm reached 55 % held-out accuracy after two epochs while
 # post-norm without warm-up was still at chance, and both were near 60 % after three; at
 # $3 \cdot 10^{-3}$ no variant learned within two epochs. The divergence the paper reports needs
