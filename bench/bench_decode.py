@@ -36,19 +36,21 @@ def main() -> None:
     args = parser.parse_args()
     dev = device(args.device) if args.device else device()
     if args.quick:
-        d_model, layers, vocab, batch, lengths, repeats = 32, 1, 100, 4, (4, 8), 2
-    else:
-        d_model, layers, vocab, batch, lengths, repeats = 128, 3, 13268, 32, (8, 16, 32, 64), args.repeats
+        d_model, layers, (src_vocab, vocab), batch, lengths, repeats = 32, 1, (100, 100), 4, (4, 8), 2
+    else:  # lesson 07's translation model: 2 + 2 layers, its English and French vocabularies
+        d_model, layers, (src_vocab, vocab), batch, lengths, repeats = (128, 2, (5982, 9351), 32, (8, 16, 32, 64),
+                                                                         args.repeats)
     torch.manual_seed(0)
-    cfg = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=d_model, num_heads=4,
+    cfg = TransformerConfig(src_vocab_size=src_vocab, tgt_vocab_size=vocab, d_model=d_model, num_heads=4,
                             d_ff=4 * d_model, num_encoder_layers=layers, num_decoder_layers=layers, dropout=0.0,
-                            max_len=128, tie_weights=False, fast=True)
+                            max_len=128, tie_weights=False, fast=True)  # untied: a bias to silence <eos>; same cost
     model = Transformer(cfg).to(dev).eval()
     with torch.no_grad():
         model.decoder.out.bias[EOS] = -float("inf")  # never stop early: outputs of exactly max_len tokens
-    src = torch.randint(4, vocab, (batch, 12), device=dev)
+    src = torch.randint(4, src_vocab, (batch, 12), device=dev)
     mask = torch.full((batch,), 12, device=dev)  # src_valid_lens: every source has 12 tokens
-    print(f"device {dev.type}; d_model {d_model}, {layers} + {layers} layers, vocabulary {vocab}, batch {batch}")
+    print(f"device {dev.type}; d_model {d_model}, {layers} + {layers} layers, vocabularies {src_vocab} / {vocab}, "
+          f"batch {batch}")
     print(f"{'tokens':>6} {'cached ms':>10} {'uncached ms':>12} {'uncached / cached':>18}")
     for T in lengths:
         a = greedy_decode(model, src, mask, bos=BOS, eos=EOS, max_len=T, use_cache=True).tokens
