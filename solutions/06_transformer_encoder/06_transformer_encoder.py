@@ -396,7 +396,7 @@ passed("every model has exactly Keras' parameter count")
 # compared $5 \cdot 10^{-3}$ and $10^{-2}$, one and two epochs, with and without dropout on the
 # embeddings. One epoch at $10^{-2}$ had the best mean over the four models: it lifted (a) by 1.7
 # points over $5 \cdot 10^{-3}$, and no other setting beat it by more than the noise of 2,540
-# validation reviews (about ±0.7 points).
+# validation reviews (about ±0.7 points). `tools/imdb_search.py` repeats the search.
 #
 # One run says little when two models differ by a few tenths of a point, so each model trains
 # from three seeds (initialisation and batch order); the table gives seed 0, the mean and the
