@@ -25,7 +25,7 @@
 # **Points in this lesson: 11** (exercise 1: 4, exercise 2: 5, exercise 3: 2, graded by hand).
 #
 # *Run time:* full mode trains the translation model for a fixed 1,600 steps (12 minutes on a
-# 2-core CPU in the stored run, about a minute on a GPU) and decodes the test set three times; the whole
+# 2-core CPU in the stored run, a fraction of that on a GPU) and decodes the test set three times; the whole
 # lesson took 13 minutes on the CPU. `COURSE_QUICK=1` trains on 2,000 pairs for a few steps,
 # only to run every cell.
 
