@@ -3,17 +3,18 @@
     python tools/imdb_search.py validation '[{"name": "a", "lr": 1e-2}, {"name": "c", "epochs": 2, "emb_drop": 0.2}]'
     python tools/imdb_search.py test '[{"name": "a", "lr": 1e-2, "seed": 1}]'
 
-Each JSON object is one run: ``name`` (model a-d), and optionally ``lr`` (5e-3), ``epochs`` (1),
-``batch`` (64), ``emb_drop`` (dropout on the embeddings, 0), ``seed`` (0). The learning rate
-decays linearly to zero over the run, as in the lesson. One JSON line per run is printed.
+Each JSON object is one run: ``name`` (model a-d), and optionally ``lr``, ``epochs``, ``batch``
+(the lesson's recipe by default), ``emb_drop`` (dropout on the embeddings, 0) and ``seed`` (0).
+Each run is the lesson's own ``train_once`` (Adam, the learning rate decaying linearly to zero).
+One JSON line per run is printed.
 
 ``validation`` trains on the training reviews of 90 % of the movies and evaluates on the
 reviews of the other 10 % (seeded). IMDB's training and test sets share no movie; a random
 split of the training set would share them and reward remembering titles and names, which the
 test set does not. ``test`` trains on all 25,000 training reviews and evaluates on the test set.
 
-The models, data and pooling come from the lesson itself: its text source is executed up to
-section 5, so this script cannot drift from what the lesson trains.
+The models, data, pooling and training loop come from the lesson itself: its text source is
+executed up to its first training cell, so this script cannot drift from what the lesson trains.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
 ROOT = Path(__file__).resolve().parents[1]
 LESSON = ROOT / "solutions" / "06_transformer_encoder" / "06_transformer_encoder.py"
+FIRST_TRAINING_CELL = 'train_and_test("a")'
 
 
 def movie_disjoint_split(labels, seed: int = 123, share: float = 0.1):
     """Boolean mask over ``load_imdb``'s training order: True for reviews of the held-out movies."""
-    import torch
-
     from lib.data import fetch
     from lib.text import _interleaved_order
 
@@ -60,13 +64,13 @@ def main() -> None:
     mode, runs = sys.argv[1], json.loads(sys.argv[2])
     os.environ.setdefault("MPLBACKEND", "Agg")
     sys.path.insert(0, str(ROOT))
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader, TensorDataset
 
+    source = LESSON.read_text()
+    if FIRST_TRAINING_CELL not in source:
+        raise SystemExit(f"{LESSON.name} has no cell {FIRST_TRAINING_CELL!r}: update FIRST_TRAINING_CELL")
     lesson = {"__name__": "lesson06"}
     with contextlib.redirect_stdout(sys.stderr):  # the lesson's own prints; stdout is one JSON line per run
-        exec(compile(LESSON.read_text().split("# ## 5. Training")[0], str(LESSON), "exec"), lesson)  # noqa: S102
+        exec(compile(source.split(FIRST_TRAINING_CELL)[0], str(LESSON), "exec"), lesson)  # noqa: S102
     x, y = lesson["train_ds"].tensors[:2]
     if mode == "validation":
         held = movie_disjoint_split(y)
@@ -74,26 +78,25 @@ def main() -> None:
     else:
         train, evaluation = lesson["train_ds"], lesson["test_ds"]
     eval_loader = DataLoader(evaluation, batch_size=512)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    build = lesson["build"]
     print(f"{mode}: {len(train)} training reviews, {len(evaluation)} evaluated", file=sys.stderr)
 
     for run in runs:
-        cfg = {"lr": 5e-3, "epochs": 1, "batch": 64, "emb_drop": 0.0, "seed": 0, **run}
-        lesson["seed_everything"](cfg["seed"])
-        model = lesson["build"](cfg["name"])
-        if cfg["emb_drop"]:
-            p = cfg["emb_drop"]
-            model.embedding.register_forward_hook(lambda m, i, out, p=p: F.dropout(out, p, m.training))
-        loader = DataLoader(train, batch_size=cfg["batch"], shuffle=True,
-                            generator=torch.Generator().manual_seed(cfg["seed"]))
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-        total = cfg["epochs"] * len(loader)
-        decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step, total=total: 1 - step / total)
+        cfg = {"lr": lesson["LR"], "epochs": lesson["EPOCHS"], "batch": lesson["BATCH"], "emb_drop": 0.0, "seed": 0,
+               **run}
+
+        def build_with_dropout(name, p=cfg["emb_drop"]):  # the lesson's model, dropout on its embeddings
+            model = build(name)
+            if p:
+                model.embedding.register_forward_hook(lambda m, i, out: F.dropout(out, p, m.training))
+            return model
+
+        lesson["build"] = build_with_dropout  # train_once looks `build` up in the lesson's namespace
         start = time.perf_counter()
-        lesson["fit"](model, loader, epochs=cfg["epochs"], optimizer=optimizer, loss_fn=loss_fn, device="cpu",
-                      scheduler=decay, scheduler_interval="step", seed=cfg["seed"], verbose=False)
+        model, _ = lesson["train_once"](cfg["name"], cfg["seed"], data=train, lr=cfg["lr"], epochs=cfg["epochs"],
+                                        batch=cfg["batch"])
         seconds = time.perf_counter() - start
-        _, accuracy = lesson["evaluate"](model, eval_loader, loss_fn)
+        _, accuracy = lesson["evaluate"](model, eval_loader, lesson["loss_fn"])
         print(json.dumps({"mode": mode, **cfg, "accuracy": round(float(accuracy), 4),
                           "seconds": round(seconds, 1)}), flush=True)
 

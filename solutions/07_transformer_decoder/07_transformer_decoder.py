@@ -24,10 +24,10 @@
 #
 # **Points in this lesson: 11** (exercise 1: 4, exercise 2: 5, exercise 3: 2, graded by hand).
 #
-# *Run time:* full mode trains the translation model for a fixed 1,600 steps (12 minutes on a
-# 2-core CPU in the stored run, a fraction of that on a GPU) and decodes the test set three times; the whole
-# lesson took 13 minutes on the CPU. `COURSE_QUICK=1` trains on 2,000 pairs for a few steps,
-# only to run every cell.
+# *Run time:* full mode trains the translation model for a fixed 1,600 steps (11 minutes on a
+# 2-core CPU in the stored run, a fraction of that on a GPU) and decodes the test set three
+# times; the whole lesson took 12 minutes on the CPU. `COURSE_QUICK=1` trains on 2,000 pairs
+# for a few steps, only to run every cell.
 
 # %%
 import math
@@ -38,13 +38,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from lib.attention import causal_mask, padding_mask
+from lib.attention import Record, causal_mask, padding_mask
 from lib.checks import check_causal, check_close, check_shape, passed
 from lib.decode import BeamStep, beam_search, beam_step, greedy_decode
-from lib.runtime import QUICK, device, pick, seed_everything
-from lib.text import TranslationBatches, corpus_bleu, load_fra_eng
+from lib.runtime import device, pick, seed_everything
+from lib.text import TranslationBatches, corpus_bleu, load_fra_eng, pad_sequences
 from lib.train import SequenceCrossEntropy, fit, transformer_lr, warmup_schedule
-from lib.attention import Record
 from lib.transformer import DecoderBlock, Transformer, TransformerConfig
 
 seed_everything(0)
@@ -233,12 +232,9 @@ def copy_task(n: int, g: torch.Generator) -> list[tuple[list[int], list[int]]]:
 
 
 def pad_batch(seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
-    """Sources padded to one length: ids (B, S) and their lengths (B,)."""
+    """Sources padded (with PAD = 0, after the tokens) to the longest: ids (B, S) and their lengths (B,)."""
     lens = torch.tensor([len(s) for s in seqs])
-    ids = torch.zeros(len(seqs), int(lens.max()), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-    return ids, lens
+    return pad_sequences(seqs, int(lens.max())), lens
 
 
 g = torch.Generator().manual_seed(0)
@@ -400,13 +396,13 @@ passed("hidden tests passed")
 # checksum) and preprocessed as d2l does: lower case, a space before `, . ! ?`, words split on
 # spaces (`lib.text.preprocess_nmt`). We keep d2l's word-level tokens rather than a subword
 # tokenizer: these sentences are short and plain (7 words on average), a word vocabulary of
-# words seen at least 5 times covers them (5,978 English and 9,347 French words, plus `<pad>`, `<unk>`, `<bos>` and `<eos>`; 2 % of the test
-# sentences' English words and 3 % of their references' French words fall outside), and words
-# keep sequences short, which is what a CPU budget needs; the price is `<unk>` for rare words.
+# words seen at least 5 times covers them (5,978 English and 9,347 French words, plus `<pad>`,
+# `<unk>`, `<bos>` and `<eos>`; 2 % of the test sentences' English words and 3 % of their
+# references' French words fall outside), and words keep sequences short, which is what a CPU budget needs; the price is `<unk>` for rare words.
 #
 # **The split is by English sentence.** Many English sentences occur several times with different
-# French translations (`you're the teacher .` has 26). Splitting *pairs* at random would put some English test
-# sentences into training. `lib.text.load_fra_eng` shuffles the distinct English sentences with a
+# French translations (`you're the teacher .` has 26). Splitting *pairs* at random would put
+# some English test sentences into training. `lib.text.load_fra_eng` shuffles the distinct English sentences with a
 # fixed seed and keeps 2,000 for testing, none of which occurs in training; **all** their French
 # translations are references for BLEU. The digest of the test sentences identifies the split.
 
@@ -516,7 +512,7 @@ pd.DataFrame(results).T
 
 # %% [markdown]
 # In the stored full-mode run greedy search reaches 36.0 BLEU and beam search with $K = 4$ 37.7
-# ($\alpha = 0.6$) and 37.9 ($\alpha = 1.0$): the wider search gains about two points, for six to seven
+# ($\alpha = 0.6$) and 37.9 ($\alpha = 1.0$): the wider search gains about two points, for about seven
 # times the decoding time. The *length ratio* is the output length over the reference length that
 # BLEU uses (the closest reference per sentence); below 1 BLEU's brevity penalty applies. Greedy's
 # outputs are 2 % longer than the references, beam search's 1.7 % shorter at $\alpha = 0.6$ and
@@ -594,8 +590,8 @@ fig.tight_layout()
 # their English twins. Where the languages differ the weights follow the meaning, not the
 # position: `gare` (one word) looks at `station` of *train station*; `se trouve` (*is located*) has
 # no word-for-word twin and its weights spread out; in `te voir` (*see you*, the pronoun first)
-# `voir` looks at `see` and `te` at `see` and `you`. Nothing told the model which words correspond; the alignment is a by-product of
-# learning to translate (Bahdanau et al. 2015 showed the same for recurrent models).
+# `voir` looks at `see` and `te` at `see` and `you`. Nothing told the model which words
+# correspond; the alignment is a by-product of learning to translate (Bahdanau et al. 2015 showed the same for recurrent models).
 
 # %% [markdown]
 # ## 9. Exercise 3: why beam search needs a length penalty (2 points, graded by hand)

@@ -60,7 +60,7 @@ from lib.synthesizer import (
 from lib.text import load_imdb
 from lib.train import evaluate, fit
 from lib.ffn import PositionWiseFFN
-from lib.transformer import Residual
+from lib.transformer import Residual, masked_mean_pool
 
 seed_everything(0)
 dev = device()
@@ -562,8 +562,7 @@ class SentimentClassifier(nn.Module):
     def forward(self, tokens: Tensor, record: Record | None = None) -> Tensor:
         keep = tokens != 0  # (B, T): True at real tokens
         h = self.block(self.embedding(tokens), mask=keep[:, None, None, :], record=record)  # (B, T, D)
-        w = keep.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-        return self.classifier((h * w).sum(1) / w.sum(1).clamp(min=1.0))  # masked mean (lesson 06) -> (B, 2)
+        return self.classifier(masked_mean_pool(h, keep))  # lesson 06's masked mean -> (B, 2)
 
 
 class RecallModel(nn.Module):
