@@ -196,13 +196,22 @@ passed("hidden tests passed")
 #
 # ## 4. What comes next
 #
-# | lesson | you build |
-# | --- | --- |
-# | 01 attention pooling | queries, keys and values; Nadaraya–Watson kernel regression |
-# | 02 attention scoring | masked softmax, additive and scaled dot-product attention, causal masks |
-# | 03 multi-head attention | heads, their shapes, parity with `torch.nn.MultiheadAttention` |
-# | 04 self-attention and positional encoding | sinusoidal, learned, relative, RoPE, ALiBi |
-# | 05 position-wise FFN | the feed-forward sublayer, 1×1 convolutions, memory accounting |
-# | 06 Transformer encoder | the encoder block, IMDB sentiment classification |
-#
+# The course map: every lesson of this course, read from the lesson folders themselves (so it
+# lists whatever lessons your copy has, each by the title it opens with).
+
+# %%
+import json
+from pathlib import Path
+
+import lib
+
+lesson_dir = Path(lib.__file__).resolve().parents[1] / "notebooks"
+lesson_files = sorted(lesson_dir.glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))
+for path in lesson_files:
+    first_cell = "".join(json.loads(path.read_text(encoding="utf-8"))["cells"][0]["source"])
+    print(first_cell.splitlines()[0].lstrip("# "))
+if not lesson_files:
+    print(f"no lessons found in {lesson_dir}: the course map lists the folders of notebooks/")
+
+# %% [markdown]
 # Continue with `01_attention_pooling`.

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from lib.attention import Record, causal_mask, padding_mask
-from lib.checks import check_causal, check_close, check_shape, passed
+from lib.checks import call_explained, check_causal, check_close, check_shape, passed
 from lib.decode import BeamStep, beam_search, beam_step, greedy_decode
 from lib.runtime import device, pick, seed_everything
 from lib.text import TranslationBatches, corpus_bleu, load_fra_eng, pad_sequences
@@ -164,12 +164,20 @@ def _mask_mistakes(valid_lens: Tensor, T: int) -> dict[str, Tensor]:
         "the padding part is missing": causal_mask(T)[None, None].expand_as(ref),
         "the causal part is missing": pad.expand_as(ref),
         "the padding is applied to the queries instead of the keys": causal_mask(T)[None, None] & pad.transpose(-1, -2),
+        "the padding part is off by one: key j is real when j < valid_lens[b], not j <= valid_lens[b]":
+            causal_mask(T)[None, None] & padding_mask(torch.clamp(valid_lens + 1, max=T), T),
     }
 
 
 def check_mask(fn, valid_lens: Tensor, T: int) -> None:
-    got = fn(valid_lens, T)
+    from lib.checks import forbid
+
+    with forbid("lib.attention.causal_mask", "lib.attention.padding_mask", "torch.tril", "torch.triu"):
+        got = fn(valid_lens, T)
     ref = _mask_reference(valid_lens, T)
+    if isinstance(got, Tensor) and tuple(got.shape) == (len(valid_lens), T, T):
+        raise AssertionError(f"decoder_self_mask(valid_lens, {T}) has shape {tuple(got.shape)} = (B, T, T): add the "
+                             "head axis, (B, 1, T, T), so that the mask broadcasts over the heads")
     check_shape(got, tuple(ref.shape), f"decoder_self_mask(valid_lens, {T})")
     if got.dtype != torch.bool:
         raise AssertionError(f"the mask must be boolean (True = may attend), got dtype {got.dtype}")
@@ -218,7 +226,10 @@ passed("hidden tests passed")
 # loss, schedule, greedy decoding with the cache) on a task with a known answer: the
 # Annotated Transformer's **copy task**. The source is a random sequence of 3–7 symbols out of 10,
 # the target the same sequence. A small Transformer learns it in a few hundred steps; every
-# test sequence must then come back exactly.
+# test sequence must then come back exactly. The test sequences are drawn until 200 do not occur
+# among the training sources (short ones often would: there are only 1,000 sequences of length 3),
+# so the test measures copying, not memory. Quick mode trains 2 epochs instead of 8, enough to run
+# every cell, not to reach full mode's exact match.
 
 # %%
 PAD, UNK, BOS, EOS = 0, 1, 2, 3  # the same special ids as lib.text's vocabularies
@@ -238,7 +249,9 @@ def pad_batch(seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
 
 
 g = torch.Generator().manual_seed(0)
-toy_train, toy_test = copy_task(6000, g), copy_task(200, g)
+toy_train = copy_task(6000, g)
+_seen = {tuple(s) for s, _ in toy_train}
+toy_test = [p for p in copy_task(1000, g) if tuple(p[0]) not in _seen][:200]  # unseen sources only
 toy_batches = TranslationBatches(toy_train, batch_tokens=512, bos=BOS, seed=0)
 _ = torch.manual_seed(0)
 toy = Transformer(TransformerConfig(src_vocab_size=14, tgt_vocab_size=14, d_model=32, num_heads=4, d_ff=64,
@@ -246,12 +259,13 @@ toy = Transformer(TransformerConfig(src_vocab_size=14, tgt_vocab_size=14, d_mode
 opt = torch.optim.Adam(toy.parameters(), betas=(0.9, 0.98), eps=1e-9)
 sched = warmup_schedule(opt, d_model=32, warmup_steps=100, scale=0.5)
 print(f"{len(toy_train)} training pairs in {len(toy_batches)} batches, {sum(p.numel() for p in toy.parameters()):,} parameters")
+print(f"{len(toy_test)} test sequences, of which in the training sources: {sum(tuple(s) in _seen for s, _ in toy_test)}")
 
 # %% tags=["nbval-ignore-output"]
-toy_history = fit(toy, toy_batches, epochs=8, optimizer=opt, loss_fn=SequenceCrossEntropy(PAD),
+toy_history = fit(toy, toy_batches, epochs=pick(full=8, quick=2), optimizer=opt, loss_fn=SequenceCrossEntropy(PAD),
                   scheduler=sched, scheduler_interval="step", device="cpu", seed=0)
 
-# %%
+# %% tags=["nbval-ignore-output"]
 src, src_lens = pad_batch([s for s, _ in toy_test])
 out = greedy_decode(toy, src, src_lens, bos=BOS, eos=EOS, max_len=10)
 exact = sum(o == t[:-1] for o, (_, t) in zip(out.tokens, toy_test, strict=True)) / len(toy_test)
@@ -310,21 +324,47 @@ def my_beam_step(scores: Tensor, log_probs: Tensor, eos: int) -> BeamStep:
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex2_beam_step_check", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def _beam_mistakes(scores: Tensor, log_probs: Tensor, eos: int) -> dict[str, BeamStep]:
-    """Wrong versions a learner is likely to write, built from lib's beam_step and plain torch."""
+def _beam_reference(scores: Tensor, log_probs: Tensor, eos: int, *, add_scores: bool = True, width: int = 2,
+                    set_apart: bool = True) -> BeamStep:
+    """lib's beam_step, or one predictable mistake in it (the keywords), written out in plain torch."""
     B, K, V = log_probs.shape
-    no_history = beam_step(torch.zeros_like(scores).masked_fill(scores == -math.inf, -math.inf), log_probs, eos)
-    per_beam = (scores[:, :, None] + log_probs).topk(1, dim=-1)  # (B, K, 1): each beam keeps its own best token
-    cand = (scores[:, :, None] + log_probs).reshape(B, K * V)  # (B, K*V)
-    top, idx = cand.topk(K, dim=1)  # the K best, <eos> candidates not set apart
-    none_finished = torch.full((B, K), -math.inf)
+    cand = ((scores[:, :, None] if add_scores else 0) + log_probs).reshape(B, K * V)  # (B, K*V)
+    top, idx = cand.topk(width * K, dim=1)  # (B, width*K), best first
+    beams, tokens = idx // V, idx % V
+    is_eos = tokens == eos
+    none = torch.full((B, K), -math.inf)
+    if not set_apart:
+        return BeamStep(top[:, :K], beams[:, :K], tokens[:, :K], none, torch.zeros(B, K, dtype=torch.long))
+    finished = torch.where(is_eos[:, :K], top[:, :K], none)
+    keep = torch.sort(is_eos.int(), dim=1, stable=True).indices[:, :K]  # the first K not ending in <eos>
+    return BeamStep(top.gather(1, keep), beams.gather(1, keep), tokens.gather(1, keep), finished, beams[:, :K])
+
+
+def _same_step(a: BeamStep, b: BeamStep) -> bool:
+    """Equal live scores, beams and tokens (where live), and the same finished candidates."""
+    if any(getattr(a, f).shape != getattr(b, f).shape for f in ("scores", "beams", "tokens", "finished_scores", "finished_beams")):
+        return False
+    live, fin = b.scores > -math.inf, b.finished_scores > -math.inf
+    return (torch.allclose(a.scores, b.scores) and torch.equal(a.beams[live], b.beams[live])
+            and torch.equal(a.tokens[live], b.tokens[live]) and torch.allclose(a.finished_scores, b.finished_scores)
+            and torch.equal(a.finished_beams[fin], b.finished_beams[fin]))
+
+
+def _beam_mistakes(scores: Tensor, log_probs: Tensor, eos: int) -> dict[str, BeamStep]:
+    """Wrong versions a learner is likely to write, each the reference with one mistake."""
+    B, K, V = log_probs.shape
+    per_beam = (scores[:, :, None] + log_probs).max(dim=-1)  # each beam keeps its own best token
     return {
-        "the previous scores are not added (a candidate's score is s_i + log p, not log p)": no_history,
-        "the top-K is taken per beam (each beam keeps its own best token) instead of over beams x vocabulary": BeamStep(
-            per_beam.values[..., 0], torch.arange(K).expand(B, K), per_beam.indices[..., 0], none_finished,
-            torch.zeros(B, K, dtype=torch.long)),
-        "finished hypotheses are extended: candidates ending in <eos> stayed among the live beams": BeamStep(
-            top, idx // V, idx % V, none_finished, torch.zeros(B, K, dtype=torch.long)),
+        "the previous scores are not added (a candidate's score is s_i + log p, not log p)":
+            _beam_reference(scores, log_probs, eos, add_scores=False),
+        "you took the top K instead of the top 2K candidates: when some of the K best end in <eos>, fewer than K "
+        "live ones remain among them, so the live beams must come from the 2K best":
+            _beam_reference(scores, log_probs, eos, width=1),
+        "finished hypotheses are extended: candidates ending in <eos> stayed among the live beams (set them apart "
+        "as finished)": _beam_reference(scores, log_probs, eos, width=1, set_apart=False),
+        "the top-K is taken per beam (each beam keeps its own best token) instead of over beams x vocabulary":
+            BeamStep(per_beam.values, torch.arange(K).expand(B, K), per_beam.indices, torch.full((B, K), -math.inf),
+                     torch.zeros(B, K, dtype=torch.long)),
     }
 
 
@@ -336,13 +376,22 @@ def check_beam_step(fn, B: int, K: int, V: int, seed: int) -> None:
     scores[:, 0] = 0.0  # beam 0 is the best beam of every source ...
     log_probs[:, 0, 1] = 0.0  # ... and <eos> its best token: the best candidate of every source is finished
     scores[0, 1:] = -math.inf  # the first step of source 0: one live beam
-    ref, got = beam_step(scores, log_probs, 1), fn(scores, log_probs, 1)
+    ref = beam_step(scores, log_probs, 1)
+    got = call_explained(fn, scores, log_probs, 1, name="my_beam_step(scores, log_probs, eos)",
+                         hint=f"scores is (B, K) = {(B, K)}, log_probs (B, K, V) = {(B, K, V)}: add scores[:, :, None], "
+                              "flatten to (B, K*V), take topk(2 * K, dim=1)")
     for name in ("scores", "beams", "tokens", "finished_scores", "finished_beams"):
-        check_shape(getattr(got, name), (B, K), f"my_beam_step(...).{name}")
+        field = getattr(got, name)
+        if name.startswith("finished") and isinstance(field, Tensor) and field.shape == (B, 2 * K):
+            raise AssertionError(f"my_beam_step(...).{name} has 2K = {2 * K} columns: only the K best candidates "
+                                 "overall can finish (j = 0..K-1), so it is (B, K)")
+        check_shape(field, (B, K), f"my_beam_step(...).{name}")
+    if _same_step(got, ref):
+        return
+    for name, wrong in _beam_mistakes(scores, log_probs, 1).items():
+        if _same_step(got, wrong):
+            raise AssertionError(f"my_beam_step: {name}")
     if not torch.allclose(got.scores, ref.scores):
-        for name, wrong in _beam_mistakes(scores, log_probs, 1).items():
-            if torch.allclose(got.scores, wrong.scores):
-                raise AssertionError(f"my_beam_step: {name}")
         if (got.tokens == 1).any():
             raise AssertionError("my_beam_step: a live beam ends in <eos>; <eos> candidates are finished, not live")
         check_close(got.scores, ref.scores, "live scores")
@@ -396,8 +445,8 @@ passed("hidden tests passed")
 # checksum) and preprocessed as d2l does: lower case, a space before `, . ! ?`, words split on
 # spaces (`lib.text.preprocess_nmt`). We keep d2l's word-level tokens rather than a subword
 # tokenizer: these sentences are short and plain (7 words on average), a word vocabulary of
-# words seen at least 5 times covers them (5,978 English and 9,347 French words, plus `<pad>`,
-# `<unk>`, `<bos>` and `<eos>`; 2 % of the test sentences' English words and 3 % of their
+# words seen at least 5 times covers them (5,982 English and 9,351 French entries, `<pad>`,
+# `<unk>`, `<bos>` and `<eos>` included; 2 % of the test sentences' English words and 3 % of their
 # references' French words fall outside), and words keep sequences short, which is what a CPU budget needs; the price is `<unk>` for rare words.
 #
 # **The split is by English sentence.** Many English sentences occur several times with different
@@ -469,7 +518,21 @@ _ = ax.set(xlabel="step", ylabel="label-smoothed loss", title="Training loss per
 # ## 7. Decoding and BLEU
 #
 # Both searches decode incrementally with the key/value cache (`lib.decode`, `use_cache=True`).
-# BLEU is sacreBLEU's corpus BLEU over the whole test split, with every French translation of a
+#
+# **BLEU** (Papineni et al. 2002) scores a set of outputs against their references by counting
+# shared word sequences. For $n = 1, \dots, 4$, the *modified $n$-gram precision* $p_n$ is the
+# fraction of the outputs' $n$-grams that occur in a reference of their sentence, each counted at
+# most as often as it occurs there (so `le le le le` does not score by repeating a common word),
+# pooled over the whole test set. Precision alone would reward short outputs (a two-word output of
+# two right words is perfectly precise), so a **brevity penalty** multiplies the geometric mean:
+#
+# $$\mathrm{BLEU} = \mathrm{BP} \cdot \exp\Big(\tfrac14 \sum_{n=1}^{4} \log p_n\Big), \qquad
+# \mathrm{BP} = \min\big(1,\ e^{\,1 - r/c}\big),$$
+#
+# with $c$ the outputs' total length and $r$ the references' (per sentence, the reference closest
+# in length). The *length ratio* $c / r$ printed below says how the penalty acts: at or above 1
+# there is none; at 0.9 it costs a factor $e^{1 - 1/0.9} \approx 0.89$. Scores are given ×100.
+# Here BLEU is sacreBLEU's corpus BLEU over the whole test split, with every French translation of a
 # test sentence as a reference; its signature says exactly how it was computed. The text on both
 # sides is d2l's preprocessing (lower case, spaced punctuation), which sacreBLEU's `13a` tokenizer
 # leaves as it is; the scores are therefore *case-insensitive* BLEU and not comparable with
@@ -496,7 +559,10 @@ def translate(sentences: list[str], *, beam: int = 1, alpha: float = 0.6, batch_
 
 results, outputs = {}, {}
 searches = [("greedy", {"beam": 1}), ("beam k=4, alpha=0.6", {"beam": 4, "alpha": 0.6}),
-            ("beam k=4, alpha=1.0", {"beam": 4, "alpha": 1.0})]
+            ("beam k=4, alpha=1.0", {"beam": 4, "alpha": 1.0}),
+            # exercise 3's question: no length penalty, and a wider beam with and without it
+            ("beam k=4, alpha=0", {"beam": 4, "alpha": 0.0}), ("beam k=8, alpha=0", {"beam": 8, "alpha": 0.0}),
+            ("beam k=8, alpha=0.6", {"beam": 8, "alpha": 0.6})]
 for name, kwargs in searches:
     t0 = time.perf_counter()
     outputs[name] = translate(test_sources, **kwargs)
@@ -558,7 +624,8 @@ for en, greedy_fr, beam_fr in zip(examples, translate(examples), translate(examp
 # Run the decoder once more over its own output (teacher forcing on the translation) with a
 # `Record(need_weights=True)`: every attention call appends its weights, in order
 # (the encoder's self-attentions, then per decoder block its self-attention and cross-attention). We plot the last block's cross-attention
-# averaged over heads: rows are generated words, columns source words.
+# averaged over heads: rows are generated words, columns source words. Each panel has its own
+# colour scale, from 0 to its largest weight (its colour bar); compare shades within a panel.
 
 # %% tags=["nbval-ignore-output"]
 def cross_attention(en: str) -> tuple[list[str], list[str], Tensor]:
@@ -577,7 +644,8 @@ fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for ax, en in zip(axes, ["i'm very happy to see you .", "where is the train station ?", "he has two cats ."],
                   strict=True):
     src_words, tgt_words, w = cross_attention(en)
-    _ = ax.imshow(w, cmap="Reds", vmin=0)
+    image = ax.imshow(w, cmap="Reds", vmin=0)  # each panel from 0 to its own largest weight
+    _ = fig.colorbar(image, ax=ax, shrink=0.8)
     _ = ax.set_xticks(range(len(src_words)), src_words, rotation=60)
     _ = ax.set_yticks(range(len(tgt_words)), tgt_words)
     _ = ax.set(xlabel="source (English)", ylabel="output (French)")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.attention import causal_mask, padding_mask, scaled_dot_product_attention
-from lib.checks import check_close, check_shape, passed
+from lib.checks import call_explained, check_close, check_shape, passed, yours_or_reference
 from lib.efficient import online_softmax_finish, online_softmax_init, online_softmax_update, tiled_attention
 from lib.memory import (
     adam_mixed_precision_bytes,
@@ -91,14 +91,16 @@ print(f"{'measured (saved_tensors_hooks)':<48} {'':<16} {sum(m[2] for m in measu
       f"in {len(measured)} tensors")
 
 # %% [markdown]
-# Now the same count against $T$, for three model sizes of the course: the IMDB block of lesson 06
-# (Keras' tutorial: $D = 32$, $H = 2$, $F = 32$), a small encoder ($D = 128$, $H = 4$, $F = 512$) and
-# the paper's base model ($D = 512$, $H = 8$, $F = 2048$). The table splits the formula into the part
+# Now the same count against $T$, for three model sizes: a block of lesson 06's deep stacks
+# ($D = 32$, $H = 4$, $F = 64$; lesson 06 ran them on the fast path, which section 4 shows keeps no
+# $T \times T$ weights, so here they stand for the same sizes on the explicit path), a small encoder
+# ($D = 128$, $H = 4$, $F = 512$) and the paper's base model ($D = 512$, $H = 8$, $F = 2048$). (Lesson 06's
+# Keras block does not fit this formula: its heads are 16 wide on $D = 16$, so $H \cdot D_h = 2D$.) The table splits the formula into the part
 # linear in $T$ and the attention part, and measures the saved bytes for the smallest model
 # (for the larger ones the measurement is the same code, only slower).
 
 # %%
-models = {"IMDB (lesson 06)": (32, 2, 32), "small encoder": (128, 4, 512), "paper base": (512, 8, 2048)}
+models = {"lesson 06 deep stack": (32, 4, 64), "small encoder": (128, 4, 512), "paper base": (512, 8, 2048)}
 B = 4
 lengths = pick(full=[32, 64, 128, 256, 512, 1024], quick=[32, 64, 128, 256, 512, 1024])
 
@@ -109,26 +111,27 @@ def split(D, H, F_, T, **kw):
     return g["total"] - g["attention"], g["attention"]
 
 
-print(f"{'T':>5} " + " ".join(f"{name + ': rest / attention':>34}" for name in models) + f" {'IMDB measured':>14}")
-imdb = EncoderBlock(*models["IMDB (lesson 06)"])
+print(f"{'T':>5} " + " ".join(f"{name + ': rest / attention':>34}" for name in models) + f" {'deep stack measured':>20}")
+smallest = EncoderBlock(*models["lesson 06 deep stack"])
 for T in lengths:
     cells = []
     for D, H, F_ in models.values():
         rest, att = split(D, H, F_, T)
         cells.append(f"{format_bytes(rest):>12} / {format_bytes(att):>10} {'*' if att > rest else ' ':>1}")
     xi = torch.randn(B, T, 32, requires_grad=True)
-    got = sum(m[2] for m in measure_saved_tensors(lambda: imdb(xi), exclude=imdb.parameters()))
-    ok = "= formula" if got == sum(split(32, 2, 32, T)) else "≠ formula"
+    got = sum(m[2] for m in measure_saved_tensors(lambda: smallest(xi), exclude=smallest.parameters()))
+    ok = "= formula" if got == sum(split(*models["lesson 06 deep stack"], T)) else "≠ formula"
     print(f"{T:>5} " + " ".join(f"{c:>34}" for c in cells) + f" {format_bytes(got):>10} {ok}")
 print("* the attention matrices take more than everything else the layer saves")
 for name, (D, H, F_) in models.items():
     cross = next(T for T in range(1, 10**5) if split(D, H, F_, T)[1] > split(D, H, F_, T)[0])
-    print(f"{name:<17}: attention overtakes the rest from T = {cross} (12 D / H = {12 * D / H:.0f})")
+    print(f"{name:<19}: attention overtakes the rest from T = {cross} (12 D / H = {12 * D / H:.0f})")
 
 # %% [markdown]
-# For the IMDB model the crossover is at 147 positions (its $F$ is only $D$, so its rest is smaller
-# than $12BTD$ and the crossover comes before $12D/H = 192$): at the 256 tokens lesson 06 trains on,
-# the attention weights already take most of the memory. The small encoder crosses at 386, the
+# For the deep-stack block the crossover is at 82 positions (its $F$ is only $2D$, so its rest is
+# smaller than $12BTD$ and the crossover comes before $12D/H = 96$): on the explicit path, at the 64
+# tokens lesson 06 trained its stacks on the attention weights are still a little smaller than the
+# rest, and at the 256 tokens of a whole review they would take three quarters of the memory. The small encoder crosses at 386, the
 # paper's base model at 769, BERT's size ($D = 768$, $H = 12$) at about the same $12 D / H = 768$.
 #
 # The *peak* of the forward pass is more than what is saved: the scores $S$ live until the softmax
@@ -293,8 +296,12 @@ else:
 # \ell' = e^{m - m'}\,\ell + \sum_j e^{s'_j - m'}, \qquad
 # a' = e^{m - m'}\,a + \sum_j e^{s'_j - m'}\, v'_j .$$
 #
-# After the last block, $o = a / \ell$: exactly the softmax, without ever holding a whole row
-# (Milakov & Gimelshein 2018). Starting from $m = -\infty$, $\ell = 0$, $a = 0$ every block is handled alike.
+# After the last block, $o = a / \ell$: exactly the softmax, without ever holding a whole row.
+# Starting from $m = -\infty$, $\ell = 0$, $a = 0$ every block is handled alike. The running maximum and
+# sum are the *online normaliser* of Milakov & Gimelshein (2018), who computed the softmax's denominator
+# in one pass instead of two; carrying the unnormalised output $a$ along with them, so that attention
+# itself needs one pass over the keys and never a whole row of weights, is the step of Rabe & Staats
+# (2021) and of FlashAttention (Dao et al. 2022).
 #
 # Masks need care. A masked key gets score $-\infty$, so $e^{s - m'} = 0$. But if a **whole block**
 # is masked and nothing has been seen yet, $m' = -\infty$ and $e^{m - m'} = e^{-\infty + \infty}$ is
@@ -346,45 +353,92 @@ def my_online_softmax_update(m, l, acc, scores, v, mask=None):
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex1_online_softmax_check", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def _fold(update, s, v, mask, block):
-    """Run an update over the key blocks of s (..., Tq, Tk); return acc / l (zeros where l = 0) and l."""
+def _fold_state(update, s, v, mask, block):
+    """Run an update over the key blocks of s (..., Tq, Tk); return the final state (m, l, acc)."""
     m = torch.full((*s.shape[:-1], 1), -math.inf, dtype=s.dtype)
     l = torch.zeros_like(m)
     acc = torch.zeros(*s.shape[:-1], v.shape[-1], dtype=s.dtype)
     for j in range(0, s.shape[-1], block):
         blk = None if mask is None else mask[..., j : j + block]
         m, l, acc = update(m, l, acc, s[..., j : j + block], v[..., j : j + block, :], blk)
-    return torch.where(l > 0, acc / l.clamp_min(1e-30), torch.zeros_like(acc)), l
+    return m, l, acc
 
 
-def _no_rescale(m, l, acc, s, v, mask=None):  # the predictable mistake: forget exp(m_old - m_new)
-    if mask is not None:
-        s = s.masked_fill(~mask, -math.inf)
-    m_new = torch.maximum(m, s.amax(-1, keepdim=True))
-    m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-    p = torch.exp(s - m_safe)
-    return m_new, l + p.sum(-1, keepdim=True), acc + p @ v
+def _output(state):
+    """acc / l, zeros where l = 0 (a row with nothing to attend); NaN stays NaN."""
+    _, l, acc = state
+    return torch.where(l == 0, torch.zeros_like(acc), acc / l)
 
 
+def _fold(update, s, v, mask, block):
+    """Run an update over the key blocks of s; return acc / l (zeros where l = 0, NaN kept) and l."""
+    state = _fold_state(update, s, v, mask, block)
+    return _output(state), state[1]
+
+
+def _mistake(rescale_l=True, rescale_acc=True, sign=1.0, running_max=True, use_mask=True):
+    """The update with one predictable mistake (the keywords), for naming what a wrong answer did."""
+    def update(m, l, acc, s, v, mask=None):
+        if mask is not None and use_mask:
+            s = s.masked_fill(~mask, -math.inf)
+        block_max = s.amax(-1, keepdim=True)
+        m_new = torch.maximum(m, block_max) if running_max else block_max
+        m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+        p = torch.exp(s - m_safe)
+        alpha = torch.exp(sign * (m - m_safe))
+        return (m_new, (l * alpha if rescale_l else l) + p.sum(-1, keepdim=True),
+                (acc * alpha if rescale_acc else acc) + p @ v)
+    return update
+
+
+_MISTAKES = {
+    "your update does not rescale l and acc by exp(m_old - m_new) when the maximum grows": _mistake(False, False),
+    "your update rescales l but not acc: both hold sums taken against the old maximum, so multiply both by "
+    "exp(m_old - m_new)": _mistake(rescale_acc=False),
+    "your update rescales acc but not l: multiply both by exp(m_old - m_new)": _mistake(rescale_l=False),
+    "your update rescales by exp(m_new - m_old): the factor is exp(m_old - m_new), at most 1": _mistake(sign=-1.0),
+    "your update ignores the mask: masked keys must contribute nothing (fill their scores with -inf first)":
+        _mistake(use_mask=False),
+}
+
+
+def _name_mistake(got, s, v, mask, block, expected):
+    if torch.allclose(got, expected, atol=1e-5):
+        return
+    for what, update in _MISTAKES.items():
+        wrong = _output(_fold_state(update, s, v, mask, block))
+        if not torch.allclose(wrong, expected, atol=1e-5) and torch.allclose(got, wrong, atol=1e-5, equal_nan=True):
+            raise AssertionError(what)
+
+
+_hint = ("m, l are (..., Tq, 1), acc (..., Tq, Dv), scores (..., Tq, Bk), v (..., Bk, Dv): take the block's "
+         "maximum with amax(dim=-1, keepdim=True) and combine exp(scores - m') @ v")
 g = torch.Generator().manual_seed(1)
 s = torch.randn(2, 5, 12, generator=g) * 4
 vv = torch.randn(2, 12, 3, generator=g)
 expected = torch.softmax(s, dim=-1) @ vv
-got, _ = _fold(my_online_softmax_update, s, vv, None, 4)
+got = _output(call_explained(_fold_state, my_online_softmax_update, s, vv, None, 4,
+                             name="folding three blocks of 4 keys", hint=_hint))
 check_shape(got, (2, 5, 3), "output after three blocks of 4 keys")
-wrong, _ = _fold(_no_rescale, s, vv, None, 4)
-if torch.allclose(got, wrong, atol=1e-5) and not torch.allclose(got, expected, atol=1e-5):
-    raise AssertionError("your update does not rescale l and acc by exp(m_old - m_new) when the maximum grows")
+_name_mistake(got, s, vv, None, 4, expected)
 check_close(got, expected, "three blocks folded vs softmax(s) @ v")
 mask = torch.ones(2, 5, 12, dtype=torch.bool)
 mask[..., :4] = False  # the FIRST block entirely masked: m is still -inf after it
 mask[1, 2] = False  # and one row with nothing to attend at all
-got, l = _fold(my_online_softmax_update, s, vv, mask, 4)
-if got.isnan().any():
+_m, _l, _acc = _fold_state(my_online_softmax_update, s, vv, mask, 4)
+if _l.isnan().any() or _acc.isnan().any():
     raise AssertionError("NaN after a fully masked block: exp(-inf - (-inf)) is NaN; subtract 0 where the max is -inf")
+got = _output((_m, _l, _acc))
 ref = torch.softmax(s.masked_fill(~mask, -math.inf), dim=-1).nan_to_num(0.0) @ vv
+_name_mistake(got, s, vv, mask, 4, ref)
 check_close(got, ref, "with a fully masked first block and a fully masked row")
-check_close(l[1, 2], torch.zeros(1), "l of a row with nothing to attend")
+check_close(_l[1, 2], torch.zeros(1), "l of a row with nothing to attend")
+_big = torch.cat([torch.full((1, 1, 4), 200.0), torch.zeros(1, 1, 8)], dim=-1)  # the largest score comes first
+_m, _l, _acc = _fold_state(my_online_softmax_update, _big, vv[:1], None, 4)
+if not (torch.isfinite(_l).all() and torch.isfinite(_acc).all()):
+    raise AssertionError("l or acc overflowed after a block whose scores are far below an earlier one: m must be "
+                         "the running maximum, max(m, this block's maximum), so that exp(m_old - m_new) <= 1")
+check_close(_output((_m, _l, _acc)), torch.softmax(_big, -1) @ vv[:1], "a large score in the first block")
 passed("my_online_softmax_update folds blocks into softmax(s) @ v, masks included")
 
 # %% nbgrader={"grade": true, "grade_id": "ex1_online_softmax_hidden", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
@@ -428,14 +482,27 @@ passed("hidden tests passed")
 # update (or lib's, if the exercise is not done yet), against SDPA for several block sizes:
 
 # %%
-try:  # your update if it works, else lib's, so the rest of the lesson runs
-    update = my_online_softmax_update
-    update(*online_softmax_init(torch.zeros(1, 1), torch.zeros(1, 1)), torch.zeros(1, 1), torch.zeros(1, 1))
-except NotImplementedError:
-    print("my_online_softmax_update is not written yet: using lib.efficient.online_softmax_update")
+def _lib_update(m, l, acc, scores, v, mask=None):
+    return online_softmax_update((m, l, acc), scores, v, mask)
 
-    def update(m, l, acc, scores, v, mask=None):
-        return online_softmax_update((m, l, acc), scores, v, mask)
+
+def _update_agrees(f) -> None:
+    """Exercise 1's check in short: three blocks, the first one fully masked, against softmax."""
+    gen = torch.Generator().manual_seed(3)
+    sc, vals = torch.randn(2, 4, 9, generator=gen) * 4, torch.randn(2, 9, 2, generator=gen)
+    keep = torch.ones(2, 4, 9, dtype=torch.bool)
+    keep[..., :3] = False
+    m_, l_, acc_ = online_softmax_init(sc, vals)
+    for j in range(0, 9, 3):
+        m_, l_, acc_ = f(m_, l_, acc_, sc[..., j : j + 3], vals[..., j : j + 3, :], keep[..., j : j + 3])
+    check_close(acc_ / l_, torch.softmax(sc.masked_fill(~keep, -math.inf), -1) @ vals, "three blocks folded")
+
+
+# your update if it passes exercise 1's check, else lib's (with a notice), so the rest of the lesson runs
+update = yours_or_reference(my_online_softmax_update, _lib_update, "my_online_softmax_update", exercise="exercise 1",
+                            probe=lambda f: f(*online_softmax_init(torch.zeros(1, 1), torch.zeros(1, 1)),
+                                              torch.zeros(1, 1), torch.zeros(1, 1)),
+                            check=_update_agrees)
 
 
 def my_tiled_attention(q, k, v, block_size):
@@ -504,6 +571,18 @@ _ = ax.legend()
 # Each doubling of $T$ multiplies the explicit path's memory by about 4 and the tiled path's by at most 2.
 # In pure Python the tiled loop is slow (one small matrix product per block); FlashAttention is the same
 # algorithm in one fused GPU kernel, where the blocks live in the fast on-chip memory.
+#
+# **What FlashAttention is about: IO, not FLOPs.** A GPU has a large, slow memory (HBM, tens of GB) and
+# a small, fast one on each processor (SRAM, a few hundred KB). Explicit attention writes $S$ to HBM,
+# reads it for the softmax, writes $A$, reads it again for $A v$: $\Theta(T^2)$ slow-memory traffic per
+# head, and attention's few FLOPs per byte make that traffic, not the arithmetic, the bottleneck. The
+# tiled loop keeps each block of scores in SRAM and writes only the output: Dao et al. (2022) show it
+# needs $\Theta(T^2 D_h^2 / M)$ HBM accesses for SRAM of size $M$, several times fewer, and that is
+# where the wall-clock speed-up comes from. The **backward pass** is the other half: FlashAttention
+# does not save $A$ at all; it keeps only the output and the per-row statistics $(m, \ell)$ and
+# **recomputes** each block of scores and weights from $q$ and $k$ when the gradient needs it: more
+# FLOPs, far less memory and traffic. The linear memory measured above is the by-product of the same
+# design.
 #
 # ## 4. What PyTorch does: SDPA's backends and `torch.compile`
 #
@@ -693,8 +772,8 @@ passed("hidden tests passed")
 #
 # * Explicit attention holds $B \cdot H \cdot T^2$ scores and as many weights; in training the weights
 #   (and, with a mask, their masked copy) are saved for the backward pass. The rest of a layer grows
-#   like $12\,BTD$, so attention dominates from $T \approx 12D/H$: 147 positions for lesson 06's model,
-#   769 for the paper's base model.
+#   like $12\,BTD$, so attention dominates from $T \approx 12D/H$: 82 positions for a block of lesson 06's
+#   deep stacks, 769 for the paper's base model.
 # * A training step holds parameters, gradients and optimizer state (16 bytes per parameter with fp32 Adam,
 #   20 with mixed precision, 16 in ZeRO's count) plus the activations; the measured peak adds
 #   quadratic temporaries (the gradients of the weights and of the scores) on top of that sum.
