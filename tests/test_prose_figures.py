@@ -74,6 +74,7 @@ NOT_FROM_A_RUN: dict[str, dict[str, str]] = {
     "07_transformer_decoder": {
         "167,130": "the size of d2l's fra-eng (lib.data's registry entry)",
         "2,048": "the paper's batch size, quoted",
+        "0.89": "arithmetic of BLEU's brevity penalty, e^(1 - 1/0.9), an example",
     },
     "08_vision_transformer": {
         "224": "the ViT paper's ImageNet resolution, quoted",

@@ -656,8 +656,9 @@ fig.tight_layout()
 # In the stored run the alignment is mostly monotone, as the two languages order these words
 # alike: `deux` looks at `two`, `chats` at `cats`, `heureux` at `happy`, the final `.` and `?` at
 # their English twins. Where the languages differ the weights follow the meaning, not the
-# position: `gare` (one word) looks at `station` of *train station*; `se trouve` (*is located*) has
-# no word-for-word twin and its weights spread out; in `te voir` (*see you*, the pronoun first)
+# position: `gare` (one word) looks at `station` of *train station*; in `se trouve` (*is located*,
+# no word-for-word twin) `se` looks mostly at `is` and `trouve` spreads its weight over `where`, `is`,
+# `the` and `train`; in `te voir` (*see you*, the pronoun first)
 # `voir` looks at `see` and `te` at `see` and `you`. Nothing told the model which words
 # correspond; the alignment is a by-product of learning to translate (Bahdanau et al. 2015 showed the same for recurrent models).
 

@@ -782,8 +782,11 @@ print("Random, learned, query row: largest weight per head",
 # (Each panel has its own colour scale, from its smallest to its largest weight: a Random map and a
 # dot-product map differ in range, and one shared scale would flatten whichever is more spread out.)
 #
-# The dot-product maps change with the input: on the review, heads pick out particular
-# tokens, differently for each review; on recall, the query row lands on the one matching
+# The dot-product maps depend on the input, but in different ways on the two tasks. On the
+# review they are close to uniform: the colour bar spans only a few per cent around $1/150$
+# (the review's 150 real tokens), with faint vertical stripes, the same keys slightly preferred
+# by every query. After one epoch the IMDB model mostly averages, which is all a bag-of-words
+# task asks. On recall every token attends to itself and the query row lands on the one matching
 # pair, wherever it is. The Random maps are the same for every input. On IMDB the learned
 # one drifts only a little from its random start in one epoch (the fixed one shows what the
 # start looks like), on recall it can only learn a fixed average of positions: the same

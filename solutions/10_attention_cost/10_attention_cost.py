@@ -664,10 +664,10 @@ else:
     print("quick mode: torch.compile is skipped (compilation alone takes minutes on a small CPU)")
 
 # %% [markdown]
-# In the run stored here (a busy 2-core CPU, so the times are rough) the first call took 11.8 s and
-# the compiled forward pass was about 1.13 times faster: a gain of about 0.15 s per call, so it pays
-# for itself only after some 80 calls. (The very first compilation on this machine took 54 s; Inductor
-# caches its generated kernels on disk, so later runs compile faster.) The matrix products run in the same BLAS library either way;
+# In the run stored here (a 2-core CPU shared with other jobs, so the times are rough) the first call
+# took 9.8 s and the compiled forward pass was about 1.30 times faster (16.29 against 21.25 ms): a gain
+# of about 5 ms per call, so compilation pays for itself only after some two thousand calls. (Inductor
+# caches its generated kernels on disk, so a later run on the same machine compiles faster.) The matrix products run in the same BLAS library either way;
 # what fusion removes is the separate elementwise passes over memory (masking, softmax pieces,
 # residual adds, LayerNorm), a modest part of the time on a CPU. On a GPU, where each kernel launch
 # and each pass through memory costs more, compilation usually pays off sooner. Where it fails
