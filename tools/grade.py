@@ -16,7 +16,9 @@ Each kernel runs in its own bubblewrap sandbox; without ``bwrap`` grading refuse
 to run unless ``--weak-isolation`` accepts resource limits only.
 
 Exit status: 0 when grading ran (whatever the students' results), 2 when it
-could not run (unknown assignment, missing folder, unusable gradebook, no sandbox).
+could not run (unknown assignment, missing folder, unusable gradebook, no sandbox),
+3 when it ran but some submissions failed for the grader's own reasons
+(``grader_error``: they score zero until graded again; the reasons are printed).
 See docs/grading.md.
 """
 
@@ -114,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grading could not run: {e}", file=sys.stderr)
         return 2
     print(summary(report))
+    failed = [r for r in report.rows if r.status == "grader_error"]
+    if failed:
+        print(f"grading failed for the grader's own reasons on {len(failed)} of {len(report.rows)} submissions "
+              "(they score zero; fix the cause and grade again):", file=sys.stderr)
+        for r in failed:
+            print(f"  {r.student}: grader_error: {r.reason}", file=sys.stderr)
+        return 3
     return 0
 
 
