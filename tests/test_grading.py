@@ -17,6 +17,7 @@ import html
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -601,3 +602,189 @@ def _cmdline_has(proc: Path, text: str) -> bool:
         return text.encode() in (proc / "cmdline").read_bytes()
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------------------
+# issue #29: a course anywhere, bounded replies, handles decided by the grader
+# ----------------------------------------------------------------------------
+def _mount_targets(argv: list[str]) -> list[tuple[str, str]]:
+    """(option, target) of every mount in a bwrap command line, in order."""
+    out, i = [], 0
+    two = {"--ro-bind", "--bind"}
+    one = {"--tmpfs", "--proc", "--dev"}
+    while i < len(argv) and argv[i] != "--":
+        if argv[i] in two:
+            out.append((argv[i], argv[i + 2]))
+            i += 3
+        elif argv[i] in one:
+            out.append((argv[i], argv[i + 1]))
+            i += 2
+        else:
+            i += 1
+    return out
+
+
+@pytest.mark.parametrize("where", ["/tmp/clone", "/home/me/course", "/tmp"])
+def test_no_mount_hides_another_wherever_the_course_lives(where):
+    """Attack (#29.1): the course, its environment and the data under /tmp, the sandbox's private /tmp."""
+    from tools.autograder.sandbox_kernel import bwrap_argv
+
+    spec = {"bwrap": "bwrap", "mode": "root", "setpriv": "setpriv", "uid": 61000, "scratch_size": 1 << 20,
+            "ro": [f"{where}/lib", f"{where}/.venv", f"{where}/data", f"{where}/tools/autograder/k.py"],
+            "tmpfs": ["/home/student", "/tmp"], "ipc_dir": "/tmp/grade-x/jobs/0000/ipc", "env": {},
+            "python": "python", "kernel_script": "k.py", "memory": 1, "cpu": 1, "fsize": 1}
+    mounts = _mount_targets(bwrap_argv(spec, "/tmp/grade-x/jobs/0000/course/autograded/s/l", "c.json"))
+    targets = [t for _, t in mounts]
+    assert set(spec["ro"]) | {"/tmp", spec["ipc_dir"]} <= set(targets)
+    for i, (_, t) in enumerate(mounts):
+        later = [u for u in targets[i + 1:] if t == u or t.startswith(u.rstrip("/") + "/")]
+        assert not later, f"{t} is mounted before {later}, which hides it"
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_a_course_under_tmp_grades(tmp_path):
+    """Attack (#29.1): the course, lib and the grader all live in a folder under /tmp (a fresh clone)."""
+    clone = Path(tempfile.mkdtemp(dir="/tmp", prefix="clone-"))
+    try:
+        for part in ("lib", "tools"):
+            shutil.copytree(ROOT / part, clone / part, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copyfile(ROOT / "nbgrader_config.py", clone / "nbgrader_config.py")
+        root = fx.fixture_course(clone / "course")
+        student = fx.release(root, fx.FIXTURE)
+        solution = nbformat.read(root / "solutions" / fx.FIXTURE / f"{fx.FIXTURE}.ipynb", as_version=4)
+        files = fx.bad_submissions(student, solution)
+        inbox = clone / "inbox"
+        inbox.mkdir()
+        for name in ("correct", "blank"):
+            (inbox / f"{name}.ipynb").write_bytes(files[name])
+        env = {**os.environ, "PYTHONPATH": str(clone)}
+        done = subprocess.run([sys.executable, "-m", "tools.grade", fx.FIXTURE, str(inbox), "--root", str(root),
+                               "--no-progress", "--no-similarity", "--cell-timeout", "20"],
+                              cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        rows = {r["student"]: r for r in csv.DictReader(open(root / "grading" / f"{fx.FIXTURE}_grades.csv"))}
+        assert rows["correct"]["status"] == "graded" and float(rows["correct"]["total"]) == 8, rows["correct"]
+        assert rows["blank"]["status"] == "graded" and float(rows["blank"]["total"]) == 0, rows["blank"]
+    finally:
+        shutil.rmtree(clone, ignore_errors=True)
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_grader_failures_exit_non_zero_with_the_reason(tmp_path, monkeypatch, capsys):
+    """Attack (#29.1): every kernel dies before replying; `make grade` must not say all is well."""
+    from tools.autograder import core
+
+    real_plan = core.plan
+
+    def broken(*args, **kwargs):
+        path, ipc = real_plan(*args, **kwargs)
+        spec = json.loads(path.read_text())
+        spec["python"] = "/nonexistent/python3"
+        path.write_text(json.dumps(spec))
+        return path, ipc
+
+    monkeypatch.setattr(core, "plan", broken)
+    root = fx.fixture_course(tmp_path / "course")
+    student = fx.release(root, fx.FIXTURE)
+    solution = nbformat.read(root / "solutions" / fx.FIXTURE / f"{fx.FIXTURE}.ipynb", as_version=4)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "alice.ipynb").write_bytes(fx.bad_submissions(student, solution)["correct"])
+    code = main([fx.FIXTURE, str(inbox), "--root", str(root), "--no-progress", "--no-similarity",
+                 "--cell-timeout", "10", "--timeout", "60"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "alice" in err and "grader_error" in err and "the grader's own" in err
+
+
+_LIAR = """
+import torch
+from torch import nn
+import lib.positional as pos
+
+
+class _ClaimsParameter(type):  # its instances' class reports nn.Parameter's method resolution order
+    @property
+    def __mro__(cls):
+        return (nn.Parameter, torch.Tensor, object)
+
+
+class _Liar(metaclass=_ClaimsParameter):
+    pass
+
+
+liar = _Liar()
+
+
+class _ClaimsReference(type):  # a class that reports lib's reference in its method resolution order
+    @property
+    def __mro__(cls):
+        return (cls, pos.LearnedPositionalEmbedding, nn.Module, object)
+
+
+class Encoding(metaclass=_ClaimsReference):
+    def __init__(self, max_len, d_model):
+        self.table = torch.zeros(max_len, d_model)
+"""
+
+
+def _in_process_session(student: str, trusted: list[tuple[str, str | None, dict]]):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_grader_proxy import _session
+
+    return _session(student, trusted)
+
+
+def test_a_handle_that_claims_to_be_a_tensor_stays_a_handle():
+    """Attack (#29.2): a student object whose __class__ is nn.Parameter; torch must never read a proxy as a tensor."""
+    script = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
+              "import torch\nfrom test_grader_proxy import _session, SOL\n"
+              f"s, _ = _session({_LIAR!r}, [('liar = None', 'ex1', SOL)])\n"
+              "s.catch_up(1)\nliar = s.ns['liar']\n"
+              "print('TENSOR' if isinstance(liar, torch.Tensor) else 'OPAQUE', flush=True)\n"
+              "try:\n    torch.add(liar, 1)\nexcept TypeError as e:\n    print('REFUSED', e)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, f"the grader process died (code {done.returncode}): {done.stderr[-2000:]}"
+    assert "OPAQUE" in done.stdout and "REFUSED" in done.stdout, done.stdout
+
+
+def test_class_checks_come_from_the_trusted_declaration():
+    """Attack (#29.2): a metaclass that lies about __mro__ (lib's reference in it) to pass or fail class checks."""
+    import torch
+
+    import lib.positional as pos
+
+    trusted = [("import torch\nfrom torch import nn\nimport lib.positional as pos", None, {}),
+               ("class Encoding(nn.Module):\n    pass", "ex1", {"solution": True, "grade": False, "locked": False})]
+    s, _ = _in_process_session(_LIAR, trusted)
+    s.catch_up(2)
+    cls = s.ns["Encoding"]
+    assert not issubclass(cls, pos.LearnedPositionalEmbedding)  # what the kernel reports is not believed
+    assert issubclass(cls, torch.nn.Module)  # what the lesson declares
+    enc = cls(4, 3)
+    assert isinstance(enc, torch.nn.Module) and not isinstance(enc, pos.LearnedPositionalEmbedding)
+    assert not isinstance(enc, torch.Tensor)
+
+
+def test_the_grader_imports_nothing_the_kernel_names():
+    """Attack (#29.8): handles naming installed torch* / lib.* modules the grader never imported."""
+    script = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
+              "from test_grader_proxy import _session, SOL\n"
+              "student = 'import torchvision.ops, torch.utils.benchmark\\nf = torchvision.ops.nms\\n"
+              "g = torch.utils.benchmark.Timer\\n'\n"
+              "s, ns = _session('import torch\\n' + student, [('f = g = None', 'ex1', SOL)])\n"
+              "for name in [m for m in sys.modules if m.startswith(('torchvision', 'torch.utils.benchmark'))]:\n"
+              "    del sys.modules[name]  # the kernel imported them; the grader never did\n"
+              "s.catch_up(1)\n"
+              "from tools.autograder.grader import Remote\n"
+              "for name in ('f', 'g'):\n"
+              "    h = s.ns[name]\n"
+              "    h == object(); getattr(h, '__wrapped__', None); isinstance(h, type)\n"
+              "print('IMPORTED', sorted(m for m in ('torchvision', 'torch.utils.benchmark') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "IMPORTED []" in done.stdout, done.stdout

@@ -85,41 +85,41 @@ def _exception(ename: str, evalue: str) -> BaseException:
 
 
 class Remote:
-    """A proxy of an object in the student's kernel: a global name, or a handle."""
+    """A proxy of an object in the student's kernel: a global name, or a handle.
 
-    __slots__ = ("_s", "_target", "_label", "_ref", "_mro", "__weakref__")
+    What a proxy *is* (its class, its bases) comes from the grader's own records, never from the
+    kernel: a name bound to a solution cell's ``class X(Bases)`` has the bases the lesson's trusted
+    source declares, an object made by calling it is an instance of that declaration, and anything
+    else is an opaque :class:`Remote` (``isinstance`` against torch's or lib's classes is False; the
+    layers a test may check by type come back as data, built here).
+    """
 
-    def __init__(self, session: GraderSession, target: dict, label: str, ref: str | None = None) -> None:
+    __slots__ = ("_s", "_target", "_label", "_ref", "_declared", "__weakref__")
+
+    def __init__(self, session: GraderSession, target: dict, label: str, ref: str | None = None,
+                 declared: type | None = None) -> None:
         object.__setattr__(self, "_s", session)
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_label", label)
         object.__setattr__(self, "_ref", ref)
-        object.__setattr__(self, "_mro", None)
-
-    def _trusted_mro(self, of_class: bool) -> tuple:
-        """The classes of lib, torch or math in the method resolution order of the object's class (or its own)."""
-        if self._mro is None:
-            cls = self if of_class else self._s.request({"op": "get", **self._target, "attr": "__class__"})
-            mro = cls._s.request({"op": "get", **cls._target, "attr": "__mro__"}, raw=True) \
-                if isinstance(cls, Remote) else {"T": []}
-            refs = [t.get("ref") for t in mro.get("T", []) if isinstance(t, dict) and t.get("ref")] \
-                if isinstance(mro, dict) else []
-            object.__setattr__(self, "_mro", tuple(wire.resolve_ref(r) for r in refs))
-        return self._mro
+        object.__setattr__(self, "_declared", declared)
 
     @property
-    def __bases__(self):  # issubclass(the student's class, lib's reference)
-        return tuple(c for c in self._trusted_mro(True) if c is not object)
+    def __bases__(self):  # issubclass(the student's class, X): the bases its trusted declaration names
+        declared = self._declared if "name" in self._target else None
+        return declared.__bases__ if declared is not None else ()
 
     @property
-    def __class__(self):  # isinstance(the student's object, nn.Conv1d or lib's reference class)
-        for c in self._trusted_mro(False):
-            if c.__module__.startswith(("lib.", "torch.nn")):
-                return c
-        return Remote
+    def __class__(self):  # isinstance(the student's object, X): an instance of a declared class, else opaque
+        declared = self._s.instances.get(self._target.get("h")) if "h" in self._target else None
+        return declared if declared is not None else Remote
 
     def __call__(self, *args, **kwargs):
-        return self._s.call(self._target, None, args, kwargs)
+        value = self._s.call(self._target, None, args, kwargs)
+        if self._declared is not None and "name" in self._target and type(value) is Remote \
+                and "h" in value._target:  # an object made by the declared class: the grader records it
+            self._s.instances[value._target["h"]] = self._declared
+        return value
 
     def __getattr__(self, attr: str):
         if attr.startswith("__") and attr.endswith("__"):
@@ -157,16 +157,13 @@ class Remote:
                 yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else str(name), remove_duplicate)
 
     @property
-    def __wrapped__(self):  # check_not_reference: is the student's object lib's own?
-        ref = self._identity()
-        return wire.resolve_ref(ref) if ref else None
+    def __wrapped__(self):  # check_not_reference: is the student's object lib's own? (a hint: the kernel says so)
+        return _referenced(self._identity())
 
     def _identity(self) -> str | None:
         if self._ref is None:
             tag = self._s.request({"op": "get", **self._target}, raw=True)
             ref = tag.get("ref") if isinstance(tag, dict) else None
-            if not ref and isinstance(tag, dict) and "R" in tag:
-                ref = tag["R"]
             object.__setattr__(self, "_ref", str(ref) if ref else "")
         return self._ref or None
 
@@ -175,11 +172,8 @@ class Remote:
             return True
         if isinstance(other, Remote):
             return other._target == self._target
-        ref = self._identity()
-        try:
-            return bool(ref) and wire.resolve_ref(ref) is other
-        except Exception:  # noqa: BLE001
-            return False
+        obj = _referenced(self._identity())
+        return obj is not None and obj is other
 
     def __ne__(self, other) -> bool:
         return not self.__eq__(other)
@@ -212,6 +206,7 @@ class GraderSession:
         self.done = 0
         self.mirrors: dict[int, list] = {}  # parameter handle -> [this process's copy, its version when synced]
         self.module_params: dict[int, list] = {}  # module handle -> its parameters' copies
+        self.instances: dict[int, type] = {}  # handle -> the declared class that made it (the grader's record)
         self._calls = itertools.count(1)
 
     # -- requests ------------------------------------------------------------
@@ -233,7 +228,7 @@ class GraderSession:
     def decode(self, value, blobs):
         # the kernel names lib's objects only inside handles (for identity checks); a bare reference
         # (a function this process would then call) or a layer to build is refused
-        return wire.Decoder(blobs, self._proxy, _no_reference, param=self._mirror)(value)
+        return wire.Decoder(blobs, self._proxy, _no_reference, param=self._mirror, layer=_layer_class)(value)
 
     def _mirror(self, pid: int, t, rg: bool):
         """This process's copy of a parameter of the student's module: one object per parameter, kept in sync."""
@@ -339,9 +334,11 @@ class GraderSession:
         for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 self._run(ast.get_source_segment(source, node) or "", f"<imports of {gid}>")
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                kind = "class" if isinstance(node, ast.ClassDef) else "function"
-                self.ns[node.name] = Remote(self, {"name": node.name}, f"{kind} {node.name}")
+            elif isinstance(node, ast.ClassDef):
+                self.ns[node.name] = Remote(self, {"name": node.name}, f"class {node.name}",
+                                            declared=_declared_class(node.name, self._bases(node, gid)))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.ns[node.name] = Remote(self, {"name": node.name}, f"function {node.name}")
             else:
                 for name in _assigned(node):
                     try:
@@ -351,6 +348,15 @@ class GraderSession:
                     except Exception as e:  # noqa: BLE001  (not defined in the kernel: the test will say so)
                         self.ns.pop(name, None)
                         self.log(f"{gid}: {name} not available from the kernel: {type(e).__name__}")
+
+    def _bases(self, node: ast.ClassDef, gid: str) -> tuple:
+        """The bases a solution cell's class declares, evaluated here (the lesson's trusted source)."""
+        try:
+            return tuple(eval(compile(ast.Expression(b), f"<bases of {gid}>", "eval"), self.ns)  # noqa: S307
+                         for b in node.bases)
+        except Exception as e:  # noqa: BLE001
+            self.log(f"{gid}: the bases of {node.name} are not defined here: {type(e).__name__}")
+            return ()
 
     def _run(self, source: str, filename: str) -> None:
         out = io.StringIO()
@@ -423,6 +429,36 @@ def _error_output(ename: str, evalue: str, lines: list[int]) -> dict:
     where = f" (test cell, line {lines[-1]})" if lines else ""
     return {"output_type": "error", "ename": ename, "evalue": evalue,
             "traceback": [f"Graded in the grader process{where}", f"\x1b[0;31m{ename}\x1b[0m: {evalue}"]}
+
+
+def _referenced(ref: str | None):
+    """This process's object that the kernel names (only in lib, torch or math, already imported here), or None."""
+    if not ref:
+        return None
+    try:
+        return wire.resolve_ref(ref, may_import=False)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _layer_class(name: str):
+    """The class of a layer the kernel sends as data: one of wire.MODULES, already imported here."""
+    if name not in wire.MODULES:
+        raise wire.WireError("not a layer the grader accepts")
+    return wire.resolve_ref(name, may_import=False)
+
+
+def _declared_class(name: str, bases: tuple) -> type | None:
+    """A stand-in for a solution cell's class: the trusted source's bases, nothing of the student's."""
+    import types
+
+    torch = sys.modules.get("torch")
+    bases = tuple(b for b in bases if isinstance(b, type)
+                  and not (torch is not None and issubclass(b, torch.Tensor)))  # never a tensor: torch reads memory
+    try:
+        return types.new_class(name, bases or (object,), {}, lambda ns: ns.update(__module__="__main__"))
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _no_reference(name: str):

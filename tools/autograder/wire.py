@@ -75,27 +75,36 @@ def _torch():
     return sys.modules.get("torch")
 
 
+ROOTS = ("lib", "torch", "math")  # the packages whose objects a message may name
+
+
+def _allowed(mod: str) -> bool:
+    return any(mod == root or mod.startswith(root + ".") for root in ROOTS)
+
+
 def ref_name(obj: object) -> str | None:
     """``module:qualname`` when ``obj`` is that importable object of lib, torch or math, else None."""
     mod, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if not isinstance(mod, str) or not isinstance(qual, str) or "<" in qual:
-        return None
-    if not (mod == "lib" or mod.startswith(("lib.", "torch")) or mod == "math"):
+    if not isinstance(mod, str) or not isinstance(qual, str) or "<" in qual or not _allowed(mod):
         return None
     try:
-        return f"{mod}:{qual}" if resolve_ref(f"{mod}:{qual}") is obj else None
+        return f"{mod}:{qual}" if resolve_ref(f"{mod}:{qual}", may_import=False) is obj else None
     except Exception:  # noqa: BLE001
         return None
 
 
-def resolve_ref(name: str) -> object:
-    """The object ``module:qualname`` names (import and attribute look-up only)."""
+def resolve_ref(name: str, *, may_import: bool = True) -> object:
+    """The object ``module:qualname`` names, in lib, torch or math (import and attribute look-up only).
+
+    ``may_import=False`` (the grader reading what the kernel names): only modules this process has
+    already imported; a name never makes it import anything.
+    """
     import importlib
 
     mod, _, qual = name.partition(":")
-    if not (mod == "lib" or mod.startswith(("lib.", "torch")) or mod == "math") or not qual:
+    if not _allowed(mod) or not qual or (not may_import and mod not in sys.modules):
         raise WireError(f"not a reference the grader accepts: {name[:200]!r}")
-    obj = importlib.import_module(mod)
+    obj = importlib.import_module(mod) if may_import else sys.modules[mod]
     for part in qual.split("."):
         if part.startswith("__"):
             raise WireError(f"not a reference the grader accepts: {name[:200]!r}")
@@ -209,8 +218,10 @@ class Encoder:
 class Decoder:
     """The inverse of :class:`Encoder`; ``handle(tag)`` and ``ref(name)`` decode handles and references."""
 
-    def __init__(self, blobs: list[bytes], handle, ref, *, grad_inputs: bool = False, param=None) -> None:
+    def __init__(self, blobs: list[bytes], handle, ref, *, grad_inputs: bool = False, param=None,
+                 layer=None) -> None:
         self.blobs, self.handle, self.ref, self.param = blobs, handle, ref, param
+        self.layer = layer or ref  # the class of a layer sent as data, from its reference
         self.grad_inputs = grad_inputs  # kernel side: inputs flagged rg become leaves that require grad
         self.leaves: list = []
 
@@ -252,17 +263,27 @@ class Decoder:
         raise WireError("unknown value tag")
 
     def module(self, x: dict, depth: int):
-        """A torch.nn layer sent as data: its class, constructor arguments and state (see module_data)."""
+        """A torch.nn layer sent as data: its class, constructor arguments and state (see module_data).
+
+        Built on the meta device and then given the sent state, so constructor arguments cannot make
+        this process allocate more than the message holds."""
         torch = _need_torch()
-        cls = self.ref(str(x["M"]))
+        cls = self.layer(str(x.get("M")))
         if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and ref_name(cls) in MODULES):
             raise WireError("not a layer the grader sends")
         kwargs = self(x.get("kw", {"D": []}), depth + 1)
         state = self(x.get("state", {"D": []}), depth + 1)
-        if not isinstance(kwargs, dict) or not isinstance(state, dict):
+        if not isinstance(kwargs, dict) or not isinstance(state, dict) \
+                or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise WireError("malformed layer")
-        m = cls(**{str(k): v for k, v in kwargs.items()})
-        m.load_state_dict(state)
+        try:
+            with torch.device("meta"):
+                m = cls(**{str(k): v for k, v in kwargs.items()})
+            m.load_state_dict({str(k): v for k, v in state.items()}, assign=True)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise WireError(f"malformed layer: {type(e).__name__}") from None
+        if any(t.is_meta for t in (*m.parameters(), *m.buffers())):
+            raise WireError("malformed layer: state missing")
         return m.train(bool(x.get("training", True)))
 
     def tensor(self, x: dict):
@@ -418,7 +439,11 @@ class Agent:
                 self.calls.pop(next(iter(self.calls)))
             params = [self._lookup({"H": pid}) for pid in h.get("params") or []]
             self.calls[int(h.get("call", 0))] = (dec.leaves + params, _tensors(value, torch))
-        enc = Encoder(lambda obj: _materialize(obj, enc, self._handle_of), lambda p: self._handle_of(p)["H"])
+        def other(obj):  # torch's and lib's layers of MODULES as data (the grader builds its own), else a handle
+            layer = module_data(obj, enc) if torch is not None and isinstance(obj, torch.nn.Module) else None
+            return layer if layer is not None else _materialize(obj, enc, self._handle_of)
+
+        enc = Encoder(other, lambda p: self._handle_of(p)["H"])
         return {"ok": True, "value": enc(value)}, enc.blobs
 
     def _lookup(self, tag: dict) -> object:
