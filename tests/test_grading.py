@@ -29,9 +29,10 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from tools.autograder import fixtures as fx  # noqa: E402
+import grading_fixtures as fx  # noqa: E402  (tests/grading_fixtures.py)
+
 from tools.autograder.core import Limits, grade, load_course  # noqa: E402
 from tools.autograder.feedback import (  # noqa: E402
     HIDDEN_FAILED,
@@ -78,7 +79,9 @@ ATTACKS = {"read_hidden_tests": "graded", "write_outside": "graded", "kill_other
            # attacks on the tests from the kernel (fixtures.kernel_attacks): the tests run in the grader process
            "fool_rebind_allclose": "graded", "fool_rebind_code": "graded", "fool_exception_handler": "graded",
            "fool_ast_transformer": "graded", "fool_input_transformer": "graded", "fool_from_globals": "graded",
-           "read_tests": "graded"}
+           "read_tests": "graded",
+           # issue #29: floods of the trusted process (item 4), an honest answer that prints a lot (item 7)
+           "flood": "graded", "chatty": "graded"}
 FOOLS = [k for k in ATTACKS if k.startswith("fool_")]
 if SANDBOX:
     EXPECTED.update(ATTACKS)
@@ -363,7 +366,7 @@ def _leaks(text: str) -> list[str]:
     return found
 
 
-HONEST_ATTACKS = [k for k in ATTACKS if k not in ("fake_pass", *FOOLS)]  # the correct answers plus an attack
+HONEST_ATTACKS = [k for k in ATTACKS if k not in ("fake_pass", "flood", *FOOLS)]  # the correct answers plus an attack
 
 
 @pytest.mark.slow
@@ -402,6 +405,8 @@ def test_nothing_written_or_left_running_outside(run):
     root, report = run
     assert "WROTE" not in _outputs(report, "write_outside")
     assert "could not write" in _outputs(report, "write_outside")
+    if os.geteuid() == 0:  # (#29.4) the socket folder takes no file from the kernel once its sockets exist
+        assert "could not write in the socket folder" in _outputs(report, "write_outside")
     for folder in (ROOT, root, Path(sys.prefix) / "lib"):
         assert not (folder / "sitecustomize.py").exists(), folder
     time.sleep(1)
@@ -730,17 +735,10 @@ class Encoding(metaclass=_ClaimsReference):
 """
 
 
-def _in_process_session(student: str, trusted: list[tuple[str, str | None, dict]]):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_grader_proxy import _session
-
-    return _session(student, trusted)
-
-
 def test_a_handle_that_claims_to_be_a_tensor_stays_a_handle():
     """Attack (#29.2): a student object whose __class__ is nn.Parameter; torch must never read a proxy as a tensor."""
     script = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
-              "import torch\nfrom test_grader_proxy import _session, SOL\n"
+              "import torch\nfrom grading_fixtures import agent_session as _session, SOL\n"
               f"s, _ = _session({_LIAR!r}, [('liar = None', 'ex1', SOL)])\n"
               "s.catch_up(1)\nliar = s.ns['liar']\n"
               "print('TENSOR' if isinstance(liar, torch.Tensor) else 'OPAQUE', flush=True)\n"
@@ -759,7 +757,7 @@ def test_class_checks_come_from_the_trusted_declaration():
 
     trusted = [("import torch\nfrom torch import nn\nimport lib.positional as pos", None, {}),
                ("class Encoding(nn.Module):\n    pass", "ex1", {"solution": True, "grade": False, "locked": False})]
-    s, _ = _in_process_session(_LIAR, trusted)
+    s, _ = fx.agent_session(_LIAR, trusted)
     s.catch_up(2)
     cls = s.ns["Encoding"]
     assert not issubclass(cls, pos.LearnedPositionalEmbedding)  # what the kernel reports is not believed
@@ -772,7 +770,7 @@ def test_class_checks_come_from_the_trusted_declaration():
 def test_the_grader_imports_nothing_the_kernel_names():
     """Attack (#29.8): handles naming installed torch* / lib.* modules the grader never imported."""
     script = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
-              "from test_grader_proxy import _session, SOL\n"
+              "from grading_fixtures import agent_session as _session, SOL\n"
               "student = 'import torchvision.ops, torch.utils.benchmark\\nf = torchvision.ops.nms\\n"
               "g = torch.utils.benchmark.Timer\\n'\n"
               "s, ns = _session('import torch\\n' + student, [('f = g = None', 'ex1', SOL)])\n"
@@ -788,3 +786,68 @@ def test_the_grader_imports_nothing_the_kernel_names():
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "IMPORTED []" in done.stdout, done.stdout
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_a_flood_of_the_trusted_process_is_bounded(run):
+    """Attack (#29.4): widget state in comms and in the metadata, 3 x 30 MiB fake answers per graded call."""
+    _, report = run
+    row = report.by_student()["flood"]
+    assert row.status == "graded", f"{row.status}: {row.reason}"
+    ag = report.feedback_dir.parent / "autograded" / "flood" / LESSON / f"{LESSON}.ipynb"
+    assert ag.stat().st_size < 2_000_000, f"autograded notebook of {ag.stat().st_size} bytes"
+    nb = nbformat.read(ag, as_version=4)
+    assert set(nb.metadata) <= {"kernelspec", "language_info"}
+    page = report.feedback_dir / "flood" / LESSON / f"{LESSON}.html"
+    assert page.stat().st_size < 1_000_000
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_printing_while_the_tests_call_costs_no_marks(run):
+    """Attack (#29.7): an honest answer that prints 5,000 lines per call (output lags behind each reply)."""
+    _, report = run
+    rows = report.by_student()
+    assert rows["chatty"].total == rows["correct"].total, f"{rows['chatty'].total}: {rows['chatty'].reason}"
+    assert "interrupt" not in rows["chatty"].reason
+
+
+def test_replies_are_bounded_before_they_are_parsed(monkeypatch):
+    """Attack (#29.4): a 16 MiB JSON header of empty lists; a kernel message with 2 MiB of metadata or 100 MiB
+    of content: refused or replaced before any parsing."""
+    import struct
+
+    from jupyter_client.session import Session
+
+    from tools.autograder import execute, wire
+
+    parsed: list[int] = []
+    real_loads = json.loads
+    monkeypatch.setattr(wire.json, "loads", lambda b, *a, **k: parsed.append(len(b)) or real_loads(b, *a, **k))
+    header = b"[" + b"[]," * (16 * 2**20 // 3) + b"[]]"
+    raw = struct.pack("<Q", len(header)) + header
+    with pytest.raises(wire.WireError, match="header"):
+        wire.unpack(base64.b64encode(raw).decode())
+    assert not parsed or max(parsed) <= wire.MAX_HEADER
+
+    session = Session(key=b"k")
+    sizes: list[int] = []
+    unpack = session.unpack
+    session.unpack = lambda b: sizes.append(len(b)) or unpack(b)
+    execute.bound_session(session)
+
+    def message(content: bytes, metadata: bytes = b"{}") -> list[bytes]:
+        parts = [session.pack({"msg_id": "1", "msg_type": "stream", "session": "s", "username": "u",
+                               "date": "2026-01-01T00:00:00Z", "version": "5.3"}),
+                 session.pack({"msg_id": "0"}), metadata, content]
+        return [session.sign(parts)] + parts
+
+    ok = session.deserialize(message(session.pack({"name": "stdout", "text": "hi"})))
+    assert ok["content"]["text"] == "hi"
+    big = b'{"name": "stdout", "text": "' + b"x" * (100 * 2**20) + b'"}'
+    msg = session.deserialize(message(big))
+    assert "x" * 100 not in msg["content"]["text"] and "limit" in msg["content"]["text"]
+    msg = session.deserialize(message(session.pack({"name": "stdout", "text": "hi"}), b'{"a": "' + b"m" * 2**21 + b'"}'))
+    assert msg["parent_header"] == {}  # addressed to no one: dropped
+    assert max(sizes) <= execute.MAX_CONTENT

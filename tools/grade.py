@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds of wall clock per submission (default %(default)s)")
     p.add_argument("--memory", type=_bytes, default=Limits.memory,
                    help=f"kernel memory limit, e.g. 4G (default {Limits.memory // GIB}G)")
+    p.add_argument("--worker-memory", type=_bytes, default=Limits.worker_memory,
+                   help=f"memory limit of each grading worker, e.g. 8G (default {Limits.worker_memory // GIB}G)")
     p.add_argument("--max-output", type=int, default=Limits.max_cell_output,
                    help="characters of output kept per cell (default %(default)s)")
     p.add_argument("--full", action="store_true", help="run the lessons in full mode (default: COURSE_QUICK=1)")
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.submissions is None:
             p.error("the folder of submissions is required (or --feedback-only)")
         limits = Limits(cell_timeout=a.cell_timeout, submission_timeout=a.timeout, memory=a.memory,
+                        worker_memory=a.worker_memory,
                         max_cell_output=a.max_output, max_notebook_output=max(a.max_output, Limits.max_notebook_output))
         report = grade(a.assignment, a.submissions, root=a.root, jobs=a.jobs, limits=limits, quick=not a.full,
                        csv_path=a.csv, keep_scratch=a.keep_scratch, progress=not a.no_progress,

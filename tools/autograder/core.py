@@ -154,7 +154,8 @@ def _run(course: Course, assignment: str, notebook: str, folder: Path, scratch: 
         job.spec = JobSpec(course=str(job.dir / "course"), course_id=course.course_id,
                            source_directory=str(course.source), assignment=assignment, student=sub.student,
                            notebook=notebook, cell_timeout=limits.cell_timeout,
-                           max_cell_output=limits.max_cell_output, max_notebook_output=limits.max_notebook_output)
+                           max_cell_output=limits.max_cell_output, max_notebook_output=limits.max_notebook_output,
+                           feedback_preprocessors=course.feedback_preprocessors)
         todo.append(job)
 
     rows: dict[str, Row] = {}
@@ -229,13 +230,10 @@ def _progress(total: int, assignment: str, enabled: bool):
 
 def regenerate_feedback(assignment: str, *, root: Path = REPO) -> Path:
     """Feedback for every autograded submission from the course gradebook (after manual grading)."""
-    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.converters import GenerateFeedback
     from nbgrader.coursedir import CourseDirectory
-    from nbgrader.preprocessors import GetGrades
     from traitlets.config.loader import PyFileConfigLoader
 
-    from tools.autograder.feedback import HideHiddenTests
     from tools.autograder.sanitize import sanitize_page
 
     course = load_course(Path(root).resolve())
@@ -243,7 +241,7 @@ def regenerate_feedback(assignment: str, *, root: Path = REPO) -> Path:
     os.environ["PATH"] = tool_env()["PATH"]
     cfg = PyFileConfigLoader("nbgrader_config.py", path=str(course.root)).load_config()
     cfg.CourseDirectory.assignment_id = assignment
-    cfg.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+    cfg.GenerateFeedback.preprocessors = course.feedback_preprocessors  # load_course checked it hides the tests
     cfg.GenerateFeedback.force = True
     with gradebook_lock(course):
         try:

@@ -113,9 +113,11 @@ def plan(job_dir: Path, lane: int, limits: Limits, iso: Isolation, quick: bool) 
     ipc = job_dir / "ipc"
     ipc.mkdir(parents=True, exist_ok=True)
     uid = BASE_UID + lane if iso.mode == "root" else os.getuid()
-    if iso.mode == "root":
-        os.chown(ipc, uid, uid)
-    os.chmod(ipc, 0o700)
+    if iso.mode == "root":  # root's folder: the kernel creates its sockets through the group, until it is ready
+        os.chown(ipc, 0, uid)
+        os.chmod(ipc, 0o770)
+    else:
+        os.chmod(ipc, 0o700)
     home, tmp = "/home/student", "/tmp"
     env = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "LC_CTYPE", "TZ")}
     env.update({k: v for k, v in os.environ.items() if k.startswith("COURSE_") and k != "COURSE_SANDBOX_SPEC"})

@@ -31,7 +31,9 @@ import struct
 import sys
 
 MIME = "application/x-course-grader"
-MAX_BYTES = 256 * 2**20  # largest message either side accepts
+MAX_BYTES = 64 * 2**20  # largest message either side accepts (bytes before base64)
+MAX_TEXT = MAX_BYTES * 4 // 3 + 8  # the same in base64 characters
+MAX_HEADER = 4 * 2**20  # largest JSON header: checked before it is parsed (tensors travel as blobs)
 MAX_DEPTH = 64
 MAX_ITEMS = 100_000  # items taken from a generator the student's code returns
 DTYPES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128", "uint8", "int8", "int16",
@@ -52,11 +54,16 @@ def pack(header: dict, blobs: list[bytes]) -> str:
 
 
 def unpack(text: object) -> tuple[dict, list[bytes]]:
-    if not isinstance(text, str) or len(text) > MAX_BYTES * 4 // 3 + 8:
+    if not isinstance(text, str) or len(text) > MAX_TEXT:
         raise WireError("not a message, or too large")
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
         (n,) = struct.unpack_from("<Q", raw)
+    except Exception as e:  # noqa: BLE001
+        raise WireError(f"malformed message: {type(e).__name__}") from None
+    if n > MAX_HEADER:
+        raise WireError(f"message header of {n} bytes, over the limit of {MAX_HEADER}")
+    try:
         header = json.loads(raw[8 : 8 + n])
     except Exception as e:  # noqa: BLE001
         raise WireError(f"malformed message: {type(e).__name__}") from None

@@ -10,7 +10,9 @@ lesson (``fx_lesson`` or a real one).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +20,8 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from tools.autograder import wire
+from tools.autograder.grader import GraderSession
 from tools.common import REPO, generate_assignment
 from tools.common import grade_id as _gid
 from tools.common import is_test as _is_test
@@ -256,6 +260,14 @@ for path in targets:
         print("WROTE", path)
     except OSError as e:
         print("could not write", path, type(e).__name__)
+# the socket folder (the one host folder the kernel shares): a file to fill the grader's disk
+sockets = os.path.dirname(sys.argv[sys.argv.index("-f") + 1]) if "-f" in sys.argv else "."
+try:
+    with open(os.path.join(sockets, "filler"), "w") as f:
+        f.write("x" * 1000)
+    print("WROTE-SOCKET-FOLDER", sockets)
+except OSError as e:
+    print("could not write in the socket folder", type(e).__name__)
 '''
 
 _KILL_OTHERS = '''
@@ -325,6 +337,48 @@ def add(a, b):
     return _Always()
 '''
 
+
+# Issue #29, item 4: a submission that floods the trusted process (widget state in comms and in the
+# notebook's metadata, fake answers of tens of MiB in every graded call).
+_FLOOD = '''
+import functools
+from comm import create_comm
+from IPython.display import publish_display_data
+_state = "w" * (8 * 2**20)
+_comms = [create_comm(target_name="jupyter.widget", data={{"state": {{"value": _state}}, "buffer_paths": []}})
+          for _ in range(4)]
+
+
+def _flooding(f):
+    @functools.wraps(f)
+    def g(*args, **kwargs):
+        for _ in range(3):
+            publish_display_data({{"application/x-course-grader": "A" * (30 * 2**20)}})
+        return f(*args, **kwargs)
+    return g
+
+
+for _name in {names}:
+    globals()[_name] = _flooding(globals()[_name])
+'''
+# Issue #29, item 7: an honest solution that prints a lot while the tests call it.
+_CHATTY = '''
+import functools
+
+
+def _chatty(f):
+    @functools.wraps(f)
+    def g(*args, **kwargs):
+        for i in range(5000):
+            print("still working, step", i, flush=True)
+        return f(*args, **kwargs)
+    return g
+
+
+for _name in {names}:
+    globals()[_name] = _chatty(globals()[_name])
+'''
+FLOOD_METADATA_MB = 6  # widget state in the notebook's metadata
 
 STUDENT_MARK = "STUDENT_PRINTED_7d2e"  # printed by a student's function while the tests call it
 
@@ -495,6 +549,54 @@ def attack_submissions(student: nbformat.NotebookNode, solution: nbformat.Notebo
     fake = copy.deepcopy(student)
     fake.cells.insert(_solution_cells(fake)[0] + 1, new_code_cell(_FAKE_PASS))
     out["fake_pass"] = fake
+    names = student_functions(solution)
+    flood = _after_last_solution(good, _FLOOD.format(names=names))
+    flood.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+        "state": {"m": {"model_name": "x", "state": {"value": "w" * (FLOOD_METADATA_MB * 2**20)}}}}}
+    out["flood"] = flood
+    out["chatty"] = _after_last_solution(good, _CHATTY.format(names=names))
     files = {k: nbformat.writes(v).encode() for k, v in out.items()}
     files.update(kernel_attacks(student, solution))
     return files
+
+
+# ----------------------------------------------------------------------------
+# The grader's proxies against the real kernel agent, in one process (tests of grader.py and wire.py)
+SOL = {"solution": True, "grade": False, "locked": False}
+TEST = {"solution": False, "grade": True, "locked": True, "points": 1}
+
+
+def agent(user_ns: dict):
+    """A kernel's agent (from wire.py's source, as the grader sends it) and a ``send`` that reaches it."""
+    ns = {"__name__": "_course_rpc_src"}
+    exec(compile(Path(wire.__file__).read_text(), "<agent>", "exec"), ns)  # noqa: S102
+    kernel_agent = ns["Agent"](user_ns)
+    box: dict = {}
+
+    def send(text: str) -> str:
+        import IPython.display as display
+
+        original = display.publish_display_data
+        display.publish_display_data = lambda data: box.__setitem__("answer", data[wire.MIME])
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # a kernel's prints never reach the grader
+                kernel_agent.serve(text)
+        finally:
+            display.publish_display_data = original
+        return box.pop("answer")
+
+    return kernel_agent, send
+
+
+def agent_session(student_code: str, trusted_cells: list[tuple[str, str | None, dict]]):
+    """A session whose trusted notebook is ``trusted_cells`` and whose kernel ran ``student_code``."""
+    user_ns: dict = {}
+    exec(student_code, user_ns)  # noqa: S102  (the "student's kernel")
+    cells = []
+    for source, gid, md in trusted_cells:
+        cell = new_code_cell(source)
+        if gid:
+            cell.metadata["nbgrader"] = {"grade_id": gid, "schema_version": 3, **md}
+        cells.append(cell)
+    _, send = agent(user_ns)
+    return GraderSession(new_notebook(cells=cells), send), user_ns
