@@ -378,6 +378,31 @@ def _chatty(f):
 for _name in {names}:
     globals()[_name] = _chatty(globals()[_name])
 '''
+# Issue #29, item 5: record every input the tests send to the student's functions, print them after.
+_RECORD_INPUTS = '''
+import functools
+_inputs = []
+
+
+def _recording(f):
+    @functools.wraps(f)
+    def g(*args, **kwargs):
+        _inputs.append(repr(args))
+        return f(*args, **kwargs)
+    return g
+
+
+for _name in {names}:
+    globals()[_name] = _recording(globals()[_name])
+'''
+_PRINT_INPUTS = '''
+import base64, codecs
+_text = " | ".join(_inputs)
+print("INPUTS", _text)
+print(base64.b64encode(_text.encode()).decode())
+print(codecs.encode(_text, "rot13"))
+raise ValueError(_text)
+'''
 FLOOD_METADATA_MB = 6  # widget state in the notebook's metadata
 
 STUDENT_MARK = "STUDENT_PRINTED_7d2e"  # printed by a student's function while the tests call it
@@ -555,6 +580,9 @@ def attack_submissions(student: nbformat.NotebookNode, solution: nbformat.Notebo
         "state": {"m": {"model_name": "x", "state": {"value": "w" * (FLOOD_METADATA_MB * 2**20)}}}}}
     out["flood"] = flood
     out["chatty"] = _after_last_solution(good, _CHATTY.format(names=names))
+    spy = _after_last_solution(good, _RECORD_INPUTS.format(names=names))
+    spy.cells.append(new_code_cell(_PRINT_INPUTS))
+    out["leak_inputs"] = spy
     files = {k: nbformat.writes(v).encode() for k, v in out.items()}
     files.update(kernel_attacks(student, solution))
     return files

@@ -143,17 +143,14 @@ def test_a_students_module_trains_through_the_proxy():
     assert torch.allclose(enc.P, params[0])
 
 
-def test_forbid_reaches_the_kernel_and_references_are_recognised():
+def test_references_are_recognised():
+    """(In one process the kernel shares the grader's lib; graded kernels lack the lesson's references: withhold.py.)"""
     student = "import lib.attention as la\ndef my_softmax(s, m):\n    return la.masked_softmax(s, mask=m)\n" \
               "from lib.attention import masked_softmax as copied\n"
     s, _ = _session(student, [("def my_softmax(s, m): ...\ncopied = None", "ex1", SOL)])
     s.catch_up(1)
-    from lib.checks import forbid
-
     scores, mask = torch.randn(2, 3), torch.ones(2, 3, dtype=torch.bool)
     assert s.ns["my_softmax"](scores, mask).shape == (2, 3)
-    with pytest.raises(AssertionError, match="implement it yourself"), forbid("lib.attention.masked_softmax"):
-        s.ns["my_softmax"](scores, mask)
     import lib.attention
 
     copied = s.ns["copied"]  # a handle, never this process's reference (which would compute the answers here)

@@ -33,6 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import grading_fixtures as fx  # noqa: E402  (tests/grading_fixtures.py)
 
+from tools.autograder import wire  # noqa: E402
 from tools.autograder.core import Limits, grade, load_course  # noqa: E402
 from tools.autograder.feedback import (  # noqa: E402
     HIDDEN_FAILED,
@@ -81,7 +82,7 @@ ATTACKS = {"read_hidden_tests": "graded", "write_outside": "graded", "kill_other
            "fool_ast_transformer": "graded", "fool_input_transformer": "graded", "fool_from_globals": "graded",
            "read_tests": "graded",
            # issue #29: floods of the trusted process (item 4), an honest answer that prints a lot (item 7)
-           "flood": "graded", "chatty": "graded"}
+           "flood": "graded", "chatty": "graded", "leak_inputs": "error"}
 FOOLS = [k for k in ATTACKS if k.startswith("fool_")]
 if SANDBOX:
     EXPECTED.update(ATTACKS)
@@ -366,7 +367,8 @@ def _leaks(text: str) -> list[str]:
     return found
 
 
-HONEST_ATTACKS = [k for k in ATTACKS if k not in ("fake_pass", "flood", *FOOLS)]  # the correct answers plus an attack
+HONEST_ATTACKS = [k for k in ATTACKS if k not in ("fake_pass", "flood", *FOOLS)]
+HIDDEN_INPUTS = ("(10, -3)", "(2.5, 0.5)")  # what the fixture lesson's hidden tests pass to add()  # the correct answers plus an attack
 
 
 @pytest.mark.slow
@@ -851,3 +853,118 @@ def test_replies_are_bounded_before_they_are_parsed(monkeypatch):
     msg = session.deserialize(message(session.pack({"name": "stdout", "text": "hi"}), b'{"a": "' + b"m" * 2**21 + b'"}'))
     assert msg["parent_header"] == {}  # addressed to no one: dropped
     assert max(sizes) <= execute.MAX_CONTENT
+
+
+def _carries(text: str, secrets: tuple[str, ...]) -> list[str]:
+    """``secrets`` found in ``text`` in plain text, ROT13 or any base64 run."""
+    plain = html.unescape(text)
+    found = [s for s in secrets if s in plain or codecs.encode(s, "rot13") in plain]
+    for run in re.findall(r"[A-Za-z0-9+/=]{16,}", plain):
+        decoded = base64.b64decode(run + "=" * (-len(run) % 4), validate=False).decode("latin-1")
+        found += [s for s in secrets if s in decoded]
+    return found
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_what_the_hidden_tests_send_never_comes_back(run):
+    """Attack (#29.5): record every input of the hidden tests, print it (plain, base64, ROT13, an exception)."""
+    if LESSON != fx.FIXTURE:
+        pytest.skip("the recorded inputs are the fixture lesson's")
+    _, report = run
+    rows = report.by_student()
+    assert rows["leak_inputs"].total == rows["correct"].total
+    assert not _carries(_published(report, "leak_inputs"), HIDDEN_INPUTS)
+    assert _carries("(10, -3) " + base64.b64encode(b"x (2.5, 0.5) y").decode(), HIDDEN_INPUTS)  # the probe works
+
+
+def test_the_kernel_never_gets_the_hidden_tests_configuration():
+    """Attack (#29.5): forbid(...) names and lists in a hidden test; the kernel sees the call's arguments only."""
+    trusted = [("import torch\nfrom lib.checks import forbid", None, {}),
+               ("def f(x): ...", "ex1_f", fx.SOL),
+               ("### BEGIN HIDDEN TESTS\n_banned = ('lib.attention.masked_softmax', 'torch.softmax')\n"
+                "with forbid(*_banned):\n    assert f(torch.ones(2)).shape == (2,)\n### END HIDDEN TESTS",
+                "ex1_f_hidden", fx.TEST)]
+    s, _ = fx.agent_session("import torch\ndef f(x):\n    return x * 2\n", trusted)
+    sent: list[str] = []
+    send = s.send
+    s.send = lambda text: sent.append(text) or send(text)
+    assert s.run_test("ex1_f_hidden") == []
+    headers = " ".join(json.dumps(wire.unpack(t)[0]) for t in sent)
+    assert sent and "softmax" not in headers and "forbid" not in headers
+
+
+def test_a_banned_torch_function_is_refused_by_the_grader():
+    """(#29.6) forbid(...) is decided in the grader, from the answer's source: nothing of it reaches the kernel."""
+    trusted = [("import torch\nfrom lib.checks import forbid", None, {}),
+               ("def f(x): ...", "ex1_f", fx.SOL),
+               ("### BEGIN HIDDEN TESTS\nwith forbid('torch.softmax'):\n    f(torch.ones(2))\n### END HIDDEN TESTS",
+                "ex1_f_hidden", fx.TEST)]
+    student = "import torch\ndef f(x):\n    return x.softmax(-1)\n"
+    s, _ = fx.agent_session(student, trusted)
+    s.answers = {"ex1_f": student}
+    out = s.run_test("ex1_f_hidden")
+    assert out and out[-1]["ename"] == "AssertionError" and "torch.softmax" in out[-1]["evalue"]
+    honest = "import torch\ndef f(x):\n    e = (x - x.max()).exp()\n    return e / e.sum()\n"
+    s, _ = fx.agent_session(honest, trusted)
+    s.answers = {"ex1_f": honest}
+    assert s.run_test("ex1_f_hidden") == []
+
+
+def test_the_kernels_lib_lacks_the_lessons_references(tmp_path):
+    """(#29.6) lib as the sandbox mounts it while lesson 02 is graded: its references raise, the rest works."""
+    from tools.autograder import withhold
+
+    trusted = nbformat.read(ROOT / "solutions" / "02_attention_scoring" / "02_attention_scoring.ipynb", as_version=4)
+    names = withhold.withheld_names(trusted)
+    assert "lib.attention.masked_softmax" in names
+    lib_copy, done = withhold.build(ROOT / "lib", names, tmp_path)
+    assert set(done) == set(names)
+    script = ("import torch, lib.attention as la\n"
+              "print(la.padding_mask(torch.tensor([2]), 3).tolist())\n"
+              "try:\n    la.masked_softmax(torch.zeros(1, 3), mask=torch.ones(1, 3, dtype=torch.bool))\n"
+              "except NotImplementedError as e:\n    print(type(e).__name__, e)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert "[[True, True, False]]" in done.stdout and "ReferenceWithheld" in done.stdout, done.stdout + done.stderr
+    import ast
+
+    tree = ast.parse((lib_copy / "attention.py").read_text())
+    body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "masked_softmax").body
+    assert isinstance(body[-1], ast.Raise) and len(body) <= 2  # a docstring and the raise: no code of it left
+
+
+_CALLS_THE_REFERENCE = """
+import contextlib
+import lib.attention as _la
+import lib.checks as _chk
+_chk.forbid = lambda *targets: contextlib.nullcontext()  # a forbid that bans nothing
+_ref = _la.masked_softmax
+
+
+def my_masked_softmax(scores, mask):
+    return _ref(scores, mask=mask)
+"""
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_calling_the_reference_earns_nothing(tmp_path):
+    """Attack (#29.6): lesson 02's exercise 1 answered by lib's reference through a private alias, forbid replaced."""
+    lesson = "02_attention_scoring"
+    root = fx.fixture_course(tmp_path / "course", lessons={lesson: ROOT / "solutions" / lesson})
+    solution = nbformat.read(root / "solutions" / lesson / f"{lesson}.ipynb", as_version=4)
+    cheat = fx.solve(fx.release(root, lesson), solution)
+    for cell in cheat.cells:
+        if fx._gid(cell) == "ex1_masked_softmax":
+            cell.source = _CALLS_THE_REFERENCE
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    nbformat.write(cheat, inbox / "cheat.ipynb")
+    report = grade(lesson, inbox, root=root, jobs=1, progress=False, similarity=False,
+                   limits=Limits(cell_timeout=120, submission_timeout=600, memory=3 * 1024**3))
+    row = report.by_student()["cheat"]
+    assert row.status == "graded", f"{row.status}: {row.reason}"
+    assert row.scores["ex1"] == 0, f"{row.scores}: {row.reason}"
+    assert row.scores["ex2"] > 0
+    assert "lib.attention.masked_softmax" in report.withheld

@@ -67,6 +67,8 @@ def summary(report: Report) -> str:
             if r.status != "graded":
                 lines.append(f"    {r.student}: {r.status}: {r.reason}")
     lines.append(f"  isolation:   {report.isolation}")
+    if report.withheld:
+        lines.append(f"  withheld from the kernels (the lesson's references): {', '.join(report.withheld)}")
     for fix in report.restored:
         lines.append(f"  RESTORED manual gradebook entry changed during the run: {fix}")
     lines.append(f"  grade table: {report.csv_path}")

@@ -35,6 +35,7 @@ import nbformat
 
 from tools.autograder import gradebook as gbk
 from tools.autograder import submissions as subs
+from tools.autograder import withhold
 from tools.autograder.config import (  # noqa: F401  (re-exported: the public names of the grader)
     GIB,
     NOT_RUN,
@@ -127,6 +128,8 @@ def _run(course: Course, assignment: str, notebook: str, folder: Path, scratch: 
     source = nbformat.read(course.source / assignment / f"{notebook}.ipynb", as_version=4)
     template = scratch / "gradebook.db"
     gbk.snapshot(course, template)
+    # the kernels' lib: without the references of this lesson (its hidden tests name them)
+    kernel_lib, withheld = withhold.build(REPO / "lib", withhold.withheld_names(source), scratch / "kernel-lib")
     jupyter = write_kernelspec(scratch, limits, iso)
     found = subs.find(folder, assignment, notebook)
     todo: list[Job] = []
@@ -187,7 +190,7 @@ def _run(course: Course, assignment: str, notebook: str, folder: Path, scratch: 
         try:
             sandbox_spec = None
             if iso.sandboxed:
-                sandbox_spec, ipc = plan(job.dir, lane.index, limits, iso, quick)
+                sandbox_spec, ipc = plan(job.dir, lane.index, limits, iso, quick, lib=kernel_lib)
                 job.spec.ipc_dir = str(ipc)
             return lane.run(job.dir, job.spec, sandbox_spec)
         finally:
@@ -219,7 +222,8 @@ def _run(course: Course, assignment: str, notebook: str, folder: Path, scratch: 
 
         sim_path = csv_path.with_name(f"{assignment}_similarity.csv")
         similarity_report(answers, release, REPO / "lib", sim_path, sim_path.with_suffix(".html"))
-    return Report(assignment, ordered, exercises, csv_path, course.feedback, 0.0, iso.describe(), restored, sim_path)
+    return Report(assignment, ordered, exercises, csv_path, course.feedback, 0.0, iso.describe(), restored, sim_path,
+                  withheld=withheld if iso.sandboxed else [])
 
 
 def _progress(total: int, assignment: str, enabled: bool):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import nbformat
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -46,6 +47,7 @@ from traitlets import Integer, Unicode
 
 from tools.autograder import wire
 from tools.autograder.grader import GraderSession, KernelGone, agent_source
+from tools.autograder.withhold import HIDDEN
 from tools.common import grade_id, is_test
 
 KERNEL_DIED = "KernelDied"
@@ -53,6 +55,7 @@ TRUNCATED = "... output truncated by the grader"
 MAX_PART = 1 << 20  # bytes of a message's header, parent header or metadata
 MAX_CONTENT = wire.MAX_TEXT + (1 << 16)  # bytes of a message's content: one answer of the agent fits
 DROPPED = "[a message over the grader's size limit was dropped]"
+_NAME_ERROR = re.compile(r"name '[A-Za-z_][A-Za-z0-9_]*' is not defined")
 
 
 def _error(ename: str, evalue: str) -> NotebookNode:
@@ -79,6 +82,29 @@ def _stub(msg_type: str) -> dict:
         return {"status": "error", "ename": "GraderLimit", "evalue": DROPPED, "traceback": [DROPPED],
                 "execution_count": None}
     return {}
+
+
+def after_hidden(outputs: list, *, test: bool) -> list:
+    """The outputs of a cell run after a hidden test sent its inputs to the kernel: nothing the kernel could
+    have written.  A check shows passed or failed (and the error's type), any other cell one fixed line; the
+    grader's own notes (dead kernel, timeout, truncation, memory) stay, for the status."""
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    kept: list = [NotebookNode(output_type="stream", name="stdout", text=f"\n{TRUNCATED}\n")
+                  for o in outputs[:1] if any(TRUNCATED in str(p.get("text", "")) for p in outputs)]
+    if test:
+        line = f"checks: {'failed' if errors else 'passed'} (details not shown: hidden tests ran before)\n"
+    else:
+        line = "[output not kept: this cell ran after the hidden tests sent their inputs to your code]\n"
+    kept.insert(0, NotebookNode(output_type="stream", name="stdout", text=line))
+    for e in errors:
+        ename = str(e.get("ename", ""))
+        ename = ename if ename.isidentifier() and len(ename) <= 60 else "Exception"
+        evalue = str(e.get("evalue", ""))
+        if ename not in (KERNEL_DIED, "CellTimeoutError", "GraderError") and not _NAME_ERROR.fullmatch(evalue):
+            memory = "can't allocate memory" in evalue or "out of memory" in evalue.lower()
+            evalue = "can't allocate memory" if memory else ""
+        kept.append(_error(ename, evalue[:1000]))
+    return kept
 
 
 def bound_session(session) -> None:
@@ -123,12 +149,16 @@ class SafeExecute(Execute):
         self._rpc = False
         self._received = 0  # characters of answers received in the current request
         self._fatal: BaseException | None = None
+        self._hidden = False  # the test cell running is a hidden one
         self.store_widget_state = False  # widget state would land in the stored notebook's metadata
         self.raise_on_iopub_timeout = False  # output lagging behind a reply is not a kernel that hangs
         self.iopub_timeout = max(self.iopub_timeout, self.timeout or 0)
+        self._hidden_sent = False  # a hidden test sent inputs to the kernel: later output could carry them
         if self.trusted_source:
             trusted = nbformat.read(self.trusted_source, as_version=4)
-            self._session = GraderSession(trusted, self._send, log=self.log.info)
+            answers = {grade_id(c): c.source for c in nb.cells if c.cell_type == "code" and grade_id(c)
+                       and c.get("metadata", {}).get("nbgrader", {}).get("solution")}
+            self._session = GraderSession(trusted, self._send, log=self.log.info, answers=answers)
         return super().preprocess(nb, resources, km=km)
 
     async def async_start_new_kernel_client(self):
@@ -163,6 +193,7 @@ class SafeExecute(Execute):
         if not self._agent:
             self._execute_quietly(agent_source())
             self._agent = True
+        self._hidden_sent = self._hidden_sent or self._hidden
         answers = self._execute_quietly(f"__import__('sys').modules['_course_rpc'].serve({text!r})")
         if not answers:
             raise RuntimeError("the student's kernel gave the grader no answer")
@@ -170,12 +201,15 @@ class SafeExecute(Execute):
 
     def _run_test(self, cell, resources, index):
         self._test_index, self._timed_out = index, False
+        self._hidden = HIDDEN in cell.source
         try:
             outputs = self._session.run_test(grade_id(cell), self.max_cell_output)
         except KernelGone:
             outputs = [{"output_type": "error", "ename": "GraderError", "evalue": "the kernel stopped answering",
                         "traceback": ["the kernel stopped answering while this test ran"]}]
         cell.outputs = [nbformat.from_dict(o) for o in outputs]
+        if self._hidden_sent and not self._hidden:  # a visible check after hidden inputs reached the kernel
+            cell.outputs = after_hidden(cell.outputs, test=True)
         cell.execution_count = None
         self.nb.cells[index] = cell  # nbclient stored the grader's requests at this index
         if self._fatal is not None:
@@ -256,7 +290,11 @@ class SafeExecute(Execute):
         try:
             if self._session is not None and is_test(cell) and grade_id(cell):
                 return self._run_test(cell, resources, index)
-            return super().preprocess_cell(cell, resources, index)
+            cell, resources = super().preprocess_cell(cell, resources, index)
+            if self._hidden_sent:  # the student's code may print what the hidden tests sent it
+                cell.outputs = after_hidden(cell.outputs, test=False)
+                self.nb.cells[index] = cell
+            return cell, resources
         except DeadKernelError:
             self._dead = self._exit_description()
             cell.outputs = list(cell.get("outputs", [])) + [_error(KERNEL_DIED, f"{self._dead} while running this cell")]

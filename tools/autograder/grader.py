@@ -19,9 +19,11 @@ Design choices for what test cells need beyond plain calls:
   keeps the call's graph, and the backward pass sends the output gradients to the
   kernel and gets the input gradients back (``torch.autograd.grad`` there).
   Gradients of parameters that live in the kernel do not flow back here;
-* **forbid(...)**: ``lib.checks.forbid`` is wrapped in this process so that every
-  call made inside a ``with forbid(...)`` block is run by the kernel inside the same
-  ``forbid`` (a hint, as before: the kernel is the student's);
+* **forbid(...)**: the hidden tests' configuration stays here.  ``lib``'s references named
+  by the lesson's hidden tests are not in the kernel at all while it is graded
+  (``withhold.py``); a call made inside a ``with forbid(...)`` block is refused here when
+  the exercise's answer (its solution cells in the submission) names one of the banned
+  torch functions (``_names``: an attribute, an imported name or a ``getattr`` string);
 * **check_not_reference** and ``in``/``==``: a proxy's ``__wrapped__`` is this
   process's own copy of the reference when the student's name *is* lib's object;
 * a test that passes a function of its own to the student's code can pass lib's,
@@ -64,6 +66,27 @@ def track_forbid() -> None:
     forbid._course_tracking = True  # type: ignore[attr-defined]
     forbid.__doc__ = original.__doc__
     checks.forbid = forbid
+
+
+def _names(code: str, target: str) -> bool:
+    """Whether ``code`` names ``target``'s function: as an attribute, a name imported from where it lives,
+    or a ``getattr`` string (a static look at the student's source, in the grader)."""
+    module, _, last = target.rpartition(".")
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return False
+    imported = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                and (n.module == module or module.startswith(n.module + ".") or n.module.startswith(module))
+                for a in n.names if a.name == last}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Attribute) and n.attr == last:
+            return True
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in imported:
+            return True
+        if isinstance(n, ast.Constant) and n.value == last:
+            return True
+    return False
 
 
 class RemoteError(Exception):
@@ -191,9 +214,13 @@ class Remote:
 class GraderSession:
     """One submission's test namespace (see the module docstring)."""
 
-    def __init__(self, trusted_nb, send: Callable[[str], str], *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, trusted_nb, send: Callable[[str], str], *, log: Callable[[str], None] | None = None,
+                 answers: dict[str, str] | None = None) -> None:
         track_forbid()
         self.send = send
+        self.answers = answers or {}  # grade_id -> the submission's solution cell (the forbid check reads it)
+        self.exercise = ""  # "ex1" while ex1's tests run
+        self._banned: dict[tuple[str, str], bool] = {}
         self.log = log or (lambda text: None)
         self.ns: dict = {"__name__": "__main__", "__builtins__": builtins}
         self.cells = []  # (kind, grade_id, source)
@@ -308,9 +335,10 @@ class GraderSession:
         return next(pid for pid, (q, _) in self.mirrors.items() if q is p)
 
     def _call(self, target, attr, args, kwargs, *, grad: bool, params: list | None = None):
+        self._check_forbidden()
         enc = self._encoder()
         header = {"op": "call", **target, "attr": attr, "args": enc(tuple(args)), "kwargs": enc(dict(kwargs)),
-                  "forbid": [list(g) for g in _active_forbid], "grad": grad, "params": params or []}
+                  "grad": grad, "params": params or []}
         sync = self._sync(enc) if self.mirrors else None
         if sync:
             header["sync"] = sync
@@ -320,6 +348,20 @@ class GraderSession:
         cid = next(self._calls)
         header["call"] = cid
         return self.request(header, enc.blobs), cid
+
+    def _check_forbidden(self) -> None:
+        """Inside ``forbid(...)``: refuse the call when the exercise's answer names a banned torch function
+        (lib's references are not in the kernel: withhold.py).  Nothing of the ban reaches the kernel."""
+        for group in _active_forbid:
+            for target in group:
+                if target == "lib" or target.startswith("lib."):
+                    continue
+                key = (self.exercise, target)
+                if key not in self._banned:
+                    code = "\n".join(src for gid, src in self.answers.items() if gid.split("_")[0] == self.exercise)
+                    self._banned[key] = _names(code, target)
+                if self._banned[key]:
+                    raise AssertionError(f"your code called {target}; this exercise asks you to implement it yourself")
 
     def backward(self, cid: int, grads: list):
         enc = self._encoder()
@@ -393,6 +435,7 @@ class GraderSession:
             return [_error_output("GraderError", f"no test cell {grade_id!r} in the lesson's source", [])]
         self.catch_up(i)
         self.done = max(self.done, i + 1)
+        self.exercise = grade_id.split("_")[0]
         source = self.cells[i][2]
         filename = f"<test {grade_id}>"
         out = io.StringIO()

@@ -38,6 +38,7 @@ class Report:
     isolation: str = ""
     restored: list[str] = field(default_factory=list)  # manual gradebook entries put back
     similarity: Path | None = None
+    withheld: list[str] = field(default_factory=list)  # lib references the kernels did not have
 
     def by_student(self) -> dict[str, Row]:
         return {r.student: r for r in self.rows}

