@@ -42,6 +42,7 @@ import traceback
 from collections.abc import Callable
 
 from tools.autograder import wire
+from tools.common import grade_id, is_test, nbgrader_md
 
 _active_forbid: list[tuple[str, ...]] = []
 
@@ -227,9 +228,8 @@ class GraderSession:
         for i, c in enumerate(trusted_nb.cells):
             if c.cell_type != "code":
                 continue
-            md = c.get("metadata", {}).get("nbgrader", {})
-            kind = "solution" if md.get("solution") else "test" if md.get("grade") else "code"
-            self.cells.append((kind, md.get("grade_id") or f"cell {i}", c.source))
+            kind = "test" if is_test(c) else "solution" if nbgrader_md(c).get("solution") else "code"
+            self.cells.append((kind, grade_id(c) or f"cell {i}", c.source))
         self.done = 0
         self.mirrors: dict[int, list] = {}  # parameter handle -> [this process's copy, its version when synced]
         self.module_params: dict[int, list] = {}  # module handle -> its parameters' copies
@@ -485,10 +485,11 @@ def _referenced(ref: str | None):
 
 
 def _layer_class(name: str):
-    """The class of a layer the kernel sends as data: one of wire.MODULES, already imported here."""
-    if name not in wire.MODULES:
+    """The class of a layer the kernel sends as data (wire.layer_kwargs), already imported here."""
+    cls = wire.resolve_ref(name, may_import=False)
+    if not isinstance(cls, type) or wire.layer_kwargs(cls) is None:
         raise wire.WireError("not a layer the grader accepts")
-    return wire.resolve_ref(name, may_import=False)
+    return cls
 
 
 def _declared_class(name: str, bases: tuple) -> type | None:

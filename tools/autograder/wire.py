@@ -119,16 +119,10 @@ def resolve_ref(name: str, *, may_import: bool = True) -> object:
     return obj
 
 
-# Layers a test may pass to the student's code (torch.nn's and lib's own), keyed by their reference
-# (module:qualname): their constructor arguments, read back from the layer.
-def _patch_embed_kwargs(m) -> dict:
-    return {"img_size": m.img_size, "patch_size": m.patch_size, "in_chans": m.in_chans, "d_model": m.d_model,
-            "norm": m.norm.__class__.__name__ == "LayerNorm", "eps": getattr(m.norm, "eps", 1e-6),
-            "flatten": m.flatten, "bias": m.proj.bias is not None, "strict_img_size": m.strict_img_size,
-            "dynamic_img_pad": m.dynamic_img_pad}
-
-
-MODULES = {
+# Layers that travel as data (class, constructor arguments, state): torch.nn's own, keyed by their reference
+# (module:qualname), with their constructor arguments read back from the layer; and any lib layer that
+# says so itself with an ``init_kwargs()`` method (the grader lists no lesson's class).
+TORCH_LAYERS = {
     "torch.nn.modules.linear:Linear": lambda m: {"in_features": m.in_features, "out_features": m.out_features,
                                                  "bias": m.bias is not None, "dtype": m.weight.dtype},
     "torch.nn.modules.conv:Conv1d": lambda m: {
@@ -145,17 +139,25 @@ MODULES = {
     "torch.nn.modules.activation:ReLU": lambda m: {},
     "torch.nn.modules.activation:GELU": lambda m: {"approximate": m.approximate},
     "torch.nn.modules.linear:Identity": lambda m: {},
-    "lib.vit:PatchEmbed": _patch_embed_kwargs,
-    "lib.vit:PatchEmbedLinear": _patch_embed_kwargs,
 }
 
 
+def layer_kwargs(cls):
+    """How to read a layer of class ``cls`` back as constructor arguments, or None: it does not travel as data."""
+    name = ref_name(cls)
+    if name in TORCH_LAYERS:
+        return TORCH_LAYERS[name]
+    if name and name.startswith("lib.") and callable(getattr(cls, "init_kwargs", None)):
+        return lambda m: m.init_kwargs()
+    return None
+
+
 def module_data(m, encode) -> dict | None:
-    """A layer of :data:`MODULES` as data (class, constructor arguments, state), else None."""
-    name = ref_name(type(m))
-    if name not in MODULES:
+    """A layer that travels as data (see :func:`layer_kwargs`): class, constructor arguments, state; else None."""
+    kwargs = layer_kwargs(type(m))
+    if kwargs is None:
         return None
-    return {"M": name, "kw": encode(MODULES[name](m)), "state": encode(dict(m.state_dict())),
+    return {"M": ref_name(type(m)), "kw": encode(kwargs(m)), "state": encode(dict(m.state_dict())),
             "training": bool(m.training)}
 
 
@@ -276,7 +278,7 @@ class Decoder:
         this process allocate more than the message holds."""
         torch = _need_torch()
         cls = self.layer(str(x.get("M")))
-        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and ref_name(cls) in MODULES):
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and layer_kwargs(cls) is not None):
             raise WireError("not a layer the grader sends")
         kwargs = self(x.get("kw", {"D": []}), depth + 1)
         state = self(x.get("state", {"D": []}), depth + 1)
@@ -436,7 +438,7 @@ class Agent:
                 self.calls.pop(next(iter(self.calls)))
             params = [self._lookup({"H": pid}) for pid in h.get("params") or []]
             self.calls[int(h.get("call", 0))] = (dec.leaves + params, _tensors(value, torch))
-        def other(obj):  # torch's and lib's layers of MODULES as data (the grader builds its own), else a handle
+        def other(obj):  # layers that travel as data (the grader builds its own), else a handle
             layer = module_data(obj, enc) if torch is not None and isinstance(obj, torch.nn.Module) else None
             return layer if layer is not None else _materialize(obj, enc, self._handle_of)
 
