@@ -968,3 +968,64 @@ def test_calling_the_reference_earns_nothing(tmp_path):
     assert row.scores["ex1"] == 0, f"{row.scores}: {row.reason}"
     assert row.scores["ex2"] > 0
     assert "lib.attention.masked_softmax" in report.withheld
+
+
+_SHARES = """
+import torch
+from torch import nn
+
+
+def to_conv(linear):  # shares the Linear's memory instead of copying it
+    conv = nn.Conv1d(linear.in_features, linear.out_features, 1)
+    conv.weight = nn.Parameter(linear.weight.unsqueeze(-1))
+    conv.bias = linear.bias
+    return conv
+
+
+def to_conv_copy(linear):
+    conv = nn.Conv1d(linear.in_features, linear.out_features, 1)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.unsqueeze(-1))
+        conv.bias.copy_(linear.bias)
+    return conv
+
+
+def same(x):
+    return x
+
+
+def half_of(x):
+    return x[:, :2]
+
+
+def bump(x):
+    x.add_(1)
+    return None
+"""
+
+
+def test_identity_aliasing_and_in_place_updates_are_observed():
+    """Attack (#29.3): lesson 05's "copy, do not share" check against an answer that shares the Linear's memory."""
+    trusted = [("def to_conv(linear): ...\ndef to_conv_copy(linear): ...\ndef same(x): ...\ndef half_of(x): ...\n"
+                "def bump(x): ...", "ex1", fx.SOL)]
+    import torch
+
+    s, _ = fx.agent_session(_SHARES, trusted)
+    s.catch_up(1)
+    lin = torch.nn.Linear(6, 10)
+    shared = s.ns["to_conv"](lin)
+    assert shared.weight.untyped_storage().data_ptr() == lin.weight.untyped_storage().data_ptr()
+    assert shared.bias.untyped_storage().data_ptr() == lin.bias.untyped_storage().data_ptr()
+    with torch.no_grad():
+        shared.weight.add_(1.0)  # lesson 05's hidden check: training one changes the other
+    assert torch.equal(shared.weight.squeeze(-1), lin.weight)
+    copied = s.ns["to_conv_copy"](lin)
+    assert copied.weight.untyped_storage().data_ptr() != lin.weight.untyped_storage().data_ptr()
+    assert torch.equal(copied.weight.squeeze(-1), lin.weight)
+    x = torch.randn(3, 4)
+    assert s.ns["same"](x) is x  # identity
+    view = s.ns["half_of"](x)
+    assert view.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() and torch.equal(view, x[:, :2])
+    before = x.clone()
+    assert s.ns["bump"](x) is None
+    assert torch.equal(x, before + 1)  # the in-place update reached the grader's tensor

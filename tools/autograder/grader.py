@@ -237,7 +237,7 @@ class GraderSession:
         self._calls = itertools.count(1)
 
     # -- requests ------------------------------------------------------------
-    def request(self, header: dict, blobs: list[bytes] | None = None, *, raw: bool = False):
+    def request(self, header: dict, blobs: list[bytes] | None = None, *, raw: bool = False, sent: list | None = None):
         if self.mirrors and header.get("op") != "call" and "sync" not in header:
             enc = wire.Encoder(_refuse)
             sync = self._sync(enc)
@@ -250,12 +250,30 @@ class GraderSession:
         value = reply.get("value")
         if raw:
             return value
-        return self.decode(value, rblobs)
+        if sent and reply.get("inplace"):
+            self._apply_inplace(reply["inplace"], rblobs, sent)
+        return self.decode(value, rblobs, sent)
 
-    def decode(self, value, blobs):
+    def decode(self, value, blobs, sent: list | None = None):
         # the kernel names lib's objects only inside handles (for identity checks); a bare reference
-        # (a function this process would then call) or a layer to build is refused
-        return wire.Decoder(blobs, self._proxy, _no_reference, param=self._mirror, layer=_layer_class)(value)
+        # (a function this process would then call) is refused; answers in the memory of the request's
+        # tensors come back as views of them (aliasing and identity as in the kernel)
+        return wire.Decoder(blobs, self._proxy, _no_reference, param=self._mirror, layer=_layer_class,
+                            sent=sent)(value)
+
+    def _apply_inplace(self, changes, blobs, sent: list) -> None:
+        """The request's tensors that the student's code changed in place: the same change here."""
+        import torch
+
+        dec = wire.Decoder(blobs, self._proxy, _no_reference)
+        for change in changes if isinstance(changes, list) else []:
+            if not (isinstance(change, list) and len(change) == 2 and type(change[0]) is int
+                    and 0 <= change[0] < len(sent) and isinstance(change[1], dict) and "X" in change[1]):
+                raise wire.WireError("malformed in-place update")
+            target, new = sent[change[0]], dec.tensor(change[1])
+            if new.shape == target.shape and new.dtype == target.dtype:
+                with torch.no_grad():
+                    target.copy_(new)
 
     def _mirror(self, pid: int, t, rg: bool):
         """This process's copy of a parameter of the student's module: one object per parameter, kept in sync."""
@@ -347,7 +365,7 @@ class GraderSession:
         header["grad_mode"] = grad or (bool(torch.is_grad_enabled()) if torch is not None else True)
         cid = next(self._calls)
         header["call"] = cid
-        return self.request(header, enc.blobs), cid
+        return self.request(header, enc.blobs, sent=enc.tensors), cid
 
     def _check_forbidden(self) -> None:
         """Inside ``forbid(...)``: refuse the call when the exercise's answer names a banned torch function

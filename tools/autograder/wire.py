@@ -164,10 +164,12 @@ def module_data(m, encode) -> dict | None:
 class Encoder:
     """Turns a value into a JSON tree plus blobs; ``other(obj)`` encodes what is not data (or raises)."""
 
-    def __init__(self, other, param_id=None) -> None:
+    def __init__(self, other, param_id=None, aliases=None) -> None:
         self.blobs: list[bytes] = []
+        self.tensors: list = []  # the tensors encoded, by blob index (the grader keeps them for aliases)
         self.other = other
         self.param_id = param_id  # kernel side: a handle number for each nn.Parameter (the grader mirrors it)
+        self.aliases = aliases or []  # kernel side: (blob index, tensor) of the call's inputs, for answers in them
 
     def __call__(self, x: object, depth: int = 0) -> object:
         if depth > MAX_DEPTH:
@@ -200,10 +202,18 @@ class Encoder:
             return self(x.item(), depth + 1)
         return self.other(x)
 
-    def tensor(self, x) -> dict:
+    def tensor(self, x, alias: bool = True) -> dict:
         torch = _torch()
         if x.layout != torch.strided:
             return self.other(x)
+        if alias:
+            for i, base in self.aliases:  # the answer lives in an input's memory: say which, not the bytes
+                if base.numel() and x.dtype == base.dtype and x.device == base.device \
+                        and x.untyped_storage().data_ptr() == base.untyped_storage().data_ptr():
+                    return {"A": i, "dtype": str(x.dtype).removeprefix("torch."), "shape": list(x.shape),
+                            "stride": list(x.stride()), "offset": x.storage_offset() - base.storage_offset(),
+                            "base_stride": list(base.stride()), "rg": bool(x.requires_grad),
+                            "p": isinstance(x, torch.nn.Parameter)}
         t = x.detach()
         if t.device.type != "cpu":
             t = t.cpu()
@@ -217,6 +227,7 @@ class Encoder:
             flat = flat.clone(memory_format=torch.contiguous_format)
         data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
         self.blobs.append(data)
+        self.tensors.append(x)
         out = {"X": len(self.blobs) - 1, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
                "perm": perm, "rg": bool(x.requires_grad), "p": isinstance(x, torch.nn.Parameter)}
         if out["p"] and self.param_id is not None:
@@ -228,9 +239,11 @@ class Decoder:
     """The inverse of :class:`Encoder`; ``handle(tag)`` and ``ref(name)`` decode handles and references."""
 
     def __init__(self, blobs: list[bytes], handle, ref, *, grad_inputs: bool = False, param=None,
-                 layer=None) -> None:
+                 layer=None, sent=None) -> None:
         self.blobs, self.handle, self.ref, self.param = blobs, handle, ref, param
         self.layer = layer or ref  # the class of a layer sent as data, from its reference
+        self.sent = sent  # grader side: the tensors of the request, by blob index (what an alias names)
+        self.decoded: list = []  # kernel side: (blob index, tensor, its buffer) of every tensor decoded
         self.grad_inputs = grad_inputs  # kernel side: inputs flagged rg become leaves that require grad
         self.leaves: list = []
 
@@ -257,6 +270,8 @@ class Decoder:
             return frozenset(items) if x.get("frozen") else set(items)
         if "X" in x:
             return self.tensor(x)
+        if "A" in x:
+            return self.alias(x)
         if "dtype" in x:
             return getattr(_need_torch(), _dtype_name(x["dtype"]))
         if "S" in x:
@@ -311,12 +326,15 @@ class Decoder:
         itemsize = torch.empty(0, dtype=dtype).element_size()
         if len(data) != numel * itemsize:
             raise WireError("tensor data does not match its shape")
+        buf = bytearray(data)
         if numel == 0:
             p = torch.empty(pshape, dtype=dtype)
         else:
-            p = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(pshape)
+            p = torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(pshape)
         inverse = sorted(range(len(perm)), key=lambda d: perm[d])
         t = p.permute(inverse)
+        if numel:
+            self.decoded.append((i, t, buf))
         rg = bool(x.get("rg")) and (dtype.is_floating_point or dtype.is_complex)
         if x.get("p"):
             if self.param is not None and type(x.get("pid")) is int:
@@ -329,6 +347,30 @@ class Decoder:
             t.requires_grad_(True)
             self.leaves.append(t)
         return t
+
+
+    def alias(self, x: dict):
+        """An answer that lives in the memory of one of the request's tensors: a view of the grader's own
+        tensor (the tensor itself when it is all of it), so aliasing and identity are what the kernel did."""
+        torch = _need_torch()
+        i, shape, stride, offset = x.get("A"), x.get("shape"), x.get("stride"), x.get("offset")
+        ints = (lambda v: isinstance(v, list) and all(type(n) is int and n >= 0 for n in v))
+        if self.sent is None or type(i) is not int or not 0 <= i < len(self.sent) or not ints(shape) \
+                or not ints(stride) or len(stride) != len(shape) or type(offset) is not int or offset < 0:
+            raise WireError("malformed alias")
+        base = self.sent[i]
+        if str(base.dtype).removeprefix("torch.") != x.get("dtype") or x.get("base_stride") != list(base.stride()):
+            raise WireError("malformed alias")
+        if shape == list(base.shape) and stride == list(base.stride()) and offset == 0:
+            return base
+        start = base.storage_offset() + offset
+        end = start + sum((n - 1) * st for n, st in zip(shape, stride, strict=True)) if all(shape) else start
+        if end >= base.untyped_storage().nbytes() // base.element_size():
+            raise WireError("malformed alias: outside the tensor's memory")
+        view = base.detach().as_strided(shape, stride, start)
+        if x.get("p"):
+            return torch.nn.Parameter(view, requires_grad=bool(x.get("rg")))
+        return view
 
 
 def _list(v: object) -> list:
@@ -430,6 +472,8 @@ class Agent:
                     value = target(*args, **kwargs)
             else:
                 value = target(*args, **kwargs)
+            # inputs the student's code changed in place: their new values go back to the grader's tensors
+            inplace = [(i, t) for i, t, buf in dec.decoded if bytes(buf) != blobs[i]]
         else:
             raise WireError(f"unknown request {str(op)[:40]!r}")
         value = _materialize(value)
@@ -442,8 +486,12 @@ class Agent:
             layer = module_data(obj, enc) if torch is not None and isinstance(obj, torch.nn.Module) else None
             return layer if layer is not None else _materialize(obj, enc, self._handle_of)
 
-        enc = Encoder(other, lambda p: self._handle_of(p)["H"])
-        return {"ok": True, "value": enc(value)}, enc.blobs
+        inputs = [(i, t) for i, t, _ in dec.decoded] if op == "call" else []
+        enc = Encoder(other, lambda p: self._handle_of(p)["H"], aliases=inputs)
+        reply = {"ok": True, "value": enc(value)}
+        if op == "call" and inplace:
+            reply["inplace"] = [[i, enc.tensor(t, alias=False)] for i, t in inplace]
+        return reply, enc.blobs
 
     def _lookup(self, tag: dict) -> object:
         n = tag.get("H")
