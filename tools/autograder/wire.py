@@ -354,9 +354,8 @@ class Decoder:
         tensor (the tensor itself when it is all of it), so aliasing and identity are what the kernel did."""
         torch = _need_torch()
         i, shape, stride, offset = x.get("A"), x.get("shape"), x.get("stride"), x.get("offset")
-        ints = (lambda v: isinstance(v, list) and all(type(n) is int and n >= 0 for n in v))
-        if self.sent is None or type(i) is not int or not 0 <= i < len(self.sent) or not ints(shape) \
-                or not ints(stride) or len(stride) != len(shape) or type(offset) is not int or offset < 0:
+        if self.sent is None or type(i) is not int or not 0 <= i < len(self.sent) or not _sizes(shape) \
+                or not _sizes(stride) or len(stride) != len(shape) or type(offset) is not int or offset < 0:
             raise WireError("malformed alias")
         base = self.sent[i]
         if str(base.dtype).removeprefix("torch.") != x.get("dtype") or x.get("base_stride") != list(base.stride()):
@@ -371,6 +370,10 @@ class Decoder:
         if x.get("p"):
             return torch.nn.Parameter(view, requires_grad=bool(x.get("rg")))
         return view
+
+
+def _sizes(v: object) -> bool:
+    return isinstance(v, list) and all(type(n) is int and n >= 0 for n in v)
 
 
 def _list(v: object) -> list:
