@@ -100,6 +100,17 @@ def release(root: Path, lesson: str) -> nbformat.NotebookNode:
     return nbformat.read(next((out / lesson).glob("*.ipynb")), as_version=4)
 
 
+def inbox(root: Path, folder: Path, pick: dict[str, str], **kwargs) -> Path:
+    """A folder of submissions of ``fx_lesson`` (course ``root``): ``{student: fixture}`` of ``bad_submissions``."""
+    student = release(root, FIXTURE)
+    solution = nbformat.read(root / "solutions" / FIXTURE / f"{FIXTURE}.ipynb", as_version=4)
+    files = bad_submissions(student, solution, **kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, kind in pick.items():
+        (folder / f"{name}.ipynb").write_bytes(files[kind])
+    return folder
+
+
 # ----------------------------------------------------------------------------
 def solve(student: nbformat.NotebookNode, solution: nbformat.NotebookNode,
           exercises: set[str] | None = None) -> nbformat.NotebookNode:

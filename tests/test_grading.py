@@ -573,13 +573,7 @@ def test_refuses_without_a_sandbox_unless_accepted(tmp_path, monkeypatch, capsys
 @needs_sandbox
 def test_a_killed_parent_leaves_nothing_and_a_rerun_grades(tmp_path):
     root = fx.fixture_course(tmp_path / "course")
-    student = fx.release(root, fx.FIXTURE)
-    solution = nbformat.read(root / "solutions" / fx.FIXTURE / f"{fx.FIXTURE}.ipynb", as_version=4)
-    files = fx.bad_submissions(student, solution)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    (inbox / "looper.ipynb").write_bytes(files["infinite_loop"])
-    (inbox / "correct.ipynb").write_bytes(files["correct"])
+    inbox = fx.inbox(root, tmp_path / "inbox", {"looper": "infinite_loop", "correct": "correct"})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "tools.grade", fx.FIXTURE, str(inbox), "--root", str(root), "--no-progress",
            "--cell-timeout", "60", "--jobs", "1"]
@@ -658,13 +652,7 @@ def test_a_course_under_tmp_grades(tmp_path):
             shutil.copytree(ROOT / part, clone / part, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copyfile(ROOT / "nbgrader_config.py", clone / "nbgrader_config.py")
         root = fx.fixture_course(clone / "course")
-        student = fx.release(root, fx.FIXTURE)
-        solution = nbformat.read(root / "solutions" / fx.FIXTURE / f"{fx.FIXTURE}.ipynb", as_version=4)
-        files = fx.bad_submissions(student, solution)
-        inbox = clone / "inbox"
-        inbox.mkdir()
-        for name in ("correct", "blank"):
-            (inbox / f"{name}.ipynb").write_bytes(files[name])
+        inbox = fx.inbox(root, clone / "inbox", {"correct": "correct", "blank": "blank"})
         env = {**os.environ, "PYTHONPATH": str(clone)}
         done = subprocess.run([sys.executable, "-m", "tools.grade", fx.FIXTURE, str(inbox), "--root", str(root),
                                "--no-progress", "--no-similarity", "--cell-timeout", "20"],
@@ -694,11 +682,7 @@ def test_grader_failures_exit_non_zero_with_the_reason(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(core, "plan", broken)
     root = fx.fixture_course(tmp_path / "course")
-    student = fx.release(root, fx.FIXTURE)
-    solution = nbformat.read(root / "solutions" / fx.FIXTURE / f"{fx.FIXTURE}.ipynb", as_version=4)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    (inbox / "alice.ipynb").write_bytes(fx.bad_submissions(student, solution)["correct"])
+    inbox = fx.inbox(root, tmp_path / "inbox", {"alice": "correct"})
     code = main([fx.FIXTURE, str(inbox), "--root", str(root), "--no-progress", "--no-similarity",
                  "--cell-timeout", "10", "--timeout", "60"])
     err = capsys.readouterr().err
