@@ -138,6 +138,14 @@ def _exercises(nb) -> list[str]:
     return out
 
 
+def _insert_before_hidden_tests(nb, cell) -> nbformat.NotebookNode:
+    """Insert ``cell`` before the first hidden test (what the kernel prints there reaches the autograded notebook:
+    after a hidden test it would not, issue #29 item 5)."""
+    nb = copy.deepcopy(nb)
+    nb.cells.insert(_solution_cells(nb)[0] + 1, cell)  # right after the first answer, before any test
+    return nb
+
+
 def _insert_after_first_exercise(nb, cell) -> nbformat.NotebookNode:
     """Insert ``cell`` after the last graded cell of the first exercise."""
     nb = copy.deepcopy(nb)
@@ -557,12 +565,12 @@ def attack_submissions(student: nbformat.NotebookNode, solution: nbformat.Notebo
     """name -> file contents of the grader attacks (see docs/grading.md, "Attacks the tests cover")."""
     good = solve(student, solution)
     out: dict[str, nbformat.NotebookNode] = {
-        "read_hidden_tests": _insert_after_first_exercise(good, new_code_cell(_READ_EVERYTHING)),
-        "write_outside": _insert_after_first_exercise(good, new_code_cell(_WRITE_OUTSIDE)),
-        "kill_others": _insert_after_first_exercise(good, new_code_cell(_KILL_OTHERS)),
-        "orphan_process": _insert_after_first_exercise(good, new_code_cell(_ORPHAN)),
-        "network": _insert_after_first_exercise(good, new_code_cell(_NETWORK)),
-        "html_output": _insert_after_first_exercise(good, new_code_cell(_HTML_OUTPUT)),
+        "read_hidden_tests": _insert_before_hidden_tests(good, new_code_cell(_READ_EVERYTHING)),
+        "write_outside": _insert_before_hidden_tests(good, new_code_cell(_WRITE_OUTSIDE)),
+        "kill_others": _insert_before_hidden_tests(good, new_code_cell(_KILL_OTHERS)),
+        "orphan_process": _insert_before_hidden_tests(good, new_code_cell(_ORPHAN)),
+        "network": _insert_before_hidden_tests(good, new_code_cell(_NETWORK)),
+        "html_output": _insert_before_hidden_tests(good, new_code_cell(_HTML_OUTPUT)),
     }
     md = copy.deepcopy(good)
     md.cells.insert(1, new_markdown_cell(

@@ -5,7 +5,7 @@ autograde pipeline.  Compared with it:
 
 * **Every message from the kernel is bounded before it is parsed**: a message part
   over :data:`MAX_PART` bytes (header, metadata) is dropped unread, a content over
-  :data:`MAX_CONTENT` is replaced by a short notice; widget state is not stored.
+  :data:`MAX_CONTENT` is replaced by a short notice; comms (widget state) are ignored.
 * **Output is capped while it arrives** (per cell and per notebook, in
   characters), so a cell printing gigabytes neither fills the grader's memory
   nor the feedback.  nbgrader's ``LimitOutput`` only counts lines after the
@@ -41,6 +41,7 @@ import re
 
 import nbformat
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbclient.util import run_sync
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Integer, Unicode
@@ -150,7 +151,6 @@ class SafeExecute(Execute):
         self._received = 0  # characters of answers received in the current request
         self._fatal: BaseException | None = None
         self._hidden = False  # the test cell running is a hidden one
-        self.store_widget_state = False  # widget state would land in the stored notebook's metadata
         self.raise_on_iopub_timeout = False  # output lagging behind a reply is not a kernel that hangs
         self.iopub_timeout = max(self.iopub_timeout, self.timeout or 0)
         self._hidden_sent = False  # a hidden test sent inputs to the kernel: later output could carry them
@@ -167,6 +167,8 @@ class SafeExecute(Execute):
         if self.socket_dir and os.geteuid() == 0 and os.stat(self.socket_dir).st_uid == 0:
             os.chmod(self.socket_dir, 0o750)  # the kernel's sockets exist: no new file from it
         return kc
+
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)  # what nbclient's setup_kernel calls
 
     # -- the grader's requests to the kernel ----------------------------------
     def _execute_quietly(self, source: str) -> list:
@@ -216,6 +218,11 @@ class SafeExecute(Execute):
             fatal, self._fatal = self._fatal, None
             raise fatal
         return cell, resources
+
+    def handle_comm_msg(self, outs, msg, cell_index):  # type: ignore[override]
+        """Comms (widgets) are the kernel's: never stored, never interpreted (a malformed one made nbclient
+        raise and nbgrader drop the whole submission)."""
+        return None
 
     # -- output cap ---------------------------------------------------------
     def output(self, outs, msg, display_id, cell_index):  # type: ignore[override]
