@@ -515,6 +515,7 @@ def _declared_class(name: str, bases: tuple) -> type | None:
     import types
 
     torch = sys.modules.get("torch")
+    bases = tuple(b._declared if type(b) is Remote and b._declared is not None else b for b in bases)  # X(MyBase)
     bases = tuple(b for b in bases if isinstance(b, type)
                   and not (torch is not None and issubclass(b, torch.Tensor)))  # never a tensor: torch reads memory
     try:
