@@ -878,8 +878,9 @@ def test_the_kernel_never_gets_the_hidden_tests_configuration():
     assert sent and "softmax" not in headers and "forbid" not in headers
 
 
-def test_a_banned_torch_function_is_refused_by_the_grader():
-    """(#29.6) forbid(...) is decided in the grader, from the answer's source: nothing of it reaches the kernel."""
+def test_a_banned_function_is_refused_by_the_grader():
+    """Attack (#29.6): forbid(...) decided in the grader from the answer's source (torch's softmax as a method;
+    lib's reference through an import in another cell and a private alias); nothing of it reaches the kernel."""
     trusted = [("import torch\nfrom lib.checks import forbid", None, {}),
                ("def f(x): ...", "ex1_f", fx.SOL),
                ("### BEGIN HIDDEN TESTS\nwith forbid('torch.softmax'):\n    f(torch.ones(2))\n### END HIDDEN TESTS",
@@ -893,6 +894,19 @@ def test_a_banned_torch_function_is_refused_by_the_grader():
     s, _ = fx.agent_session(honest, trusted)
     s.answers = {"ex1_f": honest}
     assert s.run_test("ex1_f_hidden") == []
+    # a lib reference, bound through an import in another cell and a private alias
+    lib_trusted = [trusted[0], trusted[1], (trusted[2][0].replace("torch.softmax", "lib.attention.masked_softmax"),
+                                            "ex1_f_hidden", fx.TEST)]
+    imports = "import torch\nimport lib.attention as _la\n"
+    cheat = "_m = _la.masked_softmax\ndef f(x):\n    return _m(x, mask=torch.ones_like(x, dtype=torch.bool))\n"
+    s, _ = fx.agent_session(imports + cheat, lib_trusted)
+    s.answers, s.student_code = {"ex1_f": cheat}, [imports, cheat]
+    out = s.run_test("ex1_f_hidden")
+    assert out and "lib.attention.masked_softmax" in out[-1]["evalue"]
+    own = "def f(x):\n    masked_softmax = x.exp\n    return masked_softmax() / x.exp().sum()\n"  # its own name
+    s, _ = fx.agent_session(imports + own, lib_trusted)
+    s.answers, s.student_code = {"ex1_f": own}, [imports, own]
+    assert s.run_test("ex1_f_hidden") == []
 
 
 def test_the_kernels_lib_lacks_the_lessons_references(tmp_path):
@@ -901,12 +915,13 @@ def test_the_kernels_lib_lacks_the_lessons_references(tmp_path):
 
     trusted = nbformat.read(ROOT / "solutions" / "02_attention_scoring" / "02_attention_scoring.ipynb", as_version=4)
     names = withhold.withheld_names(trusted)
-    assert "lib.attention.masked_softmax" in names
+    assert "lib.attention.scaled_dot_product_attention" in names
+    assert "lib.attention.masked_softmax" not in names  # exercise 2's model answer uses it
     lib_copy, done = withhold.build(ROOT / "lib", names, tmp_path)
     assert set(done) == set(names)
     script = ("import torch, lib.attention as la\n"
               "print(la.padding_mask(torch.tensor([2]), 3).tolist())\n"
-              "try:\n    la.masked_softmax(torch.zeros(1, 3), mask=torch.ones(1, 3, dtype=torch.bool))\n"
+              "try:\n    la.scaled_dot_product_attention(*[torch.zeros(1, 2, 3)] * 3)\n"
               "except NotImplementedError as e:\n    print(type(e).__name__, e)\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
@@ -914,7 +929,7 @@ def test_the_kernels_lib_lacks_the_lessons_references(tmp_path):
     import ast
 
     tree = ast.parse((lib_copy / "attention.py").read_text())
-    body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "masked_softmax").body
+    body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "scaled_dot_product_attention").body
     assert isinstance(body[-1], ast.Raise) and len(body) <= 2  # a docstring and the raise: no code of it left
 
 
@@ -949,9 +964,12 @@ def test_calling_the_reference_earns_nothing(tmp_path):
                    limits=Limits(cell_timeout=120, submission_timeout=600, memory=3 * 1024**3))
     row = report.by_student()["cheat"]
     assert row.status == "graded", f"{row.status}: {row.reason}"
-    assert row.scores["ex1"] == 0, f"{row.scores}: {row.reason}"
-    assert row.scores["ex2"] > 0
-    assert "lib.attention.masked_softmax" in report.withheld
+    # the visible check (2 points) bans nothing; the hidden tests' 3 points are lost (on main: 5 of 5)
+    assert row.scores["ex1"] == 2, f"{row.scores}: {row.reason}"
+    assert row.scores["ex2"] == 5, f"{row.scores}: {row.reason}"
+    # exercise 2's model answer uses masked_softmax: it stays; the lesson's other references do not
+    assert "lib.attention.scaled_dot_product_attention" in report.withheld
+    assert "lib.attention.masked_softmax" not in report.withheld
 
 
 _SHARES = """

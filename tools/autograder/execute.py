@@ -158,7 +158,8 @@ class SafeExecute(Execute):
             trusted = nbformat.read(self.trusted_source, as_version=4)
             answers = {grade_id(c): c.source for c in nb.cells if c.cell_type == "code" and grade_id(c)
                        and c.get("metadata", {}).get("nbgrader", {}).get("solution")}
-            self._session = GraderSession(trusted, self._send, log=self.log.info, answers=answers)
+            code = [c.source for c in nb.cells if c.cell_type == "code" and not is_test(c)]
+            self._session = GraderSession(trusted, self._send, log=self.log.info, answers=answers, student_code=code)
         return super().preprocess(nb, resources, km=km)
 
     async def async_start_new_kernel_client(self):

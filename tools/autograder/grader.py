@@ -21,9 +21,11 @@ Design choices for what test cells need beyond plain calls:
   Gradients of parameters that live in the kernel do not flow back here;
 * **forbid(...)**: the hidden tests' configuration stays here.  ``lib``'s references named
   by the lesson's hidden tests are not in the kernel at all while it is graded
-  (``withhold.py``); a call made inside a ``with forbid(...)`` block is refused here when
-  the exercise's answer (its solution cells in the submission) names one of the banned
-  torch functions (``_names``: an attribute, an imported name or a ``getattr`` string);
+  (``withhold.py``, less those the model solutions use); a call made inside a
+  ``with forbid(...)`` block is refused here when the exercise's answer (its solution cells
+  in the submission) names one of the banned objects: a lib object through the
+  submission's imports, a torch function as an attribute, an imported name or a
+  ``getattr`` string (``_names``);
 * **check_not_reference** and ``in``/``==``: a proxy's ``__wrapped__`` is this
   process's own copy of the reference when the student's name *is* lib's object;
 * a test that passes a function of its own to the student's code can pass lib's,
@@ -41,7 +43,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from tools.autograder import wire
+from tools.autograder import wire, withhold
 from tools.common import grade_id, is_test, nbgrader_md
 
 _active_forbid: list[tuple[str, ...]] = []
@@ -216,10 +218,11 @@ class GraderSession:
     """One submission's test namespace (see the module docstring)."""
 
     def __init__(self, trusted_nb, send: Callable[[str], str], *, log: Callable[[str], None] | None = None,
-                 answers: dict[str, str] | None = None) -> None:
+                 answers: dict[str, str] | None = None, student_code: list[str] | None = None) -> None:
         track_forbid()
         self.send = send
         self.answers = answers or {}  # grade_id -> the submission's solution cell (the forbid check reads it)
+        self.student_code = student_code or list(self.answers.values())  # for the imports the answers rely on
         self.exercise = ""  # "ex1" while ex1's tests run
         self._banned: dict[tuple[str, str], bool] = {}
         self.log = log or (lambda text: None)
@@ -368,16 +371,18 @@ class GraderSession:
         return self.request(header, enc.blobs, sent=enc.tensors), cid
 
     def _check_forbidden(self) -> None:
-        """Inside ``forbid(...)``: refuse the call when the exercise's answer names a banned torch function
-        (lib's references are not in the kernel: withhold.py).  Nothing of the ban reaches the kernel."""
+        """Inside ``forbid(...)``: refuse the call when the exercise's answer names a banned lib object (through
+        the submission's imports) or torch function (withhold.py keeps the lesson's references out of the kernel
+        where its model solutions allow it).  Nothing of the ban reaches the kernel."""
         for group in _active_forbid:
             for target in group:
-                if target == "lib" or target.startswith("lib."):
-                    continue
                 key = (self.exercise, target)
                 if key not in self._banned:
                     code = "\n".join(src for gid, src in self.answers.items() if gid.split("_")[0] == self.exercise)
-                    self._banned[key] = _names(code, target)
+                    if target == "lib" or target.startswith("lib."):  # what the answer binds through lib's imports
+                        self._banned[key] = target in withhold.used_by(code, withhold.lib_imports(self.student_code))
+                    else:
+                        self._banned[key] = _names(code, target)
                 if self._banned[key]:
                     raise AssertionError(f"your code called {target}; this exercise asks you to implement it yourself")
 

@@ -48,21 +48,35 @@ def _strings(source: str) -> set[str]:
             and _NAME.fullmatch(n.value)}
 
 
-def used_by(source: str) -> set[str]:
-    """The dotted ``lib.`` names a cell's code refers to (through its imports and attribute chains)."""
+def _tree(source: str) -> ast.Module | None:
     try:
-        tree = ast.parse(source)
+        return ast.parse(source)
     except SyntaxError:
-        return set()
+        return None
+
+
+def lib_imports(sources: list[str]) -> dict[str, str]:
+    """Local name -> the ``lib.`` object it is bound to by the imports of ``sources`` (a lesson's cells)."""
     alias: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name == "lib" or a.name.startswith("lib."):
-                    alias[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
-        elif isinstance(node, ast.ImportFrom) and node.module and (node.module == "lib" or node.module.startswith("lib.")):
-            for a in node.names:
-                alias[a.asname or a.name] = f"{node.module}.{a.name}"
+    for tree in filter(None, map(_tree, sources)):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name == "lib" or a.name.startswith("lib."):
+                        alias[a.asname or "lib"] = a.name if a.asname else "lib"
+            elif isinstance(node, ast.ImportFrom) and node.module \
+                    and (node.module == "lib" or node.module.startswith("lib.")):
+                for a in node.names:
+                    alias[a.asname or a.name] = f"{node.module}.{a.name}"
+    return alias
+
+
+def used_by(source: str, alias: dict[str, str]) -> set[str]:
+    """The dotted ``lib.`` names a cell's code refers to, through ``alias`` and its own imports."""
+    tree = _tree(source)
+    if tree is None:
+        return set()
+    alias = {**alias, **lib_imports([source])}
     out: set[str] = set()
     for node in ast.walk(tree):
         parts: list[str] = []
@@ -80,15 +94,15 @@ def used_by(source: str) -> set[str]:
 
 def withheld_names(trusted_nb) -> list[str]:
     """The lib objects the lesson's hidden tests name, less those its model solutions use."""
+    code = [c for c in trusted_nb.cells if c.cell_type == "code"]
+    alias = lib_imports([c.source for c in code if not is_test(c)])  # what the lesson's own cells import
     named: set[str] = set()
     used: set[str] = set()
-    for cell in trusted_nb.cells:
-        if cell.cell_type != "code":
-            continue
+    for cell in code:
         if is_test(cell) and HIDDEN in cell.source:
             named |= _strings(cell.source)
         elif cell.get("metadata", {}).get("nbgrader", {}).get("solution") and grade_id(cell):
-            used |= used_by(cell.source)
+            used |= used_by(cell.source, alias)
     def needed(name: str) -> bool:  # a solution uses it, an object inside it, or the object holding it
         return any(name == u or name.startswith(u + ".") or u.startswith(name + ".") for u in used)
 
