@@ -299,10 +299,6 @@ class SafeExecute(Execute):
             if self._session is not None and is_test(cell) and grade_id(cell):
                 return self._run_test(cell, resources, index)
             cell, resources = super().preprocess_cell(cell, resources, index)
-            if self._hidden_sent:  # the student's code may print what the hidden tests sent it
-                cell.outputs = after_hidden(cell.outputs, test=False)
-                self.nb.cells[index] = cell
-            return cell, resources
         except DeadKernelError:
             self._dead = self._exit_description()
             cell.outputs = list(cell.get("outputs", [])) + [_error(KERNEL_DIED, f"{self._dead} while running this cell")]
@@ -312,5 +308,7 @@ class SafeExecute(Execute):
             cell.outputs = list(cell.get("outputs", [])) + [
                 _error("CellTimeoutError", f"{self._dead} (cell timeout {self.timeout} s)")
             ]
+        if self._hidden_sent:  # the student's code may print what the hidden tests sent it
+            cell.outputs = after_hidden(cell.outputs, test=False)
         self.nb.cells[index] = cell
         return cell, resources
