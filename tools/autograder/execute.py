@@ -16,9 +16,10 @@ autograde pipeline.  Compared with it:
   output ``KernelDied`` and every later code cell ``KernelDied: not run``, so the
   grades earned before the crash are saved and the rest score zero.
 * **An unresponsive kernel is killed.**  When a cell times out and the kernel
-  ignores the interrupt, nbclient raises ``CellTimeoutError``; the kernel is
-  killed and handled as above.  Output still arriving after a reply is no such
-  case: it is waited for (up to the cell timeout) and never costs marks.
+  ignores the interrupt (its output does not end within ``iopub_timeout`` of it),
+  nbclient raises ``CellTimeoutError``; the kernel is killed and handled as above.
+  Output still arriving after a real reply is no such case: it is waited for (up to
+  the cell timeout) and never costs marks.
 * **Test cells run in the grader, not in the kernel** (when ``trusted_source``
   names the lesson's source notebook).  Every other cell runs in the student's
   kernel as before; a graded test cell (visible check or hidden tests) is run by a
@@ -151,8 +152,11 @@ class SafeExecute(Execute):
         self._received = 0  # characters of answers received in the current request
         self._fatal: BaseException | None = None
         self._hidden = False  # the test cell running is a hidden one
-        self.raise_on_iopub_timeout = False  # output lagging behind a reply is not a kernel that hangs
-        self.iopub_timeout = max(self.iopub_timeout, self.timeout or 0)
+        # output lagging behind a reply is waited for (up to the cell timeout), never a kernel that hangs; only
+        # after an interrupt does output that does not end within iopub_timeout mean the interrupt was ignored
+        self._iopub_after_interrupt = self.iopub_timeout
+        self._iopub_lag = max(self.iopub_timeout, self.timeout or 0)
+        self._expect_reply()
         self._hidden_sent = False  # a hidden test sent inputs to the kernel: later output could carry them
         if self.trusted_source:
             trusted = nbformat.read(self.trusted_source, as_version=4)
@@ -161,6 +165,13 @@ class SafeExecute(Execute):
             code = [c.source for c in nb.cells if c.cell_type == "code" and not is_test(c)]
             self._session = GraderSession(trusted, self._send, log=self.log.info, answers=answers, student_code=code)
         return super().preprocess(nb, resources, km=km)
+
+    def _expect_reply(self) -> None:
+        self.iopub_timeout, self.raise_on_iopub_timeout = self._iopub_lag, False
+
+    async def _async_handle_timeout(self, timeout, cell=None):
+        self.iopub_timeout, self.raise_on_iopub_timeout = self._iopub_after_interrupt, True
+        return await super()._async_handle_timeout(timeout, cell)
 
     async def async_start_new_kernel_client(self):
         kc = await super().async_start_new_kernel_client()
@@ -175,6 +186,7 @@ class SafeExecute(Execute):
     def _execute_quietly(self, source: str) -> list:
         cell = NotebookNode(cell_type="code", source=source, metadata={}, outputs=[], execution_count=None)
         self._rpc, self._received = True, 0
+        self._expect_reply()
         try:
             cell = self.execute_cell(cell, self._test_index, store_history=False)
         except (DeadKernelError, CellTimeoutError) as e:
@@ -298,6 +310,7 @@ class SafeExecute(Execute):
         try:
             if self._session is not None and is_test(cell) and grade_id(cell):
                 return self._run_test(cell, resources, index)
+            self._expect_reply()
             cell, resources = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
             self._dead = self._exit_description()
