@@ -19,7 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tools.common import grade_id, is_test
+from tools.common import REPO, grade_id, is_test
 
 HIDDEN = "### BEGIN HIDDEN TESTS"
 WITHHELD = "ReferenceWithheld"  # the exception a withheld reference raises in the kernel
@@ -106,7 +106,26 @@ def withheld_names(trusted_nb) -> list[str]:
     def needed(name: str) -> bool:  # a solution uses it, an object inside it, or the object holding it
         return any(name == u or name.startswith(u + ".") or u.startswith(name + ".") for u in used)
 
-    return sorted(n for n in named if not needed(n))
+    handed_out = _registered()
+    return sorted(n for n in named if not needed(n) and n not in handed_out)
+
+
+def _registered(lib_dir: Path = REPO / "lib") -> set[str]:
+    """lib objects held in a lib module's registry (a module-level dict, list, tuple or set of names, e.g.
+    ``KERNELS``): tests pass them to the student's code by name, so the kernel must have them."""
+    out: set[str] = set()
+    for file in sorted(lib_dir.glob("*.py")):
+        tree = _tree(file.read_text())
+        for node in tree.body if tree else []:
+            value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+            if isinstance(value, ast.Dict):
+                items = value.values
+            elif isinstance(value, (ast.List, ast.Tuple, ast.Set)):
+                items = value.elts
+            else:
+                continue
+            out |= {f"lib.{file.stem}.{v.id}" for v in items if isinstance(v, ast.Name)}
+    return out
 
 
 def _stand_in(name: str, node: ast.stmt) -> list[ast.stmt]:
