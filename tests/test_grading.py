@@ -843,8 +843,11 @@ def _carries(text: str, secrets: tuple[str, ...]) -> list[str]:
     """``secrets`` found in ``text`` in plain text, ROT13 or any base64 run."""
     plain = html.unescape(text)
     found = [s for s in secrets if s in plain or codecs.encode(s, "rot13") in plain]
-    for run in re.findall(r"[A-Za-z0-9+/=]{16,}", plain):
-        decoded = base64.b64decode(run + "=" * (-len(run) % 4), validate=False).decode("latin-1")
+    for run in re.findall(r"[A-Za-z0-9+/]{16,}={0,2}", plain):
+        try:
+            decoded = base64.b64decode(run + "=" * (-len(run) % 4), validate=False).decode("latin-1")
+        except ValueError:
+            continue
         found += [s for s in secrets if s in decoded]
     return found
 

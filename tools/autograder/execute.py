@@ -156,6 +156,9 @@ class SafeExecute(Execute):
         # after an interrupt does output that does not end within iopub_timeout mean the interrupt was ignored
         self._iopub_after_interrupt = self.iopub_timeout
         self._iopub_lag = max(self.iopub_timeout, self.timeout or 0)
+        # a graded call's answer comes after everything the student's code printed: wait for it while the
+        # kernel lives (the submission timeout bounds the whole)
+        self._iopub_rpc_lag = max(60, 10 * (self.timeout or 0))
         self._expect_reply()
         self._hidden_sent = False  # a hidden test sent inputs to the kernel: later output could carry them
         if self.trusted_source:
@@ -166,8 +169,13 @@ class SafeExecute(Execute):
             self._session = GraderSession(trusted, self._send, log=self.log.info, answers=answers, student_code=code)
         return super().preprocess(nb, resources, km=km)
 
-    def _expect_reply(self) -> None:
-        self.iopub_timeout, self.raise_on_iopub_timeout = self._iopub_lag, False
+    def _expect_reply(self, rpc: bool = False) -> None:
+        self.iopub_timeout, self.raise_on_iopub_timeout = self._iopub_rpc_lag if rpc else self._iopub_lag, False
+
+    def process_message(self, msg, cell, cell_index):  # type: ignore[override]
+        if self._rpc and msg.get("msg_type") == "stream":  # printed during a graded call: dropped unread
+            return None
+        return super().process_message(msg, cell, cell_index)
 
     async def _async_handle_timeout(self, timeout, cell=None):
         self.iopub_timeout, self.raise_on_iopub_timeout = self._iopub_after_interrupt, True
@@ -186,7 +194,7 @@ class SafeExecute(Execute):
     def _execute_quietly(self, source: str) -> list:
         cell = NotebookNode(cell_type="code", source=source, metadata={}, outputs=[], execution_count=None)
         self._rpc, self._received = True, 0
-        self._expect_reply()
+        self._expect_reply(rpc=True)
         try:
             cell = self.execute_cell(cell, self._test_index, store_history=False)
         except (DeadKernelError, CellTimeoutError) as e:
