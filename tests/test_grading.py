@@ -886,20 +886,26 @@ def test_a_banned_function_is_refused_by_the_grader():
     lib's reference through an import in another cell and a private alias); nothing of it reaches the kernel."""
     trusted = [("import torch\nfrom lib.checks import forbid", None, {}),
                ("def f(x): ...", "ex1_f", fx.SOL),
-               ("### BEGIN HIDDEN TESTS\nwith forbid('torch.softmax'):\n    f(torch.ones(2))\n### END HIDDEN TESTS",
-                "ex1_f_hidden", fx.TEST)]
-    student = "import torch\ndef f(x):\n    return x.softmax(-1)\n"
-    s, _ = fx.agent_session(student, trusted)
-    s.answers = {"ex1_f": student}
-    out = s.run_test("ex1_f_hidden")
-    assert out and out[-1]["ename"] == "AssertionError" and "torch.softmax" in out[-1]["evalue"]
+               ("### BEGIN HIDDEN TESTS\nwith forbid('torch.nn.functional.softmax', 'torch.Tensor.softmax', "
+                "'torch.nn.functional.unfold'):\n    f(torch.ones(2))\n### END HIDDEN TESTS", "ex1_f_hidden", fx.TEST)]
+    for student, banned in [("import torch\ndef f(x):\n    return x.softmax(-1)\n", "torch.Tensor.softmax"),
+                            ("import torch.nn.functional as F\ndef f(x):\n    return F.softmax(x, -1)\n",
+                             "torch.nn.functional.softmax")]:
+        s, _ = fx.agent_session(student, trusted)
+        s.answers, s.student_code = {"ex1_f": student}, [student]
+        out = s.run_test("ex1_f_hidden")
+        assert out and out[-1]["ename"] == "AssertionError" and banned in out[-1]["evalue"], out
+    windows = "import torch\ndef f(x):\n    return x.unfold(0, 1, 1).sum(-1)\n"  # Tensor.unfold is not F.unfold
+    s, _ = fx.agent_session(windows, trusted)
+    s.answers, s.student_code = {"ex1_f": windows}, [windows]
+    assert s.run_test("ex1_f_hidden") == []
     honest = "import torch\ndef f(x):\n    e = (x - x.max()).exp()\n    return e / e.sum()\n"
     s, _ = fx.agent_session(honest, trusted)
     s.answers = {"ex1_f": honest}
     assert s.run_test("ex1_f_hidden") == []
     # a lib reference, bound through an import in another cell and a private alias
-    lib_trusted = [trusted[0], trusted[1], (trusted[2][0].replace("torch.softmax", "lib.attention.masked_softmax"),
-                                            "ex1_f_hidden", fx.TEST)]
+    lib_trusted = [trusted[0], trusted[1], ("### BEGIN HIDDEN TESTS\nwith forbid('lib.attention.masked_softmax'):\n"
+                                            "    f(torch.ones(2))\n### END HIDDEN TESTS", "ex1_f_hidden", fx.TEST)]
     imports = "import torch\nimport lib.attention as _la\n"
     cheat = "_m = _la.masked_softmax\ndef f(x):\n    return _m(x, mask=torch.ones_like(x, dtype=torch.bool))\n"
     s, _ = fx.agent_session(imports + cheat, lib_trusted)

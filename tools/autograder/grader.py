@@ -23,9 +23,9 @@ Design choices for what test cells need beyond plain calls:
   by the lesson's hidden tests are not in the kernel at all while it is graded
   (``withhold.py``, less those the model solutions use); a call made inside a
   ``with forbid(...)`` block is refused here when the exercise's answer (its solution cells
-  in the submission) names one of the banned objects: a lib object through the
-  submission's imports, a torch function as an attribute, an imported name or a
-  ``getattr`` string (``_names``);
+  in the submission) names one of the banned objects through the submission's imports
+  (``torch.nn.functional.softmax`` as ``F.softmax``), as a method when it is one of
+  ``torch.Tensor``'s, or as a ``getattr`` string (``_names``);
 * **check_not_reference** and ``in``/``==``: a proxy's ``__wrapped__`` is this
   process's own copy of the reference when the student's name *is* lib's object;
 * a test that passes a function of its own to the student's code can pass lib's,
@@ -71,25 +71,19 @@ def track_forbid() -> None:
     checks.forbid = forbid
 
 
-def _names(code: str, target: str) -> bool:
-    """Whether ``code`` names ``target``'s function: as an attribute, a name imported from where it lives,
-    or a ``getattr`` string (a static look at the student's source, in the grader)."""
-    module, _, last = target.rpartition(".")
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+def _names(code: str, target: str, alias: dict[str, str]) -> bool:
+    """Whether ``code`` names the torch function ``target``: through the imports (``alias``), as a method
+    when the target is one of ``torch.Tensor``'s, or as a ``getattr`` string (a static look, in the grader)."""
+    owner, _, last = target.rpartition(".")
+    tree = withhold._tree(code)
+    if tree is None:
         return False
-    imported = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
-                and (n.module == module or module.startswith(n.module + ".") or n.module.startswith(module))
-                for a in n.names if a.name == last}
     for n in ast.walk(tree):
-        if isinstance(n, ast.Attribute) and n.attr == last:
-            return True
-        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in imported:
-            return True
         if isinstance(n, ast.Constant) and n.value == last:
             return True
-    return False
+        if owner == "torch.Tensor" and isinstance(n, ast.Attribute) and n.attr == last:
+            return True
+    return target in withhold.used_by(code, alias)
 
 
 class RemoteError(Exception):
@@ -379,10 +373,12 @@ class GraderSession:
                 key = (self.exercise, target)
                 if key not in self._banned:
                     code = "\n".join(src for gid, src in self.answers.items() if gid.split("_")[0] == self.exercise)
-                    if target == "lib" or target.startswith("lib."):  # what the answer binds through lib's imports
-                        self._banned[key] = target in withhold.used_by(code, withhold.lib_imports(self.student_code))
+                    root = target.split(".")[0]
+                    alias = withhold.lib_imports(self.student_code, root)
+                    if root == "lib":  # what the answer binds through the submission's imports
+                        self._banned[key] = target in withhold.used_by(code, alias)
                     else:
-                        self._banned[key] = _names(code, target)
+                        self._banned[key] = _names(code, target, alias)
                 if self._banned[key]:
                     raise AssertionError(f"your code called {target}; this exercise asks you to implement it yourself")
 

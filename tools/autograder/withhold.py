@@ -55,17 +55,17 @@ def _tree(source: str) -> ast.Module | None:
         return None
 
 
-def lib_imports(sources: list[str]) -> dict[str, str]:
-    """Local name -> the ``lib.`` object it is bound to by the imports of ``sources`` (a lesson's cells)."""
+def lib_imports(sources: list[str], root: str = "lib") -> dict[str, str]:
+    """Local name -> the object of package ``root`` it is bound to by the imports of ``sources``."""
     alias: dict[str, str] = {}
     for tree in filter(None, map(_tree, sources)):
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for a in node.names:
-                    if a.name == "lib" or a.name.startswith("lib."):
-                        alias[a.asname or "lib"] = a.name if a.asname else "lib"
+                    if a.name == root or a.name.startswith(root + "."):
+                        alias[a.asname or root] = a.name if a.asname else root
             elif isinstance(node, ast.ImportFrom) and node.module \
-                    and (node.module == "lib" or node.module.startswith("lib.")):
+                    and (node.module == root or node.module.startswith(root + ".")):
                 for a in node.names:
                     alias[a.asname or a.name] = f"{node.module}.{a.name}"
     return alias
