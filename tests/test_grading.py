@@ -88,8 +88,14 @@ if SANDBOX:
     EXPECTED.update(ATTACKS)
 
 
+def _scratch_folders() -> set[Path]:
+    """The grading runs' scratch folders of the lesson now in the temporary folder (others' runs included)."""
+    return set(Path(tempfile.gettempdir()).glob(f"grade-{LESSON}-*"))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    before = _scratch_folders()
     tmp = tmp_path_factory.mktemp("grading")
     lessons = {LESSON: ROOT / "solutions" / LESSON} if LESSON != fx.FIXTURE else {}
     root = fx.fixture_course(tmp / "course", lessons=lessons)
@@ -109,6 +115,7 @@ def run(tmp_path_factory):
         else:
             (inbox / f"{name}.ipynb").write_bytes(data)
     report = grade(LESSON, inbox, root=root, jobs=2, limits=LIMITS, progress=False, weak_isolation=not SANDBOX)
+    report.scratch_before = before  # what the run must not leave behind is the rest
     return root, report
 
 
@@ -418,7 +425,7 @@ def test_nothing_written_or_left_running_outside(run):
             if fx.ORPHAN_MARK.encode() in (proc / "cmdline").read_bytes():
                 left.append(proc.name)
     assert not left, f"processes left behind: {left}"
-    assert not list(Path(tempfile.gettempdir()).glob(f"grade-{LESSON}-*")), "scratch left behind"
+    assert not _scratch_folders() - report.scratch_before, "scratch left behind"
 
 
 @pytest.mark.slow
@@ -572,6 +579,7 @@ def test_refuses_without_a_sandbox_unless_accepted(tmp_path, monkeypatch, capsys
 @pytest.mark.slow
 @needs_sandbox
 def test_a_killed_parent_leaves_nothing_and_a_rerun_grades(tmp_path):
+    others = _scratch_folders()  # other grading runs' (this test kills its own run's parent only)
     root = fx.fixture_course(tmp_path / "course")
     inbox = fx.inbox(root, tmp_path / "inbox", {"looper": "infinite_loop", "correct": "correct"})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -582,7 +590,7 @@ def test_a_killed_parent_leaves_nothing_and_a_rerun_grades(tmp_path):
     scratch = []
     while time.monotonic() < deadline and not any(p.stat().st_size for s in scratch for p in s.glob("jobs/*/kernel.pids")):
         time.sleep(0.5)
-        scratch = [s for s in Path(tempfile.gettempdir()).glob(f"grade-{fx.FIXTURE}-*")]
+        scratch = [s for s in Path(tempfile.gettempdir()).glob(f"grade-{fx.FIXTURE}-*") if s not in others]
     assert scratch, "the run never started a kernel"
     time.sleep(2)
     parent.kill()
