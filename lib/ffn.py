@@ -31,6 +31,7 @@ from torch import Tensor, nn
 __all__ = [
     "PositionWiseFFN",
     "PositionWiseFFNConv",
+    "SwiGLU",
     "make_activation",
     "linear_to_conv1d",
     "conv1d_to_linear",
@@ -42,6 +43,8 @@ Activation = str | Callable[[Tensor], Tensor]
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,  # the paper's max(0, .)
     "gelu": nn.GELU,  # BERT, GPT, ViT (exact erf form, as torch's F.gelu)
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new" (Hendrycks and Gimpel's tanh form)
+    "silu": nn.SiLU,  # x * sigmoid(x), a.k.a. Swish-1 (Ramachandran et al. 2017); SwiGLU's gate
 }
 """Activations known by name."""
 
@@ -204,6 +207,44 @@ class PositionWiseFFNConv(nn.Module):
         conv.conv1 = linear_to_conv1d(ffn.fc1)
         conv.conv2 = linear_to_conv1d(ffn.fc2)
         return conv.train(ffn.training)
+
+
+class SwiGLU(nn.Module):
+    """The gated FFN of Shazeer (2020), eq. (6): FFN(x) = (SiLU(x W_gate) ⊙ x W_up) W_down.
+
+    Two input projections instead of one: the SiLU of the first *gates* the second
+    element-wise, then ``down`` projects back to D.  Llama, Mistral and Qwen use it
+    without biases and with F ≈ 8D/3 (so that its three matrices hold as many parameters
+    as the 2017 FFN's two with F = 4D).  Parameter names follow Hugging Face's
+    ``LlamaMLP`` (``gate_proj``, ``up_proj``, ``down_proj``) so weights copy by name.
+
+    Args:
+        d_model: input and output feature size D.
+        d_ff: hidden size F (the size of the gate and of the gated values).
+        activation: the gate's activation; "silu" (SwiGLU), "gelu" gives GEGLU.
+        dropout: dropout on the gated hidden activations (before ``down_proj``).
+        bias: whether the three layers have biases (Llama: no).
+
+    Shapes:
+        x (B, T, D), or any (..., D) -> (..., D).
+    """
+
+    def __init__(self, d_model: int, d_ff: int, *, activation: Activation = "silu", dropout: float = 0.0,
+                 bias: bool = False) -> None:
+        super().__init__()
+        _check_sizes(d_model, d_ff, dropout)
+        self.d_model, self.d_ff = d_model, d_ff
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)  # W_gate: (F, D)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)  # W_up: (F, D)
+        self.act = make_activation(activation)
+        self.drop = nn.Dropout(dropout)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)  # W_down: (D, F)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.d_model:
+            raise ValueError(f"SwiGLU expects input (..., d_model={self.d_model}), got shape {tuple(x.shape)}")
+        h = self.act(self.gate_proj(x)) * self.up_proj(x)  # (B, T, F): the gate times the values
+        return self.down_proj(self.drop(h))  # (B, T, D)
 
 
 def linear_to_conv1d(linear: nn.Linear) -> nn.Conv1d:

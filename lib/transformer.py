@@ -51,6 +51,9 @@ from lib.multihead import MultiHeadAttention
 from lib.positional import SCHEMES, AbsoluteEncoding, PositionalScheme, build
 
 __all__ = [
+    "RMSNorm",
+    "NORMS",
+    "make_norm",
     "Residual",
     "EncoderBlock",
     "DecoderBlock",
@@ -65,12 +68,76 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# The residual connection
+# Norms and the residual connection
 # ---------------------------------------------------------------------------
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm -- Zhang and Sennrich (2019), eq. (4): x / RMS(x) * g.
+
+    LayerNorm subtracts the mean and divides by the standard deviation, then adds a bias;
+    RMSNorm only divides by RMS(x) = sqrt(mean(x²) + eps) and scales: no centring, no bias,
+    one reduction instead of two.  Llama, Mistral and T5 use it.  The statistic is computed
+    in float32 whatever the input dtype (as Hugging Face's ``LlamaRMSNorm``), and the result
+    cast back before the gain, so bf16 inputs lose no precision in the sum of squares.
+
+    Args:
+        d_model: feature size D (the gain's size).
+        eps: added to the mean square (Llama: 1e-5 or 1e-6; ``torch.nn.RMSNorm``'s default
+            ``None`` means the dtype's machine epsilon).
+
+    Shapes:
+        x (..., D) -> (..., D).
+    """
+
+    def __init__(self, d_model: int, *, eps: float = 1e-5) -> None:
+        super().__init__()
+        if d_model < 1 or not eps >= 0:
+            raise ValueError(f"RMSNorm needs d_model >= 1 and eps >= 0, got d_model={d_model}, eps={eps}")
+        self.d_model, self.eps = d_model, eps
+        self.weight = nn.Parameter(torch.ones(d_model))  # the gain g, (D,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.d_model:
+            raise ValueError(f"RMSNorm expects input (..., d_model={self.d_model}), got shape {tuple(x.shape)}")
+        h = x.float()  # (..., D) in float32 for the statistic
+        h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., D) / RMS over D
+        return self.weight * h.to(x.dtype)  # (..., D)
+
+    def extra_repr(self) -> str:
+        return f"{self.d_model}, eps={self.eps}"
+
+
+NORMS: dict[str, Callable[..., nn.Module]] = {
+    "layer": nn.LayerNorm,  # the 2017 choice (Ba et al. 2016): centre, scale, gain and bias
+    "rms": RMSNorm,  # today's (Zhang and Sennrich 2019): scale and gain only
+}
+"""Norms known by name; each is built as ``NORMS[name](d_model, eps=eps)``."""
+
+Norm = str | Callable[[int], nn.Module]
+
+
+def make_norm(norm: Norm, d_model: int, eps: float = 1e-5) -> nn.Module:
+    """A norm over the last axis of size ``d_model``: a name of ``NORMS`` or a factory ``d_model -> module``.
+
+    A factory is called for every norm built (one module per place, never shared), e.g.
+    ``lambda d: nn.LayerNorm(d, bias=False)``.
+    """
+    if isinstance(norm, str):
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)} or pass a factory d_model -> module")
+        return NORMS[norm](d_model, eps=eps)
+    if not callable(norm) or isinstance(norm, nn.Module):
+        raise TypeError(f"norm must be a name of NORMS or a factory d_model -> module (a new module per call), "
+                        f"got {type(norm).__name__}")
+    module = norm(d_model)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"the norm factory must return an nn.Module, got {type(module).__name__}")
+    return module
+
+
 class Residual(nn.Module):
-    """A sub-layer's residual connection and layer norm, post-norm or pre-norm.
+    """A sub-layer's residual connection and norm, post-norm or pre-norm.
 
     ``Residual(d_model, norm_first=False)`` is d2l's ``AddNorm`` (called as
     ``residual(x, sublayer)`` instead of ``add_norm(x, sublayer(x))``), and
@@ -80,16 +147,19 @@ class Residual(nn.Module):
         d_model: feature size D.
         norm_first: pre-norm (True) or post-norm (False). No default: say which.
         dropout: dropout on the sub-layer's output (the paper's "residual dropout").
-        eps: LayerNorm epsilon.
+        eps: the norm's epsilon.
+        norm: "layer" (``nn.LayerNorm``, the paper), "rms" (``RMSNorm``), or a factory
+            ``d_model -> module`` (see ``make_norm``).
 
     Shapes:
         x (B, T, D); ``sublayer`` maps (B, T, D) to (B, T, D) -> (B, T, D).
     """
 
-    def __init__(self, d_model: int, *, norm_first: bool, dropout: float = 0.0, eps: float = 1e-5) -> None:
+    def __init__(self, d_model: int, *, norm_first: bool, dropout: float = 0.0, eps: float = 1e-5,
+                 norm: Norm = "layer") -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.norm = make_norm(norm, d_model, eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
@@ -144,7 +214,8 @@ class EncoderBlock(nn.Module):
         dropout: residual dropout, and the default sublayers' dropout.
         norm_first: pre-norm (True) or post-norm (False, the paper).
         key_dim, activation, bias, fast, positional: passed to the default sublayers.
-        eps: LayerNorm epsilon.
+        eps: the norms' epsilon.
+        norm: the residual connections' norm: "layer", "rms" or a factory (``make_norm``).
 
     Shapes:
         x (B, T, D), mask bool broadcastable to (B, H, T, T) (True = may attend) -> (B, T, D).
@@ -154,14 +225,14 @@ class EncoderBlock(nn.Module):
                  attention: nn.Module | None = None, ffn: nn.Module | None = None, dropout: float = 0.0,
                  norm_first: bool = False, key_dim: int | None = None, activation: Activation = "relu",
                  eps: float = 1e-5, bias: bool = True, fast: bool = False,
-                 positional: PositionalScheme | None = None) -> None:
+                 positional: PositionalScheme | None = None, norm: Norm = "layer") -> None:
         super().__init__()
         self.d_model, self.norm_first = d_model, norm_first
         self.attention = attention if attention is not None else _default_attention(
             d_model, num_heads, key_dim, bias, dropout, fast, positional, "EncoderBlock")
-        self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+        self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps, norm=norm)
         self.ffn = ffn if ffn is not None else _default_ffn(d_model, d_ff, activation, dropout, bias, "EncoderBlock")
-        self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+        self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps, norm=norm)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, *, record: Record | None = None) -> Tensor:
         check_sequence(x, self.d_model, "EncoderBlock")
@@ -182,7 +253,7 @@ class DecoderBlock(nn.Module):
         d_model, num_heads, d_ff: as ``EncoderBlock``.
         self_attention, cross_attention, ffn: the sublayers; defaults build
             ``MultiHeadAttention`` (``positional`` goes to self-attention only) and ``PositionWiseFFN``.
-        dropout, norm_first, key_dim, activation, eps, bias, fast, positional: as ``EncoderBlock``.
+        dropout, norm_first, key_dim, activation, eps, bias, fast, positional, norm: as ``EncoderBlock``.
 
     Shapes:
         x (B, T, D), memory (B, S, D), self_mask broadcastable to (B, H, T, Tk) (Tk counts cached
@@ -193,17 +264,17 @@ class DecoderBlock(nn.Module):
                  self_attention: nn.Module | None = None, cross_attention: nn.Module | None = None,
                  ffn: nn.Module | None = None, dropout: float = 0.0, norm_first: bool = False,
                  key_dim: int | None = None, activation: Activation = "relu", eps: float = 1e-5, bias: bool = True,
-                 fast: bool = False, positional: PositionalScheme | None = None) -> None:
+                 fast: bool = False, positional: PositionalScheme | None = None, norm: Norm = "layer") -> None:
         super().__init__()
         self.d_model, self.norm_first = d_model, norm_first
         self.self_attention = self_attention if self_attention is not None else _default_attention(
             d_model, num_heads, key_dim, bias, dropout, fast, positional, "DecoderBlock")
-        self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+        self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps, norm=norm)
         self.cross_attention = cross_attention if cross_attention is not None else _default_attention(
             d_model, num_heads, key_dim, bias, dropout, fast, None, "DecoderBlock")
-        self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+        self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps, norm=norm)
         self.ffn = ffn if ffn is not None else _default_ffn(d_model, d_ff, activation, dropout, bias, "DecoderBlock")
-        self.residual3 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+        self.residual3 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps, norm=norm)
 
     def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None,
                 memory_mask: Tensor | None = None, *, record: Record | None = None) -> Tensor:
