@@ -151,9 +151,8 @@ class GPT(nn.Module):
         blocks = []
         for _ in range(c.num_layers):
             rope = RotaryEmbedding(d_head=Dh, base=c.rope_base, interleaved=c.rope_interleaved) if c.positional == "rope" else None
-            gqa = {} if G == H else {"n_kv_heads": G}
             attention = MultiHeadAttention(D, H, key_dim=Dh, bias=c.bias, dropout=c.dropout, fast=c.fast,
-                                           positional=rope, **gqa)
+                                           positional=rope, n_kv_heads=G)
             ffn = (SwiGLU(D, c.hidden_size, dropout=c.dropout, bias=c.bias) if c.ffn == "swiglu"
                    else PositionWiseFFN(D, c.hidden_size, activation=c.activation, dropout=c.dropout, bias=c.bias))
             blocks.append(EncoderBlock(D, attention=attention, ffn=ffn, dropout=c.dropout, norm_first=True,

@@ -241,6 +241,9 @@ class MultiHeadAttention(nn.Module):
         d_model: feature size D of the query input.
         num_heads: number of heads H.
         key_dim, value_dim: per-head sizes Dh (default D // H) and Dv (default Dh).
+        n_kv_heads: G, the number of key/value heads (grouped-query attention, Ainslie et al. 2023);
+            default H (multi-head), 1 is multi-query attention (Shazeer 2019).  G must divide H;
+            W_k and W_v project to G heads, the cache stores G heads.
         out_dim: output feature size (Keras ``output_shape``); default D.
         kdim, vdim: feature sizes of the key and value inputs; default D.
         bias: biases on all projections.
@@ -262,9 +265,17 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int, *, key_dim: int | None = None, value_dim: int | None = None,
                  out_dim: int | None = None, kdim: int | None = None, vdim: int | None = None, bias: bool = True,
                  dropout: float = 0.0, fused_qkv: bool = False, fast: bool = False,
-                 positional: PositionalScheme | None = None, scores: nn.Module | None = None) -> None:
+                 positional: PositionalScheme | None = None, scores: nn.Module | None = None,
+                 n_kv_heads: int | None = None) -> None:
         super().__init__()
         key_dim = _per_head_size(d_model, num_heads, key_dim)
+        n_kv_heads = num_heads if n_kv_heads is None else n_kv_heads
+        if n_kv_heads < 1 or num_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads must divide num_heads={num_heads} (each key/value head serves "
+                             f"num_heads / n_kv_heads query heads), got {n_kv_heads}")
+        if n_kv_heads != num_heads and (fused_qkv or scores is not None):
+            raise ValueError("grouped-query attention (n_kv_heads < num_heads) needs separate W_q, W_k, W_v: "
+                             "no fused_qkv, no scores module")
         value_dim = key_dim if value_dim is None else value_dim
         out_dim, kdim, vdim = (d_model if s is None else s for s in (out_dim, kdim, vdim))
         for name, size in (("key_dim", key_dim), ("value_dim", value_dim), ("out_dim", out_dim), ("kdim", kdim),
@@ -287,22 +298,33 @@ class MultiHeadAttention(nn.Module):
         self.d_model, self.num_heads, self.key_dim, self.value_dim = d_model, num_heads, key_dim, value_dim
         self.out_dim, self.kdim, self.vdim, self.dropout = out_dim, kdim, vdim, dropout
         self.fused_qkv, self.fast, self.positional, self.scores = fused_qkv, fast, positional, scores
-        H = num_heads
+        self.n_kv_heads = n_kv_heads
+        H, G = num_heads, n_kv_heads
         if fused_qkv:
             self.qkv = nn.Linear(d_model, 3 * H * key_dim, bias=bias)  # q | k | v stacked
         else:
             if scores is None:
                 self.W_q = nn.Linear(d_model, H * key_dim, bias=bias)
-                self.W_k = nn.Linear(kdim, H * key_dim, bias=bias)
-            self.W_v = nn.Linear(vdim, H * value_dim, bias=bias)
+                self.W_k = nn.Linear(kdim, G * key_dim, bias=bias)  # G key heads (G = H: multi-head)
+            self.W_v = nn.Linear(vdim, G * value_dim, bias=bias)  # G value heads
         self.W_o = nn.Linear(H * value_dim, out_dim, bias=bias)
 
     @property
     def d_head(self) -> int:  # Dh, the paper's d_k, Keras' key_dim
         return self.key_dim
 
+    def repeat_kv(self, x: Tensor) -> Tensor:
+        """(B, G, T, Dh) -> (B, H, T, Dh): key/value head g serves query heads g·H/G .. (g+1)·H/G - 1.
+
+        Grouped-query attention (Ainslie et al. 2023, section 2.2); multi-query for G = 1 (Shazeer 2019).
+        The cache stores the G heads; they are repeated only for the product with the queries.
+        """
+        rep = self.num_heads // self.n_kv_heads
+        return x if rep == 1 else x.repeat_interleave(rep, dim=1)  # (B, H, T, Dh)
+
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, num_heads={self.num_heads}, key_dim={self.key_dim}, "
+        gqa = f", n_kv_heads={self.n_kv_heads}" if self.n_kv_heads != self.num_heads else ""
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}{gqa}, key_dim={self.key_dim}, "
                 f"value_dim={self.value_dim}, out_dim={self.out_dim}, kdim={self.kdim}, vdim={self.vdim}, "
                 f"dropout={self.dropout}, fused_qkv={self.fused_qkv}, fast={self.fast}")
 
@@ -317,13 +339,15 @@ class MultiHeadAttention(nn.Module):
                              f"key {tuple(key.shape)}, value {tuple(value.shape)}")
 
     def project_qkv(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The per-head projections: (B, T, D) inputs -> q, k, v of shape (B, H, T, Dh)."""
+        """The per-head projections: (B, T, D) inputs -> q (B, H, T, Dh), k and v (B, G, T, Dh)."""
         H = self.num_heads
         if self.fused_qkv:
             return tuple(split_heads(t, H) for t in self.qkv(query).chunk(3, dim=-1))  # 3 x (B, H, Tq, Dh)
+        G = self.n_kv_heads
         if self.fast and key is query and value is query:  # one GEMM instead of three (bench_encoder.py)
-            return tuple(split_heads(t, H) for t in _packed_linear(query, (self.W_q, self.W_k, self.W_v)))
-        return split_heads(self.W_q(query), H), split_heads(self.W_k(key), H), split_heads(self.W_v(value), H)
+            q, k, v = _packed_linear(query, (self.W_q, self.W_k, self.W_v))  # (B, T, H*Dh), 2 x (B, T, G*Dh)
+            return split_heads(q, H), split_heads(k, G), split_heads(v, G)
+        return split_heads(self.W_q(query), H), split_heads(self.W_k(key), G), split_heads(self.W_v(value), G)
 
     def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
                 mask: Tensor | None = None, bias: Tensor | None = None, *, record: Record | None = None) -> Tensor:
@@ -363,6 +387,7 @@ class MultiHeadAttention(nn.Module):
                     k = pos.rotate(k, q_pos if self_attention else torch.arange(key.shape[1], device=key.device))
                 if cache is not None:
                     k, v = cache.append(self, k, v) if self_attention else cache.static(self, lambda: (k, v))
+            k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, Tk, Dh): each of the G heads serves H/G queries
             value_term = None
             if pos is not None:
                 k_pos = torch.arange(k.shape[-2], device=k.device)  # (Tk,)

@@ -106,6 +106,18 @@ DOCUMENTED = {
     memory.decoder_saved_tensors: {"memory_masked": False, "dtype": torch.float32},
     memory.transformer_saved_tensors: {"src_masked": False, "dtype": torch.float32},
     memory.training_step_bytes: {"optimizer": "adam", "mixed_precision": False},
+    # Added with lesson 11 (tested in tests/test_ffn.py, tests/test_train.py and below).
+    ffn.SwiGLU.__init__: {"activation": "silu", "dropout": 0.0, "bias": False},
+    train.cosine_lr: {"min_ratio": 0.1},
+    train.cosine_schedule: {"min_ratio": 0.1},
+    train.RandomWindows.__init__: {"seed": 0},
+    train.lm_loss: {"batch_size": 64, "max_windows": None},
+    train.save_checkpoint: {"scheduler": None, "batches": None, "extra": None},
+    train.load_checkpoint: {"optimizer": None, "scheduler": None, "batches": None},
+    train.LMHistory.__init__: {"step_loss": None, "lr": None, "grad_norm": None, "eval_steps": None,
+                               "val_loss": None, "seconds": 0.0, "tokens": 0},
+    train.train_lm: {"start_step": 0, "scheduler": None, "grad_clip": 1.0, "evaluate": None, "eval_every": None,
+                     "progress": True, "history": None},
 }
 OUTSIDE_THE_CORE = (runtime, ffn, checks, data, text, train, memory)
 
@@ -717,3 +729,32 @@ def test_encoder_config_defaults_are_the_papers_base_model():
     expected = enc.embedding(tokens) * math.sqrt(8) + positional.sinusoidal_table(4, 8)  # scaled, sinusoidal
     assert equal(enc.embed(tokens), expected)
     assert equal(enc(tokens), enc(tokens, mask=None, valid_lens=None))
+
+
+# ---------------------------------------------------------------------------
+# lib.train's language-model pieces (lesson 11)
+# ---------------------------------------------------------------------------
+
+
+def test_lm_training_defaults_clip_at_one_and_seed_zero():
+    from lib.gpt import GPT, GPTConfig
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=7, context_len=6, d_model=8, num_layers=1, num_heads=2))
+        opt = torch.optim.SGD(model.parameters(), lr=5.0)  # a large step, so that clipping shows
+        batches = train.RandomWindows(torch.arange(50) % 7, block_size=6, batch_size=2, **kw.pop("windows", {}))
+        return train.train_lm(model, batches, optimizer=opt, steps=4, progress=False, **kw)
+
+    default = run()
+    assert default.step_loss == run(grad_clip=1.0, windows={"seed": 0}).step_loss
+    assert default.step_loss != run(grad_clip=None).step_loss  # the default clips
+    assert default.step_loss != run(windows={"seed": 1}).step_loss  # the seed chooses the windows
+    assert max(default.grad_norm) > 1.0  # there was something to clip
+
+
+def test_lm_loss_batch_size_changes_nothing_but_the_batching():
+    model = nn.Sequential(nn.Embedding(5, 5))
+    tokens = torch.arange(40) % 5
+    assert train.lm_loss(model, tokens, block_size=4) == pytest.approx(
+        train.lm_loss(model, tokens, block_size=4, batch_size=1, max_windows=None))
