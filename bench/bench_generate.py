@@ -34,7 +34,8 @@ def hf_llama_like(c: GPTConfig, context_len: int):  # noqa: ANN201 - transformer
         vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.hidden_size,
         num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.kv_heads,
         head_dim=c.head_size, max_position_embeddings=context_len, rms_norm_eps=c.eps, rope_theta=c.rope_base,
-        tie_word_embeddings=c.tie_weights, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        tie_word_embeddings=c.tie_weights, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        initializer_range=0.2)  # logits far apart: greedy choices are no near-ties that float noise could flip
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -51,8 +52,7 @@ def compare(c: GPTConfig, lengths: tuple[int, ...], *, batch: int = 1, prompt_le
         steps = {
             "cached": lambda n=n: generate(ours, prompt, n, temperature=0.0, use_cache=True),
             "uncached": lambda n=n: generate(ours, prompt, n, temperature=0.0, use_cache=False),
-            "transformers": lambda n=n: hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                                    use_cache=True, eos_token_id=None, pad_token_id=0),
+            "transformers": lambda n=n: hf.generate(prompt, max_new_tokens=n, do_sample=False, use_cache=True),
         }
         outs = {name: step() for name, step in steps.items()}
         if not (torch.equal(outs["cached"], outs["uncached"]) and torch.equal(outs["cached"], outs["transformers"])):

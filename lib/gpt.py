@@ -52,7 +52,7 @@ from lib.multihead import MultiHeadAttention
 from lib.positional import LearnedPositionalEmbedding, RotaryEmbedding
 from lib.transformer import EncoderBlock, make_norm
 
-__all__ = ["GPTConfig", "GPT", "swiglu_hidden_size", "gpt_from_hf_gpt2", "gpt_from_hf_llama"]
+__all__ = ["GPTConfig", "GPT", "swiglu_hidden_size", "gpt_from_hf_gpt2", "gpt_from_hf_llama", "to_hf_llama"]
 
 
 def swiglu_hidden_size(d_model: int, multiple_of: int = 32) -> int:
@@ -297,3 +297,34 @@ def gpt_from_hf_llama(hf: nn.Module, *, fast: bool = True) -> GPT:
     if not c.tie_weights:
         _copy(model.out.weight, sd["lm_head.weight"], "lm_head")
     return model
+
+
+def to_hf_llama(model: GPT) -> tuple[dict, dict[str, Tensor]]:
+    """The ``LlamaConfig`` keyword arguments and the ``LlamaForCausalLM`` state dict of a Llama-style ``GPT``.
+
+    The inverse of ``gpt_from_hf_llama``: ``LlamaForCausalLM(LlamaConfig(**kwargs))`` then
+    ``load_state_dict(state)`` computes what ``model`` computes (RMSNorm, SwiGLU, RoPE with halves).
+    """
+    c = model.config
+    if (c.norm, c.ffn, c.positional, c.rope_interleaved) != ("rms", "swiglu", "rope", False):
+        raise ValueError("only a Llama-style GPT converts: norm='rms', ffn='swiglu', positional='rope' with "
+                         f"halves, got norm={c.norm!r}, ffn={c.ffn!r}, positional={c.positional!r}, "
+                         f"rope_interleaved={c.rope_interleaved}")
+    kwargs = dict(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.hidden_size,
+                  num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.kv_heads,
+                  head_dim=c.head_size, max_position_embeddings=c.context_len, rms_norm_eps=c.eps,
+                  rope_theta=c.rope_base, attention_bias=c.bias, mlp_bias=c.bias, tie_word_embeddings=c.tie_weights,
+                  hidden_act="silu")
+    state = {"model.embed_tokens.weight": model.embedding.weight, "model.norm.weight": model.final_norm.weight,
+             "lm_head.weight": model.out.weight}
+    for i, block in enumerate(model.blocks):
+        p, att, ffn = f"model.layers.{i}.", block.attention, block.ffn
+        for lin, name in ((att.W_q, "self_attn.q_proj"), (att.W_k, "self_attn.k_proj"), (att.W_v, "self_attn.v_proj"),
+                          (att.W_o, "self_attn.o_proj"), (ffn.gate_proj, "mlp.gate_proj"),
+                          (ffn.up_proj, "mlp.up_proj"), (ffn.down_proj, "mlp.down_proj")):
+            state[p + name + ".weight"] = lin.weight
+            if lin.bias is not None:
+                state[p + name + ".bias"] = lin.bias
+        state[p + "input_layernorm.weight"] = block.residual1.norm.weight
+        state[p + "post_attention_layernorm.weight"] = block.residual2.norm.weight
+    return kwargs, {k: v.detach().clone() for k, v in state.items()}

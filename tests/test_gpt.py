@@ -25,7 +25,7 @@ TOL = dict(atol=2e-5, rtol=1e-4)
 
 def hf_gpt2(seed: int = 0, **overrides) -> nn.Module:
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=97, n_positions=40, n_embd=48, n_layer=3, n_head=4, bos_token_id=0, eos_token_id=0,
+    cfg = dict(vocab_size=97, n_positions=40, n_embd=48, n_layer=3, n_head=4, bos_token_id=None, eos_token_id=None,
                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     cfg.update(overrides)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg)).eval()
@@ -39,8 +39,8 @@ def hf_gpt2(seed: int = 0, **overrides) -> nn.Module:
 def hf_llama(seed: int = 0, **overrides) -> nn.Module:
     torch.manual_seed(seed)
     cfg = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=8,
-               num_key_value_heads=2, max_position_embeddings=40, rms_norm_eps=1e-6, bos_token_id=0,
-               eos_token_id=0, pad_token_id=0, rope_theta=500000.0)
+               num_key_value_heads=2, max_position_embeddings=40, rms_norm_eps=1e-6, bos_token_id=None,
+               eos_token_id=None, pad_token_id=None, rope_theta=500000.0)
     cfg.update(overrides)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
     with torch.no_grad():
@@ -96,8 +96,7 @@ def test_greedy_generation_is_token_identical_to_transformers_generate(case):
     hf = make_hf()
     ours = convert(hf)
     prompt = torch.randint(1, 97, (2, 5), generator=torch.Generator().manual_seed(2))
-    theirs = hf.generate(prompt, max_new_tokens=30, do_sample=False, use_cache=True, eos_token_id=None,
-                         pad_token_id=0, min_new_tokens=30)
+    theirs = hf.generate(prompt, max_new_tokens=30, do_sample=False, use_cache=True)
     for use_cache in (True, False):
         mine = generate(ours, prompt, 30, temperature=0.0, use_cache=use_cache)
         assert torch.equal(mine, theirs), f"use_cache={use_cache}"
@@ -190,8 +189,8 @@ def test_generation_past_the_context_slides_the_window():
     for cfg in (small(context_len=8), small(context_len=8, positional="learned", norm="layer", ffn="mlp")):
         model = GPT(cfg)
         prompt = torch.randint(0, 23, (2, 3))
-        g = lambda cache: generate(model, prompt, 20, generator=torch.Generator().manual_seed(5), use_cache=cache)  # noqa: E731
-        cached, uncached = g(True), g(False)
+        cached, uncached = (generate(model, prompt, 20, generator=torch.Generator().manual_seed(5), use_cache=c)
+                            for c in (True, False))
         assert cached.shape == (2, 23) and torch.equal(cached[:, :3], prompt)
         assert torch.equal(cached, uncached)
         assert model.training  # generate restores the mode
@@ -235,3 +234,26 @@ def test_sizes_init_and_tying():
     assert abs(model.blocks[0].attention.W_o.weight.std().item() - 0.02 / 4) < 0.0005  # 0.02 / sqrt(2 L)
     untied = GPT(GPTConfig(vocab_size=50, d_model=64, num_layers=1, num_heads=4, tie_weights=False))
     assert untied.num_parameters() - untied.num_parameters(embeddings=False) == 50 * 64
+
+
+@pytest.mark.parametrize("G", [4, 2])
+def test_to_hf_llama_round_trips_and_matches(G):
+    from lib.gpt import to_hf_llama
+
+    torch.manual_seed(0)
+    ours = GPT(small(n_kv_heads=G, rope_base=5000.0)).eval()
+    with torch.no_grad():
+        for blk in ours.blocks:
+            blk.residual1.norm.weight.normal_()
+    kwargs, state = to_hf_llama(ours)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs, bos_token_id=None, eos_token_id=None)).eval()
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing)
+    x = torch.randint(0, 23, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, ours(x), **TOL)
+    back = gpt_from_hf_llama(hf)
+    c = ours.config
+    assert back.config == dataclasses.replace(c, fast=True, d_head=c.head_size, d_ff=c.hidden_size)
+    with pytest.raises(ValueError, match="Llama-style"):
+        to_hf_llama(GPT(small(norm="layer")))
