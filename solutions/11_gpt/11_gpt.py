@@ -309,7 +309,7 @@ for name, hf, convert in (("GPT2LMHeadModel", hf_gpt2, gpt_from_hf_gpt2),
 # %%
 BLOCK = 128  # context length T
 BATCH = 32
-STEPS = pick(full=2400, quick=20)
+STEPS = pick(full=2200, quick=20)
 cfg = GPTConfig(vocab_size=V, context_len=BLOCK, d_model=128, num_layers=4, num_heads=4, n_kv_heads=2)
 
 
@@ -334,7 +334,7 @@ print(f"{model.num_parameters():,} parameters ({model.num_parameters(embeddings=
 # %% tags=["nbval-ignore-output"]
 start = time.perf_counter()
 history = train_lm(model, batches, optimizer=opt, scheduler=sched, steps=STEPS, grad_clip=1.0,
-                   evaluate=val_loss, eval_every=max(1, STEPS // 8))
+                   evaluate=val_loss, eval_every=max(1, STEPS // 4))
 train_minutes = (time.perf_counter() - start) / 60
 final_val = history.val_loss[-1]
 print(f"trained {STEPS} steps in {train_minutes:.1f} min on {dev.type} "
@@ -368,7 +368,7 @@ _ = ax.legend()
 # same factor.
 
 # %%
-ABL_STEPS = pick(full=500, quick=4)
+ABL_STEPS = pick(full=250, quick=4)
 recipes = {
     "2019: LayerNorm, GELU, learned positions": replace(cfg, norm="layer", ffn="mlp", activation="gelu",
                                                         positional="learned", bias=True, n_kv_heads=None),
