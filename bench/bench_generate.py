@@ -1,6 +1,6 @@
 """Generating text with a decoder-only model: lib's key/value cache, lib recomputing the prefix, and transformers.
 
-    python bench/bench_generate.py               # lesson 11's model size, 256 and 1,024 new tokens
+    python bench/bench_generate.py               # lesson 11's model size, 256 and 1,024 new tokens, 4 prompts
     python bench/bench_generate.py --quick       # a small configuration, to check that it runs
     python bench/bench_generate.py --device cpu  # force a device (default: lib.runtime.device())
 
@@ -39,7 +39,7 @@ def hf_llama_like(c: GPTConfig, context_len: int):  # noqa: ANN201 - transformer
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-def compare(c: GPTConfig, lengths: tuple[int, ...], *, batch: int = 1, prompt_len: int = 16, repeats: int = 3,
+def compare(c: GPTConfig, lengths: tuple[int, ...], *, batch: int = 4, prompt_len: int = 16, repeats: int = 1,
             dev: torch.device | None = None) -> list[dict[str, float]]:
     """Milliseconds of lib cached, lib uncached and transformers for each number of new tokens; checks the tokens."""
     dev = dev if dev is not None else device()
@@ -57,7 +57,7 @@ def compare(c: GPTConfig, lengths: tuple[int, ...], *, batch: int = 1, prompt_le
         outs = {name: step() for name, step in steps.items()}
         if not (torch.equal(outs["cached"], outs["uncached"]) and torch.equal(outs["cached"], outs["transformers"])):
             raise SystemExit(f"the three generations differ at {n} new tokens")
-        ms = time_steps(steps, dev, warmup=0, repeats=repeats)
+        ms = time_steps(steps, dev, warmup=0, repeats=repeats)  # the check above was the warm-up
         rows.append({"new tokens": n, **{f"{k} ms": v for k, v in ms.items()}})
     return rows
 
@@ -66,7 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check that it runs")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: lib.runtime.device())")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per variant (median)")
+    parser.add_argument("--batch", type=int, default=4, help="prompts generated at once")
     args = parser.parse_args()
     dev = device(args.device) if args.device else device()
     if args.quick:
@@ -75,10 +76,11 @@ def main() -> None:
         c = GPTConfig(vocab_size=65, d_model=128, num_layers=4, num_heads=4, n_kv_heads=2)
         lengths, repeats = (256, 1024), args.repeats
     print(f"device {dev.type}, {torch.get_num_threads()} threads; d_model {c.d_model}, {c.num_layers} layers, "
-          f"{c.num_heads} heads ({c.kv_heads} key/value heads), vocabulary {c.vocab_size}, batch 1, prompt 16 tokens")
+          f"{c.num_heads} heads ({c.kv_heads} key/value heads), vocabulary {c.vocab_size}, batch {args.batch}, "
+          "prompts of 16 tokens, greedy")
     print(f"{'new tokens':>10} {'cached ms':>10} {'uncached ms':>12} {'transformers ms':>16} "
           f"{'uncached/cached':>16} {'transformers/cached':>20}")
-    for r in compare(c, lengths, repeats=repeats, dev=dev):
+    for r in compare(c, lengths, batch=args.batch, repeats=repeats, dev=dev):
         print(f"{r['new tokens']:>10} {r['cached ms']:>10.0f} {r['uncached ms']:>12.0f} {r['transformers ms']:>16.0f} "
               f"{r['uncached ms'] / r['cached ms']:>15.1f}x {r['transformers ms'] / r['cached ms']:>19.2f}x")
 

@@ -189,7 +189,8 @@ class GPT(nn.Module):
                              f"+ {T} new; crop the input (lib.decode.generate slides a window)")
         x = self.embedding(tokens)  # (B, T, D)
         x = self.positional(x, past) if isinstance(self.positional, LearnedPositionalEmbedding) else self.positional(x)
-        mask = causal_mask(T, past + T, device=tokens.device)  # (T, Tk)
+        # one new token is the last position: it may attend to every key, so no mask is needed
+        mask = None if T == 1 else causal_mask(T, past + T, device=tokens.device)  # (T, Tk)
         for block in self.blocks:
             x = block(x, mask=mask, record=record)  # (B, T, D)
         return self.out(self.final_norm(x))  # (B, T, V)
