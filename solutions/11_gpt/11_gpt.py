@@ -359,7 +359,7 @@ _ = ax.legend()
 # %% [markdown]
 # ## 8. Ablation: the 2019 recipe against today's, multi-head against grouped-query
 #
-# Four runs at **equal steps** (250 each, the lesson's sizes and recipe otherwise, the same seed and batches):
+# Four runs at **equal steps** (200 each, the lesson's sizes and recipe otherwise, the same seed and batches):
 # GPT-2's choices (LayerNorm, GELU FFN with
 # $F = 4D$, learned positions, biases), today's (RMSNorm, SwiGLU with $F \approx 8D/3$, RoPE, no biases) with
 # all 4 key/value heads, then with 2 (grouped-query) and 1 (multi-query, Shazeer 2019).
@@ -372,7 +372,7 @@ _ = ax.legend()
 # same factor.
 
 # %%
-ABL_STEPS = pick(full=250, quick=4)
+ABL_STEPS = pick(full=200, quick=4)
 recipes = {
     "2019: LayerNorm, GELU, learned positions": replace(cfg, norm="layer", ffn="mlp", activation="gelu",
                                                         positional="learned", bias=True, n_kv_heads=None),
