@@ -70,7 +70,7 @@ def make_activation(activation: Activation) -> nn.Module:
         return activation
     if callable(activation):
         return _Lambda(activation)
-    raise ValueError(f"activation must be a name or a callable, got {type(activation).__name__}")
+    raise TypeError(f"activation must be a name or a callable, got {type(activation).__name__}")
 
 
 def _copy_activation(act: nn.Module) -> nn.Module | Callable[[Tensor], Tensor]:

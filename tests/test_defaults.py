@@ -564,14 +564,14 @@ def test_mha_mask_and_bias_on_both_paths(fast):
 
 def test_mha_size_defaults():
     mha = multihead.MultiHeadAttention(12, 3)
-    assert (mha.key_dim, mha.value_dim, mha.out_dim, mha.kdim, mha.vdim) == (4, 4, 12, 12, 12)
+    assert (mha.d_head, mha.value_dim, mha.out_dim, mha.kdim, mha.vdim) == (4, 4, 12, 12, 12)
     assert mha.dropout == 0.0 and not mha.fast and not mha.fused_qkv
     assert all(p.numel() for p in mha.parameters())
     assert sum(p.numel() for p in mha.parameters()) == 4 * (12 * 12 + 12)  # bias True on all four projections
     torch_ref = nn.MultiheadAttention(12, 3)
     assert sum(p.numel() for p in mha.parameters()) == sum(p.numel() for p in torch_ref.parameters())
-    kv = multihead.MultiHeadAttention(12, 3, key_dim=5)
-    assert kv.value_dim == 5  # value_dim defaults to key_dim, not to D // H
+    kv = multihead.MultiHeadAttention(12, 3, d_head=5)
+    assert kv.value_dim == 5  # value_dim defaults to d_head, not to D // H
     assert interop.keras_parameter_count(16, 2, 2) == 284  # the docstring's Keras example
     assert interop.keras_parameter_count(16, 2, 2, 2, 16, kdim=16, vdim=16, bias=True) == 284
     assert interop.masks_from_torch() == (None, None)
@@ -646,7 +646,7 @@ def test_sinusoidal_defaults_are_the_paper_and_d2l(d2l):
     assert equal(enc(x), ref(x)) and equal(enc(x), enc(x))
     assert equal(positional.sinusoidal_table(7, 8), _table(7, 8, 10000.0))
     assert positional.sinusoidal_table(3, 4).dtype == torch.float32
-    learned = positional.LearnedPositionalEmbedding(10, 8).train()
+    learned = positional.LearnedPositionalEmbedding(8, max_len=10).train()
     assert equal(learned(x), learned(x))  # dropout 0
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib.interop import vit_from_timm
 from lib.vit import (
     PatchEmbed,
     PatchEmbedLinear,
@@ -283,7 +284,7 @@ def _compare_with_timm(ref: nn.Module, ours: ViT, x: torch.Tensor, seed: int | N
 @pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_vit_matches_timm_in_eval_mode(timm, kw):
     ref = timm_vit(timm, **kw).eval()
-    ours = ViT.from_timm(ref).eval()
+    ours = vit_from_timm(ref).eval()
     c = ours.config
     assert (c.global_pool, c.class_token) == (ref.global_pool, ref.cls_token is not None)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
@@ -294,7 +295,7 @@ def test_vit_matches_timm_in_eval_mode(timm, kw):
 @pytest.mark.parametrize("kw", VARIANTS[:3], ids=["token", "avg", "avg-with-class-token"])
 def test_vit_matches_timm_in_training_mode_with_dropout(timm, kw):
     ref = timm_vit(timm, proj_drop_rate=0.2, attn_drop_rate=0.3, pos_drop_rate=0.1, **kw).train()
-    ours = ViT.from_timm(ref).train()
+    ours = vit_from_timm(ref).train()
     assert (ours.config.dropout, ours.config.attn_dropout, ours.config.pos_dropout) == (0.2, 0.3, 0.1)
     x = torch.randn(4, 1, 8, 8)
     _compare_with_timm(ref, ours, x, seed=7)
@@ -305,7 +306,7 @@ def test_vit_matches_timm_in_training_mode_with_dropout(timm, kw):
 
 def test_from_timm_rejects_what_it_cannot_express(timm):
     with pytest.raises(ValueError, match="register tokens"):
-        ViT.from_timm(timm_vit(timm, reg_tokens=2))
+        vit_from_timm(timm_vit(timm, reg_tokens=2))
 
 
 # ---------------------------------------------------------------------------

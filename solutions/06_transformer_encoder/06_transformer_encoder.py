@@ -73,7 +73,7 @@ dev = device()
 _ = torch.manual_seed(0)
 x = torch.randn(2, 7, 16)  # (B, T, D)
 for norm_first in (False, True):
-    block = EncoderBlock(16, 2, 64, norm_first=norm_first, key_dim=16).eval()
+    block = EncoderBlock(16, 2, 64, norm_first=norm_first, d_head=16).eval()
     y = block(x)  # (B, T, D)
     print(f"norm_first={norm_first!s:5}: {tuple(x.shape)} -> {tuple(y.shape)}, "
           f"output mean/std per position {y.mean(-1).abs().max().item():.3f} / {y.std(-1).mean().item():.3f}")
@@ -89,7 +89,7 @@ for norm_first in (False, True):
 # %%
 from lib.checks import check_permutation_equivariance
 
-block = EncoderBlock(16, 2, 64, key_dim=16).eval()
+block = EncoderBlock(16, 2, 64, d_head=16).eval()
 check_permutation_equivariance(block, torch.randn(3, 9, 16), "EncoderBlock")
 
 keep = torch.tensor([[True] * 5 + [False] * 4])  # (B, T): 5 real tokens, 4 padding
@@ -110,7 +110,7 @@ passed("permutation equivariant; padded positions do not reach the real ones")
 # size, so with 2 heads the projections have $2 \cdot 16 = 32$ outputs: wider than $D$.
 
 # %%
-block = EncoderBlock(16, 2, 64, key_dim=16, eps=1e-6, dropout=0.1)
+block = EncoderBlock(16, 2, 64, d_head=16, eps=1e-6, dropout=0.1)
 count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
 parts = {
     "attention (q, k, v: 3 x (16*32 + 32); out: 32*16 + 16)": count(block.attention),
@@ -301,7 +301,7 @@ class IMDBClassifier(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.uniform_(self.embedding.weight, -0.05, 0.05)  # Keras' default initialiser
-        self.positional = LearnedPositionalEmbedding(max_len, d_model) if positions else None
+        self.positional = LearnedPositionalEmbedding(d_model, max_len=max_len) if positions else None
         self.body = body
         self.classifier = nn.Linear(d_out, 2)
 
@@ -333,8 +333,8 @@ class TwoMultiHeads(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.mha1 = MultiHeadAttention(16, 2, key_dim=2, fast=True)
-        self.mha2 = MultiHeadAttention(16, 2, key_dim=2, out_dim=20, fast=True)
+        self.mha1 = MultiHeadAttention(16, 2, d_head=2, fast=True)
+        self.mha2 = MultiHeadAttention(16, 2, d_head=2, out_dim=20, fast=True)
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         mask = keep[:, None, None, :]  # (B, 1, 1, Tk) broadcasts over heads and queries
@@ -346,7 +346,7 @@ class KerasTransformerBlock(nn.Module):
 
     def __init__(self, dropout: float = 0.1) -> None:
         super().__init__()
-        self.block = EncoderBlock(16, 2, 64, key_dim=16, eps=1e-6, dropout=dropout, fast=True)
+        self.block = EncoderBlock(16, 2, 64, d_head=16, eps=1e-6, dropout=dropout, fast=True)
         self.block.attention.dropout = 0.0  # Keras: dropout after the sub-layers, not on the weights
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
