@@ -18,7 +18,9 @@ Modules, in the order of the course (each imports only from modules above it in 
 Beside them (tools the lessons use, not concepts they build):
 
     data         dataset registry, download, checksums, mirrors
-    text         tokenizers and vocabularies
+    text         tokenizer, vocabulary, padding (shared by lessons 06 and 07)
+    imdb         the IMDB reviews as tensors, a validation split by movie (lesson 06)
+    translation  English-French pairs, length-grouped batches, BLEU (lesson 07)
     train        fit / evaluate loops
     interop      converters from other codebases: mha_from_torch/_d2l/_keras, vit_from_timm
     checks       exercise feedback
@@ -49,6 +51,8 @@ _SUBMODULES = (
     "efficient",
     "data",
     "text",
+    "imdb",
+    "translation",
     "train",
     "interop",
     "checks",

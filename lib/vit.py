@@ -186,6 +186,17 @@ class _PatchEmbedBase(nn.Module):
     def _projection(self, bias: bool) -> nn.Module:
         raise NotImplementedError
 
+    def _twin(self, cls: type[_PatchEmbedBase], proj: nn.Module) -> _PatchEmbedBase:
+        """A ``cls`` with these sizes and options, the projection ``proj`` and a copy of the norm."""
+        new = cls(
+            self.img_size, self.patch_size, self.in_chans, self.d_model, norm=isinstance(self.norm, nn.LayerNorm),
+            eps=getattr(self.norm, "eps", 1e-6), flatten=self.flatten, bias=self.proj.bias is not None,
+            strict_img_size=self.strict_img_size, dynamic_img_pad=self.dynamic_img_pad,
+        )
+        new.proj = proj
+        new.norm.load_state_dict(self.norm.state_dict())
+        return new.to(self.proj.weight.device)
+
     def _prepare(self, x: Tensor) -> Tensor:
         """Check (B, C, H, W) against the sizes; pad when asked."""
         name = type(self).__name__
@@ -253,21 +264,8 @@ class PatchEmbed(_PatchEmbedBase):
         return self._finish(self.proj(x))  # (B, D, Gh, Gw) -> (B, N, D)
 
     def to_linear(self) -> PatchEmbedLinear:
-        """The same map as ``patchify`` + ``nn.Linear`` (a copy of the weights)."""
-        return PatchEmbedLinear.from_conv(self)
-
-    @classmethod
-    def from_linear(cls, other: PatchEmbedLinear) -> PatchEmbed:
-        """A ``PatchEmbed`` computing what ``other`` computes."""
-        new = cls(
-            other.img_size, other.patch_size, other.in_chans, other.d_model,
-            norm=isinstance(other.norm, nn.LayerNorm), eps=getattr(other.norm, "eps", 1e-6), flatten=other.flatten,
-            bias=other.proj.bias is not None, strict_img_size=other.strict_img_size,
-            dynamic_img_pad=other.dynamic_img_pad,
-        )
-        new.proj = linear_to_conv(other.proj, other.in_chans, other.patch_size)
-        new.norm.load_state_dict(other.norm.state_dict())
-        return new.to(other.proj.weight.device)
+        """The same map as ``patchify`` + ``nn.Linear`` (a copy of the weights, same device)."""
+        return self._twin(PatchEmbedLinear, conv_to_linear(self.proj))
 
 
 class PatchEmbedLinear(_PatchEmbedBase):
@@ -292,23 +290,8 @@ class PatchEmbedLinear(_PatchEmbedBase):
         return self._finish(grid)  # (B, N, D) or (B, D, Gh, Gw)
 
     def to_conv(self) -> PatchEmbed:
-        """The same map as one strided ``Conv2d`` (a copy of the weights)."""
-        return PatchEmbed.from_linear(self)
-
-    @classmethod
-    def from_conv(cls, other: PatchEmbed) -> PatchEmbedLinear:
-        """A ``PatchEmbedLinear`` computing what ``other`` (a ``PatchEmbed``, ours or timm's) computes."""
-        norm = isinstance(other.norm, nn.LayerNorm)
-        new = cls(
-            other.img_size, other.patch_size, other.proj.in_channels, other.proj.out_channels,
-            norm=norm, eps=getattr(other.norm, "eps", 1e-6), flatten=other.flatten,
-            bias=other.proj.bias is not None, strict_img_size=other.strict_img_size,
-            dynamic_img_pad=other.dynamic_img_pad,
-        )
-        new.proj = conv_to_linear(other.proj)
-        if norm:
-            new.norm.load_state_dict(other.norm.state_dict())
-        return new.to(other.proj.weight.device)
+        """The same map as one strided ``Conv2d`` (a copy of the weights, same device)."""
+        return self._twin(PatchEmbed, linear_to_conv(self.proj, self.in_chans, self.patch_size))
 
 
 @torch.no_grad()

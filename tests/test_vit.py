@@ -16,7 +16,6 @@ from torch import nn
 from lib.interop import vit_from_timm
 from lib.vit import (
     PatchEmbed,
-    PatchEmbedLinear,
     ViT,
     ViTConfig,
     conv_to_linear,
@@ -118,7 +117,7 @@ def test_conv_and_linear_twins_agree_in_outputs_and_gradients(img, P, C, D, norm
 
 def test_twins_without_flatten_return_the_grid():
     conv = PatchEmbed(8, 2, 3, 5, flatten=False)
-    lin = PatchEmbedLinear.from_conv(conv)
+    lin = conv.to_linear()
     x = torch.randn(2, 3, 8, 8)
     assert conv(x).shape == (2, 5, 4, 4)
     close(conv(x), lin(x), "flatten=False")
@@ -161,7 +160,7 @@ def test_patch_embed_norm_matches_timm(timm):
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(4, 3, 8, 8)
     close(ours(x), ref(x), "PatchEmbed(norm=True) vs timm's norm_layer=LayerNorm")
-    close(PatchEmbedLinear.from_conv(ref)(x), ref(x), "the Linear twin of timm's PatchEmbed")
+    close(ours.to_linear()(x), ref(x), "the Linear twin of timm's PatchEmbed")
 
 
 @pytest.mark.parametrize("H,W", [(10, 10), (9, 13), (8, 8)])

@@ -8,7 +8,7 @@
 #
 # 1. read the encoder block in its two variants, **post-norm** (the paper) and **pre-norm**
 #    (GPT-2, ViT), and count its parameters the way Keras does,
-# 2. load the IMDB movie-review dataset through `lib.data` / `lib.text`
+# 2. load the IMDB movie-review dataset through `lib.data` / `lib.imdb`
 #    (25,000 training and 25,000 test reviews, a 10,000-word vocabulary, 256 tokens per review),
 # 3. write **masked mean pooling** (exercise 1), which averages only the real tokens,
 # 4. rebuild four Keras sentiment models in PyTorch with *exactly* Keras' parameter counts,
@@ -35,12 +35,13 @@ from torch.utils.data import DataLoader
 
 from lib.attention import DotProductAttention
 from lib.checks import check_close, check_shape, passed
+from lib.imdb import load_imdb
 from lib.interop import keras_parameter_count
 from lib.multihead import MultiHeadAttention
 from lib.plot import plot_curves
 from lib.positional import LearnedPositionalEmbedding
 from lib.runtime import device, pick, seed_everything
-from lib.text import load_imdb, tokenize
+from lib.text import tokenize
 from lib.train import evaluate, fit
 from lib.transformer import EncoderBlock
 from lib.transformer import masked_mean_pool as _masked_mean_pool_reference
@@ -126,7 +127,7 @@ assert list(parts.values()) == [2160, 2128, 64] and count(block) == 4352
 # %% [markdown]
 # ## 2. The IMDB reviews
 #
-# `lib.text.load_imdb` reads the reviews through `lib.data.fetch("imdb")` (the cache in
+# `lib.imdb.load_imdb` reads the reviews through `lib.data.fetch("imdb")` (the cache in
 # `data/`, a read-only mirror named by `COURSE_DATA_MIRROR`, or a download with a checksum),
 # tokenizes them (lower case, `<br />` removed, words and punctuation marks), keeps the
 # 10,000 most frequent tokens of the training set and pads or truncates every review to
@@ -397,7 +398,7 @@ passed("every model has exactly Keras' parameter count")
 # compared $5 \cdot 10^{-3}$ and $10^{-2}$, one and two epochs, with and without dropout on the
 # embeddings. One epoch at $10^{-2}$ had the best mean over the four models: it lifted (a) by 1.7
 # points over $5 \cdot 10^{-3}$, and no other setting beat it by more than the noise of 2,540
-# validation reviews (about ±0.7 points). `tools/imdb_search.py` repeats the search.
+# validation reviews (about ±0.7 points). `bench/imdb_search.py` repeats the search.
 #
 # One run says little when two models differ by a few tenths of a point, so each model trains
 # from three seeds (initialisation and batch order); the table gives seed 0, the mean and the
@@ -417,7 +418,7 @@ results, histories = {}, {}
 def train_once(name: str, seed: int, *, data=train_ds, lr: float = LR, epochs: int = EPOCHS, batch: int = BATCH):
     """Train model ``name`` from ``seed`` (initialisation and batch order); return it and its history.
 
-    The keywords default to this section's recipe; ``tools/imdb_search.py`` varies them.
+    The keywords default to this section's recipe; ``bench/imdb_search.py`` varies them.
     """
     seed_everything(seed)
     model = build(name)

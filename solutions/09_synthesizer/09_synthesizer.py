@@ -57,7 +57,7 @@ from lib.synthesizer import (
     SourceDenseSynthesizer,
     paper_parameter_count,
 )
-from lib.text import load_imdb
+from lib.imdb import load_imdb
 from lib.train import evaluate, fit
 from lib.ffn import PositionWiseFFN
 from lib.transformer import Residual, masked_mean_pool
