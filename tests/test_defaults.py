@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import write_imdb
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -172,16 +173,12 @@ def test_vocab_defaults():
 
 
 def _toy_imdb(root: Path) -> None:
-    reviews = {
+    write_imdb(root, {
         "train/pos": ["great film , great acting , a great great story !", "great fun"],
         "train/neg": ["awful film , boring", "awful awful"],
         "test/pos": ["great"],
         "test/neg": ["boring film , truly awful and long"],
-    }
-    for sub, texts in reviews.items():
-        (root / sub).mkdir(parents=True)
-        for i, t in enumerate(texts):
-            (root / sub / f"{i}_5.txt").write_text(t)
+    })
 
 
 @pytest.fixture

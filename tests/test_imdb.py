@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_imdb
 
 from lib import imdb
 from lib.text import PAD, UNK
@@ -37,16 +38,12 @@ def test_interleaved_order_makes_every_even_prefix_balanced():
 
 
 def make_imdb(root: Path) -> None:
-    reviews = {
+    write_imdb(root, {
         "train/pos": ["Great film!<br /><br />Great acting.", "great great fun"],
         "train/neg": ["Awful film.", "awful, boring"],
         "test/pos": ["great"],
         "test/neg": ["boring film, truly awful and long"],
-    }
-    for sub, texts in reviews.items():
-        (root / sub).mkdir(parents=True)
-        for i, t in enumerate(texts):
-            (root / sub / f"{i}_5.txt").write_text(t)
+    })
 
 
 def test_load_imdb_on_a_toy_tree_and_its_cache(tmp_path, monkeypatch):
@@ -75,17 +72,9 @@ def test_load_imdb_on_a_toy_tree_and_its_cache(tmp_path, monkeypatch):
 
 
 def make_imdb_with_movies(root: Path, movies: dict[str, list[str]]) -> None:
-    """Reviews named ``i_5.txt`` whose ``urls_*.txt`` line ``i`` names ``movies[sub][i]``."""
-    for sub in ("train/neg", "train/pos"):
-        (root / sub).mkdir(parents=True)
-        for i, _ in enumerate(movies[sub]):
-            (root / sub / f"{i}_5.txt").write_text(f"review {i}")
-        folder, label = sub.split("/")
-        (root / folder / f"urls_{label}.txt").write_text(
-            "".join(f"http://www.imdb.com/title/{m}/usercomments\n" for m in movies[sub]))
-    for sub in ("test/neg", "test/pos"):  # load_imdb reads the test reviews too
-        (root / sub).mkdir(parents=True)
-        (root / sub / "0_5.txt").write_text("a test review")
+    """Training reviews whose ``urls_*.txt`` line ``i`` names ``movies[sub][i]``; one test review per class."""
+    reviews = {sub: [f"review {i}" for i in range(len(ids))] for sub, ids in movies.items()}
+    write_imdb(root, {**reviews, "test/neg": ["a test review"], "test/pos": ["a test review"]}, movies)
 
 
 def test_imdb_movies_reads_the_url_lists_in_the_files_order(tmp_path):
