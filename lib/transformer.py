@@ -29,7 +29,7 @@ a causal mask), not a new class.
 Masks are boolean, ``True`` = may attend, broadcastable to (B, H, Tq, Tk);
 ``lib.attention.padding_mask(valid_lens, T)`` makes one from d2l's ``valid_lens``.
 Blocks and stacks return a Tensor; ``record=lib.attention.Record(...)`` collects
-the attention weights (per call, in order) and carries the ``lib.multihead.KVCache``
+the attention weights (per call, in order) and carries the ``lib.attention.KVCache``
 for incremental decoding (``Decoder`` / ``Transformer.decode`` feed only the new tokens).
 
 Imports: lib.attention (masks, Record), lib.multihead (MultiHeadAttention),
