@@ -41,6 +41,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lib.attention import KVCache, Record
+from lib.runtime import check_positive_int, eval_mode
+
 __all__ = [
     "Decoded",
     "BeamStep",
@@ -76,43 +79,12 @@ class Decoded:
 # ---------------------------------------------------------------------------
 
 
-def _new_record():  # noqa: ANN202 - lib.attention.Record
-    from lib.attention import Record
-    from lib.multihead import KVCache
-
-    return Record(cache=KVCache())
-
-
-def _reorder(obj: object, index: Tensor) -> object:
-    """Select rows ``index`` along dim 0 of every tensor held in a cache (beam reordering)."""
-    if isinstance(obj, Tensor):
-        return obj.index_select(0, index)
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            obj[key] = _reorder(value, index)
-        return obj
-    if isinstance(obj, list):
-        obj[:] = [_reorder(v, index) for v in obj]
-        return obj
-    if isinstance(obj, tuple):
-        return tuple(_reorder(v, index) for v in obj)
-    if hasattr(obj, "reorder"):
-        obj.reorder(index)
-        return obj
-    if hasattr(obj, "__dict__"):
-        for key, value in vars(obj).items():
-            if isinstance(value, (Tensor, dict, list, tuple)) or hasattr(value, "reorder"):
-                setattr(obj, key, _reorder(value, index))
-        return obj
-    return obj
-
-
 class _Stepper:
     """Next-token log-probabilities for a growing prefix: the cached or the recomputing way."""
 
     def __init__(self, model: nn.Module, memory: Tensor, memory_mask: Tensor | None, use_cache: bool) -> None:
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
-        self.record = _new_record() if use_cache else None
+        self.record = Record(cache=KVCache()) if use_cache else None
 
     def log_probs(self, prefix: Tensor) -> Tensor:
         """prefix (N, T) ids fed so far -> log p(next | prefix) (N, V)."""
@@ -128,7 +100,7 @@ class _Stepper:
         if self.memory_mask is not None and self.memory_mask.shape[0] > 1:
             self.memory_mask = self.memory_mask.index_select(0, index)
         if self.record is not None:
-            _reorder(self.record.cache, index)
+            self.record.cache.reorder(index)
 
 
 def _check_src(src: Tensor, src_valid_lens: Tensor | None, max_len: int) -> None:
@@ -137,8 +109,7 @@ def _check_src(src: Tensor, src_valid_lens: Tensor | None, max_len: int) -> None
     if src_valid_lens is not None and (src_valid_lens.shape != (src.shape[0],) or src_valid_lens.is_floating_point()):
         raise ValueError(f"src_valid_lens must be integer lengths of shape (B,) = ({src.shape[0]},), got "
                          f"{tuple(src_valid_lens.shape)} {src_valid_lens.dtype}")
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    check_positive_int(max_len=max_len)
 
 
 # ---------------------------------------------------------------------------
@@ -172,9 +143,7 @@ def greedy_decode(
         ``Decoded``; rows that reached ``<eos>`` stop growing while the others go on.
     """
     _check_src(src, src_valid_lens, max_len)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         B = src.shape[0]
         memory, memory_mask = model.encode(src, src_valid_lens)  # (B, S, D), (B, 1, 1, S) or None
         stepper = _Stepper(model, memory, memory_mask, use_cache)
@@ -192,8 +161,6 @@ def greedy_decode(
             if bool(done.all()):
                 break
             prefix = torch.cat([prefix, token[:, None]], dim=1)  # (B, T + 1)
-    finally:
-        model.train(was_training)
     return Decoded(out, scores.tolist(), done.tolist())
 
 
@@ -303,13 +270,10 @@ def beam_search(
         ``Decoded`` with the penalised scores.
     """
     _check_src(src, src_valid_lens, max_len)
-    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    check_positive_int(beam_size=beam_size)
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         B, K, dev = src.shape[0], beam_size, src.device
         memory, mask = model.encode(src, src_valid_lens)  # (B, S, D), (B, 1, 1, S) or None
         rows = torch.arange(B, device=dev).repeat_interleave(K)  # (B*K,) source of each row
@@ -349,8 +313,6 @@ def beam_search(
                     for i in range(K):
                         if scores[b, i] > -torch.inf:
                             finished[b].append((float(scores[b, i]) / lp, prefix[b * K + i, 1:].tolist(), False))
-    finally:
-        model.train(was_training)
     best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
     return Decoded([h[1] for h in best], [h[0] for h in best], [h[2] for h in best])
 
@@ -365,8 +327,10 @@ def top_k_filter(logits: Tensor, k: int) -> Tensor:
 
     Ties at the k-th value are all kept.  Shapes: (..., V) -> (..., V).
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"top_k must be a positive int, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"top_k must be an int, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"top_k must be positive, got {k}")
     if k >= logits.shape[-1]:
         return logits
     kth = logits.topk(k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest
@@ -441,18 +405,15 @@ def generate(model: nn.Module, prompt: Tensor, max_new_tokens: int, *, temperatu
     Returns:
         (B, T0 + max_new_tokens): the prompt and its continuation.
     """
-    from lib.attention import Record
-    from lib.multihead import KVCache
-
     if prompt.dim() != 2 or prompt.shape[1] < 1 or prompt.is_floating_point():
         raise ValueError(f"prompt must be token ids (B, T0) with T0 >= 1, got {prompt.dtype} {tuple(prompt.shape)}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     ctx = model.config.context_len
     tokens = prompt.long()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         record = None
         for _ in range(max_new_tokens):
             if not use_cache:
@@ -464,6 +425,4 @@ def generate(model: nn.Module, prompt: Tensor, max_new_tokens: int, *, temperatu
                 logits = model(tokens[:, -1:], record=record)  # (B, 1, V): only the newest token
             nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)  # (B, T + 1)
-    finally:
-        model.train(was_training)
     return tokens

@@ -151,7 +151,7 @@ class GPT(nn.Module):
         blocks = []
         for _ in range(c.num_layers):
             rope = RotaryEmbedding(d_head=Dh, base=c.rope_base, interleaved=c.rope_interleaved) if c.positional == "rope" else None
-            attention = MultiHeadAttention(D, H, key_dim=Dh, bias=c.bias, dropout=c.dropout, fast=c.fast,
+            attention = MultiHeadAttention(D, H, d_head=Dh, bias=c.bias, dropout=c.dropout, fast=c.fast,
                                            positional=rope, n_kv_heads=G)
             ffn = (SwiGLU(D, c.hidden_size, dropout=c.dropout, bias=c.bias) if c.ffn == "swiglu"
                    else PositionWiseFFN(D, c.hidden_size, activation=c.activation, dropout=c.dropout, bias=c.bias))

@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lib.runtime import check_positive_int, eval_mode
 from lib.runtime import device as default_device
 
 __all__ = [
     "History", "fit", "evaluate", "accuracy_count", "SequenceCrossEntropy", "transformer_lr", "warmup_schedule",
-    "param_groups", "cosine_lr", "cosine_schedule", "clip_gradients", "RandomWindows", "lm_loss", "evaluating",
+    "param_groups", "cosine_lr", "cosine_schedule", "clip_gradients", "RandomWindows", "lm_loss",
     "autocast", "rng_states", "set_rng_states", "save_checkpoint", "load_checkpoint", "LMHistory", "train_lm",
 ]
 
@@ -122,10 +123,8 @@ def evaluate(
         ``(loss, accuracy)``; accuracy is NaN when it does not apply.
     """
     dev = device if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total_loss, correct, n, has_acc = 0.0, 0, 0, True
-    try:
+    with eval_mode(model):
         for batch in loader:
             inputs, target = _split(batch, dev)
             output = model(*inputs)
@@ -134,8 +133,6 @@ def evaluate(
             has_acc = has_acc and c is not None
             correct += c or 0
             n += len(target)
-    finally:
-        model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no examples")
     return total_loss / n, (correct / n if has_acc else math.nan)
@@ -188,8 +185,7 @@ def fit(
         TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, or ``loss_fn``
             is not callable.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    check_positive_int(epochs=epochs)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if not callable(loss_fn):
@@ -198,8 +194,8 @@ def fit(
         raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+    if max_steps is not None:
+        check_positive_int(max_steps=max_steps)
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be positive seconds or None, got {time_limit!r}")
     from tqdm.auto import tqdm
@@ -482,26 +478,12 @@ def lm_loss(model: nn.Module, tokens: Tensor, *, block_size: int, batch_size: in
     x_all = tokens[: n * T].view(n, T)  # (N, T)
     y_all = tokens[1 : n * T + 1].view(n, T)  # (N, T)
     total = 0.0
-    with evaluating(model):
+    with eval_mode(model):
         for i in range(0, n, batch_size):
             x, y = x_all[i : i + batch_size].to(dev), y_all[i : i + batch_size].to(dev)
             logits = model(x)  # (b, T, V)
             total += float(nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
     return total / (n * T)
-
-
-class evaluating:  # noqa: N801 - a context manager used like a function
-    """``with evaluating(model):`` runs the block in eval mode and restores the previous mode after."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> nn.Module:
-        self.was_training = self.model.training
-        return self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was_training)
 
 
 def autocast(dev: torch.device | str) -> contextlib.AbstractContextManager:

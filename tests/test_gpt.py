@@ -13,10 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from lib.attention import Record
+from lib.attention import KVCache, Record
 from lib.decode import generate
 from lib.gpt import GPT, GPTConfig, gpt_from_hf_gpt2, gpt_from_hf_llama, swiglu_hidden_size
-from lib.multihead import KVCache
 
 transformers = pytest.importorskip("transformers")
 
