@@ -586,7 +586,7 @@ def check_step(fn, B: int, H: int, G: int, Tc: int, Dh: int, seed: int) -> None:
     q, k_new, v_new = (torch.randn(B, n, 1, Dh, generator=g) for n in (H, G, G))
     k_cache, v_cache = torch.randn(B, G, Tc, Dh, generator=g), torch.randn(B, G, Tc, Dh, generator=g)
     got = fn(q, k_new, v_new, k_cache, v_cache)
-    if not isinstance(got, tuple) or len(got) != 3:
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
         raise AssertionError(f"cached_attention_step must return (out, k_all, v_all), got {type(got).__name__}")
     out, k_all, v_all = got
     ref = step_reference(q, k_new, v_new, k_cache, v_cache)
