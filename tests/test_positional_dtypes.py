@@ -70,7 +70,7 @@ def test_sinusoidal_encoding_in_every_dtype_and_offset(dtype, offset):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_learned_positions_in_every_dtype(dtype):
-    pos = LearnedPositionalEmbedding(40, 8)
+    pos = LearnedPositionalEmbedding(d_model=8, max_len=40)
     x = torch.randn(2, 4, 8).to(dtype)
     for offset in (0, 3, 36):
         out = pos(x, offset)
@@ -178,8 +178,25 @@ def test_absolute_encoding_defaults():
     assert enc.P.shape == (1000, 8)
     torch.testing.assert_close(enc.P, sinusoidal_table(1000, 8, base=10000.0))
     assert not torch.allclose(SinusoidalEncoding(8, base=100.0).P, enc.P)
-    torch.testing.assert_close(SinusoidalEncoding(8, 10, base=100.0).table(20), sinusoidal_table(20, 8, base=100.0))
-    learned = LearnedPositionalEmbedding(4000, 64)
+    torch.testing.assert_close(SinusoidalEncoding(8, max_len=10, base=100.0).table(20), sinusoidal_table(20, 8, base=100.0))
+    learned = LearnedPositionalEmbedding(d_model=64, max_len=4000)
     assert learned.dropout.p == 0.0
     assert learned.embedding.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert learned.embedding.weight.mean().abs().item() < 0.002
+
+
+def test_relative_scheme_initialisations_and_defaults():
+    """Shaw's tables start N(0, 1/Dh), shared by the heads, with a^V; the scalar bias starts at zero."""
+    torch.manual_seed(4)
+    shaw = RelativePosition(16, 200)
+    assert shaw.num_heads is None and shaw.has_value_term  # defaults: shared tables, values=True
+    assert shaw.rel_k.shape == shaw.rel_v.shape == (401, 16)
+    for table in (shaw.rel_k, shaw.rel_v):
+        assert table.std().item() == pytest.approx(16**-0.5, rel=0.05)
+    per_head = RelativePosition(16, 3, num_heads=4, values=False)
+    assert per_head.rel_k.shape == (4, 7, 16) and per_head.rel_v is None and not per_head.has_value_term
+    rpb = RelativePositionBias(4, 3)
+    assert rpb.bias.shape == (4, 7) and rpb.bias.abs().max() == 0
+    assert build("shaw", d_model=32, num_heads=4).max_distance == 16  # build's default K
+    assert build("shaw", d_model=32, num_heads=4).d_head == 8  # d_head None: D // H
+    assert build("shaw", d_model=32, num_heads=4, d_head=5).d_head == 5
