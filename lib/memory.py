@@ -514,8 +514,8 @@ def _sizes(config: object) -> tuple[int, int, int, int, str, bool, bool]:
     c = config
     if getattr(c, "dropout", 0.0):
         raise ValueError(f"the saved-tensor formulas assume dropout 0 (dropout adds masks), got {c.dropout}")
-    if getattr(c, "key_dim", None) not in (None, c.d_model // c.num_heads):
-        raise ValueError(f"the formulas assume key_dim = d_model // num_heads, got key_dim={c.key_dim}")
+    if getattr(c, "d_head", None) not in (None, c.d_model // c.num_heads):
+        raise ValueError(f"the formulas assume d_head = d_model // num_heads, got d_head={c.d_head}")
     final = getattr(c, "final_norm", None)
     final = c.norm_first if final is None else final
     return c.d_model, c.num_heads, c.d_ff, c.num_layers, getattr(c, "activation", "relu"), c.norm_first, final

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.attention import Record, causal_mask, padding_mask
+from lib.attention import KVCache, Record, causal_mask, padding_mask
 from lib.decode import beam_search, greedy_decode, length_penalty
-from lib.multihead import KVCache
 from lib.positional import SCHEMES, sinusoidal_table
 from lib.transformer import (
     Decoder,

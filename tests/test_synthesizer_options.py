@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.attention import Record, causal_mask
-from lib.multihead import DotProductScores, KVCache, MultiHeadAttention
+from lib.attention import KVCache, Record, causal_mask
+from lib.multihead import DotProductScores, MultiHeadAttention
 from lib.synthesizer import (
     DenseScores,
     FactorizedDenseScores,

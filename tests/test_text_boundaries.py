@@ -1,4 +1,4 @@
-"""lib.text at its data boundaries: vocabularies from the training split only, batches and sizes at their exact limits.
+"""lib.text, lib.imdb and lib.translation at their data boundaries: vocabularies from the training split only, batches and sizes at their exact limits.
 
 A word that occurs only in the test split must be ``<unk>`` (a vocabulary built from more than
 the training split leaks the test set into the model's input space); ranking and ``min_freq``
@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_imdb
 
-from lib import text
-from lib.text import BOS, EOS, PAD, UNK, TranslationBatches, Vocab, load_fra_eng, pad_sequences
+from lib import imdb
+from lib.text import PAD, UNK, Vocab, pad_sequences, tokenize
+from lib.translation import BOS, EOS, TranslationBatches, load_fra_eng
 
 # ---------------------------------------------------------------------------
 # IMDB: the vocabulary counts the training reviews only
@@ -32,12 +34,9 @@ REVIEWS = {
 
 
 @pytest.fixture
-def imdb(tmp_path, monkeypatch):
+def toy_imdb(tmp_path, monkeypatch):
     root = tmp_path / "aclImdb"
-    for sub, texts in REVIEWS.items():
-        (root / sub).mkdir(parents=True)
-        for i, t in enumerate(texts):
-            (root / sub / f"{i}_5.txt").write_text(t)
+    write_imdb(root, REVIEWS)
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr("lib.data.fetch", lambda name, **kw: root)
     return root
@@ -47,12 +46,12 @@ def _train_counts() -> Counter:
     c = Counter()
     for sub in ("train/pos", "train/neg"):
         for t in REVIEWS[sub]:
-            c.update(text.tokenize(t))
+            c.update(tokenize(t))
     return c
 
 
-def test_imdb_vocabulary_comes_from_the_training_reviews_only(imdb):
-    train, test, vocab = text.load_imdb(num_words=100, maxlen=8)
+def test_imdb_vocabulary_comes_from_the_training_reviews_only(toy_imdb):
+    train, test, vocab = imdb.load_imdb(num_words=100, maxlen=8)
     assert "zebra" not in vocab.stoi, "a word seen only in the test split is in the vocabulary"
     assert vocab.itos == Vocab(_train_counts(), max_size=100).itos
     x, y = test.tensors
@@ -65,14 +64,14 @@ def test_imdb_vocabulary_comes_from_the_training_reviews_only(imdb):
 
 
 @pytest.mark.parametrize("num_words", [4, 5, 6])
-def test_imdb_num_words_is_the_exact_vocabulary_size(imdb, num_words):
-    train, _, vocab = text.load_imdb(num_words=num_words, maxlen=8)
+def test_imdb_num_words_is_the_exact_vocabulary_size(toy_imdb, num_words):
+    train, _, vocab = imdb.load_imdb(num_words=num_words, maxlen=8)
     assert len(vocab) == num_words
     assert int(train.tensors[0].max()) == num_words - 1  # every index fits an embedding of num_words rows
 
 
-def test_imdb_subset_pairs_size_each_split(imdb):
-    train, test, _ = text.load_imdb(num_words=20, maxlen=8, subset=(4, 2))
+def test_imdb_subset_pairs_size_each_split(toy_imdb):
+    train, test, _ = imdb.load_imdb(num_words=20, maxlen=8, subset=(4, 2))
     assert len(train) == 4 and len(test) == 2
     assert sorted(train.tensors[1].tolist()) == [0, 0, 1, 1] and sorted(test.tensors[1].tolist()) == [0, 1]
 

@@ -1,6 +1,6 @@
 """lib.vit's defaults against timm's directly, and every ViTConfig field observed in the model it builds.
 
-``tests/test_vit.py`` compares ViT with timm through ``ViT.from_timm``, which copies timm's sizes
+``tests/test_vit.py`` compares ViT with timm through ``lib.interop.vit_from_timm``, which copies timm's sizes
 and epsilon into the config: a default of ours that drifted from timm's would go unseen there.
 Here timm's own defaults (a ``VisionTransformer`` and a ``PatchEmbed`` built with the sizes only)
 are compared with ours, the initialisation scales with timm's, and each field of ``ViTConfig``
@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from lib.interop import vit_config_from_timm
 from lib.vit import PatchEmbed, PatchEmbedLinear, ViT, ViTConfig, vit_block
 
 SIZES = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10)
@@ -41,7 +42,7 @@ def _timm_with_timm_defaults(VisionTransformer, c: ViTConfig):
 def test_vit_config_defaults_are_timms_for_everything_but_the_sizes(timm_vit_class):
     ours = ViTConfig()
     ref = _timm_with_timm_defaults(timm_vit_class, ours)
-    assert ViT.config_from_timm(ref) == ours  # pooling, class token, positions, dropouts, epsilon, ...
+    assert vit_config_from_timm(ref) == ours  # pooling, class token, positions, dropouts, epsilon, ...
     # the same read from timm's signature, so that the comparison does not rest on config_from_timm alone
     sig = inspect.signature(timm_vit_class.__init__).parameters
     assert ours.global_pool == sig["global_pool"].default == "token"

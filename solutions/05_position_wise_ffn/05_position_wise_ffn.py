@@ -239,7 +239,7 @@ print(conv)
 print("fc1.weight", tuple(ffn.fc1.weight.shape), "-> conv1.weight", tuple(conv.conv1.weight.shape))
 print("same numbers:", torch.equal(conv.conv1.weight.squeeze(-1), ffn.fc1.weight))
 print("Conv1d FFN == Linear FFN:", torch.allclose(conv(x), ffn(x), atol=1e-6))
-back = PositionWiseFFN.from_conv(conv)
+back = conv.to_linear()
 print("round trip Linear -> Conv1d -> Linear gives the same weights:", torch.equal(back.fc2.weight, ffn.fc2.weight))
 
 # %% [markdown]
@@ -331,8 +331,7 @@ linears += [ffn_ref.fc1, ffn_ref.fc2]
 references = (lib.ffn.linear_to_conv1d, lib.ffn.conv1d_to_linear, lib.ffn.PositionWiseFFNConv)
 aliases = {name: _refuse_conv for name, value in list(globals().items()) if any(value is r for r in references)}
 convs = []
-with mock.patch.object(lib.ffn.PositionWiseFFNConv, "from_linear", _refuse_conv), \
-        mock.patch.object(lib.ffn.PositionWiseFFN, "to_conv", _refuse_conv), \
+with mock.patch.object(lib.ffn.PositionWiseFFN, "to_conv", _refuse_conv), \
         forbid("lib.ffn.linear_to_conv1d", "lib.ffn.conv1d_to_linear", "lib.ffn.PositionWiseFFNConv"), \
         mock.patch.dict(globals(), aliases):
     convs.extend(my_linear_to_conv1d(lin) for lin in linears)
@@ -722,7 +721,7 @@ passed("hidden tests passed")
 # * The FFN is $\max(0, xW_1 + b_1)W_2 + b_2$ at every position, with the same weights:
 #   permuting positions commutes with it, and each position can be computed alone.
 # * A Conv1d with kernel size 1 is the same map (weight `(out, in, 1)` = Linear weight
-#   `(out, in)` with an extra axis); `PositionWiseFFN.to_conv()` / `from_conv()` convert.
+#   `(out, in)` with an extra axis); `PositionWiseFFN.to_conv()` / `PositionWiseFFNConv.to_linear()` convert.
 #   `nn.Linear` is the simpler and usually faster choice (one GEMM, no transposes).
 # * timm's `Mlp` is the same sub-layer: `fc1`, `act`, `drop`, `fc2`.
 # * A layer has $12d^2 + 13d$ parameters; mixed-precision Adam needs 20 bytes for each.
