@@ -98,7 +98,7 @@ SEARCHES = {
 
 
 @pytest.mark.parametrize("search", list(SEARCHES))
-@pytest.mark.parametrize("start", ["train", "eval"])
+@pytest.mark.parametrize("start", ["train", "eval", "mixed"])
 def test_decoding_restores_every_modules_mode(search, start):
     model = _tiny()
     src = torch.randint(3, 11, (2, 5))

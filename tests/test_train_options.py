@@ -125,7 +125,7 @@ class _Net(nn.Module):
         return self.head(self.backbone(x))
 
 
-@pytest.mark.parametrize("start", ["train", "eval"])
+@pytest.mark.parametrize("start", ["train", "eval", "mixed"])
 def test_evaluate_restores_every_modules_mode(start):
     net = _Net()
     if start == "eval":
