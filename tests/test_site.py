@@ -37,10 +37,22 @@ LESSONS = website.discover(ROOT / "notebooks")
 NAMES = [p.stem for p in LESSONS]
 
 
+def _can_cut_the_network() -> bool:
+    """Whether this process may run a command in a network namespace of its own (root on Linux)."""
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+OFFLINE = _can_cut_the_network()
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
+    """``make site``'s command, with no network at all where the machine allows it (unshare --net)."""
     out = tmp_path_factory.mktemp("site") / "site"
-    website.build(out, repo_url=REPO_URL)
+    cmd = [sys.executable, str(ROOT / "tools" / "website.py"), "build", "--out", str(out), "--repo-url", REPO_URL]
+    result = subprocess.run((["unshare", "--net"] if OFFLINE else []) + cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"the site build failed:\n{result.stdout}\n{result.stderr[-3000:]}"
     return out
 
 
@@ -190,6 +202,12 @@ def test_the_check_refuses_a_page_that_loads_from_another_host(tmp_path, capsys)
     (tmp_path / "index.html").write_text('<html><script src="_static/mathjax/tex-chtml.js"></script>'
                                          '<a href="https://example.org/">a link is fine</a></html>')
     assert website.main(["check", str(tmp_path)]) == 0
+
+
+def test_the_build_needs_no_network(site):
+    if not OFFLINE:
+        pytest.skip("cannot run the build without a network here (unshare --net needs root on Linux)")
+    assert (site / "index.html").is_file()  # the module's site was built in a namespace with no network
 
 
 def test_the_site_folder_is_git_ignored():

@@ -56,6 +56,7 @@ EXTERNAL_ASSET = re.compile(
 )
 SCANNED_SUFFIXES = {".html", ".js", ".css", ".txt", ".ipynb", ".json", ".xml", ".md"}
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+GOALS_LEAD = r"In\s+this\s+lesson\s+you\s+will"
 
 
 class SiteError(Exception):
@@ -108,16 +109,31 @@ def _paragraphs(text: str) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-def _list_items(block: str) -> list[str]:
-    """The items of a markdown list (numbered or bulleted), continuation lines joined."""
+def _goals(intro: str) -> list[str]:
+    """The markdown list after "In this lesson you will" (numbered or bulleted), continuations joined."""
+    m = re.search(GOALS_LEAD + r":?[ \t]*\n", intro)
     items: list[str] = []
-    for line in block.splitlines():
-        m = re.match(r"\s*(?:\d+[.)]|[*+-])\s+(.*)", line)
-        if m:
-            items.append(m.group(1).strip())
-        elif items and line.strip():
+    blank = False
+    for line in intro[m.end():].splitlines() if m else []:
+        if not line.strip():
+            blank = True
+            continue
+        item = re.match(r"\s*(?:\d+[.)]|[*+-])\s+(.*)", line)
+        if item:
+            items.append(item.group(1).strip())
+        elif items and (not blank or line.startswith((" ", "\t"))):
             items[-1] += " " + line.strip()
+        else:
+            break
+        blank = False
     return items
+
+
+def _summary(paragraphs: list[str]) -> str:
+    """The intro's first paragraph, without the goals' lead-in, ending in a full stop, not a colon."""
+    text = " ".join(paragraphs[0].split()) if paragraphs else ""
+    text = re.sub(GOALS_LEAD + r":?$", "", text).strip()
+    return text[:-1] + "." if text.endswith(":") else text
 
 
 def describe_lesson(path: Path) -> Lesson:
@@ -126,12 +142,8 @@ def describe_lesson(path: Path) -> Lesson:
     intro = _intro(nb)
     m = re.search(r"^#\s+(.+)$", intro, re.MULTILINE)
     title = m.group(1).strip() if m else path.stem
-    paragraphs = [p for p in _paragraphs(intro) if not p.startswith("#")]
-    summary = paragraphs[0] if paragraphs else ""
-    goals: list[str] = []
-    m = re.search(r"In this lesson you will:?\s*\n((?:[ \t]*(?:\d+[.)]|[*+-]|\s)[^\n]*\n?)+)", intro)
-    if m:
-        goals = _list_items(m.group(1))
+    summary = _summary([p for p in _paragraphs(intro) if not p.startswith("#")])
+    goals = _goals(intro)
     m = re.search(r"\*\*Points in this lesson:\s*(\d+)\*\*", intro)
     points = m.group(1) if m else None
     m = re.search(r"\*Run time:?\*:?\s*(.+?)(?:\n\s*\n|\Z)", intro, re.DOTALL)
@@ -188,8 +200,9 @@ def _run_box(lesson: Lesson, repo_url: str | None, branch: str) -> str:
     return (
         "\n\n:::{admonition} Run this lesson yourself\n:class: tip run-locally\n"
         f"**Source:** {source} · {{download}}`download the notebook <_student/{lesson.name}.ipynb>`\n\n"
-        f"**Run it:** get the course, then `make lab` (it installs everything into `.venv/` and opens "
-        f"JupyterLab) and open `{lesson.repo_path}`: [how](index.md#run-the-course-yourself).\n\n"
+        f"**Run it:** `make lab` in your copy of the course (it installs everything into `.venv/` and "
+        f"opens JupyterLab), then open `{lesson.repo_path}` ([how to get the course]"
+        "(index.md#run-the-course-yourself)).\n\n"
         "The outputs on this page are the stored run of the complete lesson (full mode); the exercises "
         "are shown as you get them, with their points.\n:::\n"
     )
@@ -206,6 +219,10 @@ def stage_notebook(student: Path, solution: Path | None, lesson: Lesson, repo_ur
     ref = json.loads(solution.read_text(encoding="utf-8")) if solution and solution.exists() else {"cells": []}
     ref_cells = ref.get("cells", [])
     aligned = len(ref_cells) == len(nb["cells"])
+    if ref_cells and not aligned:
+        print(f"make site: {student.stem}: the student notebook has {len(nb['cells'])} cells, the solution "
+              f"{len(ref_cells)}, so its page shows no outputs (make student regenerates notebooks/)",
+              file=sys.stderr)
     cells = []
     for i, cell in enumerate(nb["cells"]):
         cell = copy.deepcopy(cell)
@@ -334,6 +351,8 @@ def build(out: Path = DEFAULT_OUT, *, notebooks: Path = REPO / "notebooks", solu
         raise SiteError(f"sphinx-build failed (exit {result.returncode}); the staged sources are in {stage_dir}")
     for junk in (html / "_static").rglob("*.html"):  # the themes' Jinja macro sources, not pages
         junk.unlink()
+    if (html / "_sources").is_dir() and not any((html / "_sources").iterdir()):
+        (html / "_sources").rmdir()
     problems = check_site(html)
     if problems:
         raise SiteError("the site is not published:\n  " + "\n  ".join(problems))
