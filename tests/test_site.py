@@ -133,24 +133,24 @@ def test_exercises_read_as_the_student_gets_them_with_their_points(site):
         assert (site / download).read_bytes() == path.read_bytes(), "the download is not the student notebook"
 
 
-def _tiny_course(tmp_path: Path, extra: str = "11_probe") -> Path:
-    """notebooks/ with lesson 00 and a new lesson ``extra`` (a copy of 00 under another title)."""
-    notebooks = tmp_path / "notebooks"
-    for name in ("00_setup", extra):
-        (notebooks / name).mkdir(parents=True)
-    first = LESSONS[0]
-    shutil.copy(first, notebooks / "00_setup" / "00_setup.ipynb")
-    nb = _nb(first)
-    nb["cells"][0]["source"] = "".join(nb["cells"][0]["source"]).replace(
-        "# 00 · Setting up: how this course works", "# 11 · A lesson that just landed", 1)
-    (notebooks / extra / f"{extra}.ipynb").write_text(json.dumps(nb))
-    return notebooks
+def _tiny_course(tmp_path: Path, extra: str = "11_probe") -> tuple[Path, Path]:
+    """notebooks/ and solutions/ with lesson 00 and a new lesson ``extra`` (lesson 00 under another title)."""
+    for kind in ("notebooks", "solutions"):
+        first = ROOT / kind / "00_setup" / "00_setup.ipynb"
+        for name in ("00_setup", extra):
+            (tmp_path / kind / name).mkdir(parents=True)
+        shutil.copy(first, tmp_path / kind / "00_setup" / "00_setup.ipynb")
+        nb = _nb(first)
+        nb["cells"][0]["source"] = "".join(nb["cells"][0]["source"]).replace(
+            "# 00 · Setting up: how this course works", "# 11 · A lesson that just landed", 1)
+        (tmp_path / kind / extra / f"{extra}.ipynb").write_text(json.dumps(nb))
+    return tmp_path / "notebooks", tmp_path / "solutions"
 
 
 def test_a_new_lesson_appears_on_the_site_when_it_lands(tmp_path):
-    notebooks = _tiny_course(tmp_path)
+    notebooks, solutions = _tiny_course(tmp_path)
     out = tmp_path / "out"
-    lessons = website.build(out, notebooks=notebooks)
+    lessons = website.build(out, notebooks=notebooks, solutions=solutions)
     assert [x.name for x in lessons] == ["00_setup", "11_probe"]
     assert "11 · A lesson that just landed" in (out / "index.html").read_text()
     nxt = _soup(out / "00_setup.html").select_one("a.right-next")
@@ -166,7 +166,7 @@ PLANTS = {
 
 @pytest.mark.parametrize("plant", sorted(PLANTS))
 def test_a_planted_solution_or_hidden_test_fails_the_build_and_publishes_nothing(tmp_path, plant):
-    notebooks = _tiny_course(tmp_path)
+    notebooks, solutions = _tiny_course(tmp_path)
     path = notebooks / "11_probe" / "11_probe.ipynb"
     nb = _nb(path)
     kind, source = PLANTS[plant]
@@ -177,7 +177,24 @@ def test_a_planted_solution_or_hidden_test_fails_the_build_and_publishes_nothing
     path.write_text(json.dumps(nb))
     out = tmp_path / "out"
     with pytest.raises(website.SiteError, match=r"11_probe.* cell 3"):
-        website.build(out, notebooks=notebooks)
+        website.build(out, notebooks=notebooks, solutions=solutions)
+    assert not out.exists()
+
+
+def test_a_stored_output_that_quotes_a_solution_line_fails_the_build(tmp_path):
+    """A traceback through an exercise's solution, stored in an untouched cell, carries no marker."""
+    notebooks, solutions = _tiny_course(tmp_path)
+    path = solutions / "11_probe" / "11_probe.ipynb"
+    nb = _nb(path)
+    solution = next(c for c in nb["cells"] if "BEGIN SOLUTION" in website._source(c))
+    line = website._source(solution).split("BEGIN SOLUTION")[1].splitlines()[1]
+    untouched = next(c for c in nb["cells"] if c["cell_type"] == "code" and not website.nbgrader_md(c))
+    untouched["outputs"] = [{"output_type": "error", "ename": "RuntimeError", "evalue": "boom",
+                             "traceback": ["Traceback (most recent call last):", f"---> 3 {line}"]}]
+    path.write_text(json.dumps(nb))
+    out = tmp_path / "out"
+    with pytest.raises(website.SiteError, match="quotes the solution line"):
+        website.build(out, notebooks=notebooks, solutions=solutions)
     assert not out.exists()
 
 
@@ -191,7 +208,7 @@ def test_a_marker_that_reaches_a_page_another_way_fails_the_build_and_keeps_the_
     out.mkdir()
     (out / "index.html").write_text("the site published before")
     with pytest.raises(website.SiteError, match=r"index\.html: carries 'BEGIN HIDDEN TESTS'"):
-        website.build(out, notebooks=_tiny_course(tmp_path), conf_dir=conf)
+        website.build(out, notebooks=_tiny_course(tmp_path)[0], conf_dir=conf)
     assert (out / "index.html").read_text() == "the site published before"
 
 

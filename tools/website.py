@@ -14,10 +14,11 @@ What a page shows and where it comes from:
   source is the student cell's byte for byte; exercise cells show no output, as in a fresh copy.
   Live progress bars (ipywidgets, whose stored state is a 0 % snapshot) are dropped.
 
-Two guards keep solutions and hidden tests off the site: the staged notebooks are refused when any
-cell carries nbgrader's solution or hidden-test markers, and after Sphinx has run every file of the
-site is scanned for the same markers. The site is written to a scratch folder and moved to
-``--out`` only when both guards pass, so a failed build never leaves a publishable site behind.
+Three guards keep solutions and hidden tests off the site: a staged notebook is refused when any
+cell carries nbgrader's solution or hidden-test markers, or when a stored output quotes a line of a
+solution or hidden-test region (a traceback through an exercise would); and after Sphinx has run,
+every file of the site is scanned for the markers again. The site is written to a scratch folder
+and moved to ``--out`` only when all pass, so a failed build never leaves a publishable site behind.
 The scan also refuses a page that loads a script, stylesheet or image from another host: math is
 typeset by the MathJax that ``sphinx-mathjax-offline`` bundles, and the theme ships its own assets.
 """
@@ -167,6 +168,34 @@ def forbidden_in_notebook(nb: dict) -> list[str]:
     return found
 
 
+REGION = re.compile(r"BEGIN\s+(SOLUTION|HIDDEN\s+TESTS)(.*?)END\s+\1", re.IGNORECASE | re.DOTALL)
+
+
+def secret_lines(solution: dict, student: dict, min_chars: int = 16) -> set[str]:
+    """The lines of the solution's solution and hidden-test regions that the student never sees.
+
+    A stored output that quotes one (a traceback through an exercise's solution, a printed source)
+    would publish it although no marker comes along.
+    """
+    seen = {ln.strip() for c in student.get("cells", []) for ln in _source(c).splitlines()}
+    secrets = set()
+    for cell in solution.get("cells", []):
+        for region in REGION.finditer(_source(cell)):
+            for line in region.group(2).splitlines()[1:]:
+                line = line.strip()
+                if len(line) >= min_chars and line not in seen and not FORBIDDEN.search(line):
+                    secrets.add(line)
+    return secrets
+
+
+def _output_text(outputs: list) -> str:
+    parts = []
+    for out in outputs:
+        for value in [out.get("text", ""), *out.get("data", {}).values(), *out.get("traceback", [])]:
+            parts.append("".join(value) if isinstance(value, list) else value if isinstance(value, str) else "")
+    return "\n".join(parts)
+
+
 def _label(cell: dict) -> str | None:
     """What the student is asked to do in an nbgrader cell, with its points."""
     md = nbgrader_md(cell)
@@ -243,9 +272,12 @@ def stage_notebook(student: Path, solution: Path | None, lesson: Lesson, repo_ur
         cells.append(cell)
     nb["cells"] = cells
     problems = forbidden_in_notebook(nb)  # the outputs taken from solutions/ too
+    secrets = secret_lines(ref, nb)
+    for k, cell in enumerate(nb["cells"]):
+        text = _output_text(cell.get("outputs", []))
+        problems += [f"cell {k}'s stored output quotes the solution line {s!r}" for s in secrets if s in text][:1]
     if problems:
-        raise SiteError(f"the page of {student.stem} would carry a solution or hidden-test marker in "
-                        f"{', '.join(problems)}")
+        raise SiteError(f"the page of {student.stem} would carry a solution or hidden test: {'; '.join(problems)}")
     return nb
 
 
