@@ -22,11 +22,11 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import grading_fixtures as fx  # noqa: E402  (tests/grading_fixtures.py)
 import nbformat  # noqa: E402
 
-from tools.autograder import fixtures as fx  # noqa: E402
 from tools.autograder.core import Limits, grade  # noqa: E402
 
 # (fixture, share of the submissions)

@@ -206,6 +206,16 @@ class _PatchEmbedBase(nn.Module):
             x = x.flatten(2).transpose(1, 2)  # (B, N, D), patches row by row
         return self.norm(x)
 
+    def init_kwargs(self) -> dict:
+        """The constructor arguments that, with the ``state_dict``, rebuild this layer.
+
+        Its presence says the layer travels as data between the grader and a student's kernel
+        (``tools/autograder/wire.py``): a test may hand one to the student's code."""
+        return {"img_size": self.img_size, "patch_size": self.patch_size, "in_chans": self.in_chans,
+                "d_model": self.d_model, "norm": isinstance(self.norm, nn.LayerNorm),
+                "eps": getattr(self.norm, "eps", 1e-6), "flatten": self.flatten, "bias": self.proj.bias is not None,
+                "strict_img_size": self.strict_img_size, "dynamic_img_pad": self.dynamic_img_pad}
+
     def extra_repr(self) -> str:
         return (
             f"img_size={self.img_size}, patch_size={self.patch_size}, in_chans={self.in_chans}, "

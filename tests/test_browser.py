@@ -140,27 +140,89 @@ def test_a_lesson_runs_in_jupyterlab_in_a_real_browser(lab, page):
         _run_a_lesson(lab, page)
 
 
+class StepNeverHappened(AssertionError):
+    """A step of the browser test that did not happen in time (the message names it)."""
+
+
+def _api(lab, path: str):
+    with urllib.request.urlopen(f"{lab['base']}{path}?token={lab['token']}", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _kernel_of_the_notebook(lab) -> dict | None:
+    """The server's record of the notebook's kernel (execution_state, connections), or None without a session."""
+    for session in _api(lab, "/api/sessions"):
+        if session.get("path", "").endswith(LESSON.name) and session.get("kernel"):
+            return _api(lab, f"/api/kernels/{session['kernel']['id']}")
+    return None
+
+
+def _wait_until_kernel_ready(lab, timeout: float = 180.0) -> None:
+    """The real condition to run cells on: a session, its kernel connected to this page and idle."""
+    deadline, kernel = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            kernel = _kernel_of_the_notebook(lab)
+            if kernel and kernel.get("connections", 0) >= 1 and kernel.get("execution_state") == "idle":
+                return
+        time.sleep(0.5)
+    if kernel is None:
+        raise StepNeverHappened(f"no kernel session for {LESSON.name} was started within {timeout:.0f} s")
+    if kernel.get("connections", 0) < 1:
+        raise StepNeverHappened(f"the notebook's kernel never connected to the page within {timeout:.0f} s "
+                                f"(state {kernel.get('execution_state')!r})")
+    raise StepNeverHappened(f"the notebook's kernel never became idle within {timeout:.0f} s "
+                            f"(state {kernel.get('execution_state')!r})")
+
+
+def _ran(prompt: str) -> bool:
+    """A code cell's prompt after it ran or while it runs: ``[3]:`` or ``[*]:`` (not ``[ ]:``)."""
+    inner = prompt.strip().removeprefix("[").removesuffix(":").removesuffix("]").strip()
+    return inner == "*" or inner.isdigit()
+
+
+def _run_all_cells(page, tries: int = 3, wait: float = 30.0) -> None:
+    """Run > Run All Cells, as a student would; again if the first cell did not start (the command did not take)."""
+    for _ in range(tries):
+        page.locator(".jp-Notebook").first.click()
+        page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            prompts = _code_cell_prompts(page)
+            if prompts and _ran(prompts[0]):
+                return
+            time.sleep(0.5)
+    raise StepNeverHappened(f"Run All Cells was chosen {tries} times with the kernel idle, but the first cell "
+                            f"never started executing (prompts: {_code_cell_prompts(page)[:5]})")
+
+
 def _run_a_lesson(lab, page):
     page.goto(f"{lab['base']}/lab/tree/{LESSON.name}?token={lab['token']}")
-    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
-    # the kernel is up when the toolbar's status says Idle
+    try:
+        page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
+    except Exception as e:  # noqa: BLE001  (playwright's TimeoutError)
+        raise StepNeverHappened(f"the notebook {LESSON.name} never showed its cells: {e}") from None
     page.locator(".jp-Notebook").first.click()
-    page.wait_for_function("document.querySelector('.jp-NotebookPanel-toolbar')?.innerText.includes('Python')")
-    # Run > Run All Cells, as a student would
-    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    try:
+        page.wait_for_function("document.querySelector('.jp-NotebookPanel-toolbar')?.innerText.includes('Python')")
+    except Exception as e:  # noqa: BLE001
+        raise StepNeverHappened(f"the notebook's toolbar never named the Python kernel: {e}") from None
+    _wait_until_kernel_ready(lab)
+    _run_all_cells(page)
     n_code = page.locator(".jp-Notebook .jp-CodeCell").count()
     tracebacks = page.locator(".jp-OutputArea-output", has_text="Traceback (most recent call last)")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and tracebacks.count() == 0:  # Run All stops at an error
         prompts = _code_cell_prompts(page)
-        if len(prompts) == n_code and all(p.strip()[1:-2].isdigit() for p in prompts):
+        if len(prompts) == n_code and all(_ran(p) and "*" not in p for p in prompts):
             break
         time.sleep(1.0)
     # no cell shows an error, every cell ran, outputs appear
     assert tracebacks.count() == 0, f"a cell shows an error:\n{tracebacks.first.text_content()[-2000:]}"
     prompts = _code_cell_prompts(page)
-    assert all(p.strip()[1:-2].isdigit() for p in prompts), f"not every cell ran: {prompts}"
+    if not all(_ran(p) and "*" not in p for p in prompts):
+        raise StepNeverHappened(f"the cells started but not every one finished within 240 s: {prompts}")
     assert page.locator(".jp-OutputArea-output").count() >= 3, "the lesson's cells show no outputs"
     # save through the UI and read the saved notebook: executed in order, no error output
     page.keyboard.press("Control+s")

@@ -17,6 +17,7 @@ import html
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,9 +29,11 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from tools.autograder import fixtures as fx  # noqa: E402
+import grading_fixtures as fx  # noqa: E402  (tests/grading_fixtures.py)
+
+from tools.autograder import wire  # noqa: E402
 from tools.autograder.core import Limits, grade, load_course  # noqa: E402
 from tools.autograder.feedback import (  # noqa: E402
     HIDDEN_FAILED,
@@ -77,14 +80,22 @@ ATTACKS = {"read_hidden_tests": "graded", "write_outside": "graded", "kill_other
            # attacks on the tests from the kernel (fixtures.kernel_attacks): the tests run in the grader process
            "fool_rebind_allclose": "graded", "fool_rebind_code": "graded", "fool_exception_handler": "graded",
            "fool_ast_transformer": "graded", "fool_input_transformer": "graded", "fool_from_globals": "graded",
-           "read_tests": "graded"}
+           "read_tests": "graded",
+           # issue #29: floods of the trusted process (item 4), an honest answer that prints a lot (item 7)
+           "flood": "graded", "chatty": "graded", "leak_inputs": "error"}
 FOOLS = [k for k in ATTACKS if k.startswith("fool_")]
 if SANDBOX:
     EXPECTED.update(ATTACKS)
 
 
+def _scratch_folders() -> set[Path]:
+    """The grading runs' scratch folders of the lesson now in the temporary folder (others' runs included)."""
+    return set(Path(tempfile.gettempdir()).glob(f"grade-{LESSON}-*"))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    before = _scratch_folders()
     tmp = tmp_path_factory.mktemp("grading")
     lessons = {LESSON: ROOT / "solutions" / LESSON} if LESSON != fx.FIXTURE else {}
     root = fx.fixture_course(tmp / "course", lessons=lessons)
@@ -104,6 +115,7 @@ def run(tmp_path_factory):
         else:
             (inbox / f"{name}.ipynb").write_bytes(data)
     report = grade(LESSON, inbox, root=root, jobs=2, limits=LIMITS, progress=False, weak_isolation=not SANDBOX)
+    report.scratch_before = before  # what the run must not leave behind is the rest
     return root, report
 
 
@@ -362,7 +374,8 @@ def _leaks(text: str) -> list[str]:
     return found
 
 
-HONEST_ATTACKS = [k for k in ATTACKS if k not in ("fake_pass", *FOOLS)]  # the correct answers plus an attack
+HONEST_ATTACKS = [k for k in ATTACKS if k not in ("fake_pass", "flood", *FOOLS)]
+HIDDEN_INPUTS = ("(10, -3)", "(2.5, 0.5)")  # what the fixture lesson's hidden tests pass to add()  # the correct answers plus an attack
 
 
 @pytest.mark.slow
@@ -401,6 +414,8 @@ def test_nothing_written_or_left_running_outside(run):
     root, report = run
     assert "WROTE" not in _outputs(report, "write_outside")
     assert "could not write" in _outputs(report, "write_outside")
+    if os.geteuid() == 0:  # (#29.4) the socket folder takes no file from the kernel once its sockets exist
+        assert "could not write in the socket folder" in _outputs(report, "write_outside")
     for folder in (ROOT, root, Path(sys.prefix) / "lib"):
         assert not (folder / "sitecustomize.py").exists(), folder
     time.sleep(1)
@@ -410,7 +425,7 @@ def test_nothing_written_or_left_running_outside(run):
             if fx.ORPHAN_MARK.encode() in (proc / "cmdline").read_bytes():
                 left.append(proc.name)
     assert not left, f"processes left behind: {left}"
-    assert not list(Path(tempfile.gettempdir()).glob(f"grade-{LESSON}-*")), "scratch left behind"
+    assert not _scratch_folders() - report.scratch_before, "scratch left behind"
 
 
 @pytest.mark.slow
@@ -564,14 +579,9 @@ def test_refuses_without_a_sandbox_unless_accepted(tmp_path, monkeypatch, capsys
 @pytest.mark.slow
 @needs_sandbox
 def test_a_killed_parent_leaves_nothing_and_a_rerun_grades(tmp_path):
+    others = _scratch_folders()  # other grading runs' (this test kills its own run's parent only)
     root = fx.fixture_course(tmp_path / "course")
-    student = fx.release(root, fx.FIXTURE)
-    solution = nbformat.read(root / "solutions" / fx.FIXTURE / f"{fx.FIXTURE}.ipynb", as_version=4)
-    files = fx.bad_submissions(student, solution)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    (inbox / "looper.ipynb").write_bytes(files["infinite_loop"])
-    (inbox / "correct.ipynb").write_bytes(files["correct"])
+    inbox = fx.inbox(root, tmp_path / "inbox", {"looper": "infinite_loop", "correct": "correct"})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "tools.grade", fx.FIXTURE, str(inbox), "--root", str(root), "--no-progress",
            "--cell-timeout", "60", "--jobs", "1"]
@@ -580,7 +590,7 @@ def test_a_killed_parent_leaves_nothing_and_a_rerun_grades(tmp_path):
     scratch = []
     while time.monotonic() < deadline and not any(p.stat().st_size for s in scratch for p in s.glob("jobs/*/kernel.pids")):
         time.sleep(0.5)
-        scratch = [s for s in Path(tempfile.gettempdir()).glob(f"grade-{fx.FIXTURE}-*")]
+        scratch = [s for s in Path(tempfile.gettempdir()).glob(f"grade-{fx.FIXTURE}-*") if s not in others]
     assert scratch, "the run never started a kernel"
     time.sleep(2)
     parent.kill()
@@ -601,3 +611,440 @@ def _cmdline_has(proc: Path, text: str) -> bool:
         return text.encode() in (proc / "cmdline").read_bytes()
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------------------
+# issue #29: a course anywhere, bounded replies, handles decided by the grader
+# ----------------------------------------------------------------------------
+def _mount_targets(argv: list[str]) -> list[tuple[str, str]]:
+    """(option, target) of every mount in a bwrap command line, in order."""
+    out, i = [], 0
+    two = {"--ro-bind", "--bind"}
+    one = {"--tmpfs", "--proc", "--dev"}
+    while i < len(argv) and argv[i] != "--":
+        if argv[i] in two:
+            out.append((argv[i], argv[i + 2]))
+            i += 3
+        elif argv[i] in one:
+            out.append((argv[i], argv[i + 1]))
+            i += 2
+        else:
+            i += 1
+    return out
+
+
+@pytest.mark.parametrize("where", ["/tmp/clone", "/home/me/course", "/tmp"])
+def test_no_mount_hides_another_wherever_the_course_lives(where):
+    """Attack (#29.1): the course, its environment and the data under /tmp, the sandbox's private /tmp."""
+    from tools.autograder.sandbox_kernel import bwrap_argv
+
+    spec = {"bwrap": "bwrap", "mode": "root", "setpriv": "setpriv", "uid": 61000, "scratch_size": 1 << 20,
+            "ro": [f"{where}/lib", f"{where}/.venv", f"{where}/data", f"{where}/tools/autograder/k.py"],
+            "tmpfs": ["/home/student", "/tmp"], "ipc_dir": "/tmp/grade-x/jobs/0000/ipc", "env": {},
+            "python": "python", "kernel_script": "k.py", "memory": 1, "cpu": 1, "fsize": 1}
+    mounts = _mount_targets(bwrap_argv(spec, "/tmp/grade-x/jobs/0000/course/autograded/s/l", "c.json"))
+    targets = [t for _, t in mounts]
+    assert set(spec["ro"]) | {"/tmp", spec["ipc_dir"]} <= set(targets)
+    for i, (_, t) in enumerate(mounts):
+        later = [u for u in targets[i + 1:] if t == u or t.startswith(u.rstrip("/") + "/")]
+        assert not later, f"{t} is mounted before {later}, which hides it"
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_a_course_under_tmp_grades(tmp_path):
+    """Attack (#29.1): the course, lib and the grader all live in a folder under /tmp (a fresh clone)."""
+    clone = Path(tempfile.mkdtemp(dir="/tmp", prefix="clone-"))
+    try:
+        for part in ("lib", "tools"):
+            shutil.copytree(ROOT / part, clone / part, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copyfile(ROOT / "nbgrader_config.py", clone / "nbgrader_config.py")
+        root = fx.fixture_course(clone / "course")
+        inbox = fx.inbox(root, clone / "inbox", {"correct": "correct", "blank": "blank"})
+        env = {**os.environ, "PYTHONPATH": str(clone)}
+        done = subprocess.run([sys.executable, "-m", "tools.grade", fx.FIXTURE, str(inbox), "--root", str(root),
+                               "--no-progress", "--no-similarity", "--cell-timeout", "20"],
+                              cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        rows = {r["student"]: r for r in csv.DictReader(open(root / "grading" / f"{fx.FIXTURE}_grades.csv"))}
+        assert rows["correct"]["status"] == "graded" and float(rows["correct"]["total"]) == 8, rows["correct"]
+        assert rows["blank"]["status"] == "graded" and float(rows["blank"]["total"]) == 0, rows["blank"]
+    finally:
+        shutil.rmtree(clone, ignore_errors=True)
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_grader_failures_exit_non_zero_with_the_reason(tmp_path, monkeypatch, capsys):
+    """Attack (#29.1): every kernel dies before replying; `make grade` must not say all is well."""
+    from tools.autograder import core
+
+    real_plan = core.plan
+
+    def broken(*args, **kwargs):
+        path, ipc = real_plan(*args, **kwargs)
+        spec = json.loads(path.read_text())
+        spec["python"] = "/nonexistent/python3"
+        path.write_text(json.dumps(spec))
+        return path, ipc
+
+    monkeypatch.setattr(core, "plan", broken)
+    root = fx.fixture_course(tmp_path / "course")
+    inbox = fx.inbox(root, tmp_path / "inbox", {"alice": "correct"})
+    code = main([fx.FIXTURE, str(inbox), "--root", str(root), "--no-progress", "--no-similarity",
+                 "--cell-timeout", "10", "--timeout", "60"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "alice" in err and "grader_error" in err and "the grader's own" in err
+
+
+_LIAR = """
+import torch
+from torch import nn
+import lib.positional as pos
+
+
+class _ClaimsParameter(type):  # its instances' class reports nn.Parameter's method resolution order
+    @property
+    def __mro__(cls):
+        return (nn.Parameter, torch.Tensor, object)
+
+
+class _Liar(metaclass=_ClaimsParameter):
+    pass
+
+
+liar = _Liar()
+
+
+class _ClaimsReference(type):  # a class that reports lib's reference in its method resolution order
+    @property
+    def __mro__(cls):
+        return (cls, pos.LearnedPositionalEmbedding, nn.Module, object)
+
+
+class Encoding(metaclass=_ClaimsReference):
+    def __init__(self, max_len, d_model):
+        self.table = torch.zeros(max_len, d_model)
+"""
+
+
+def test_a_handle_that_claims_to_be_a_tensor_stays_a_handle():
+    """Attack (#29.2): a student object whose __class__ is nn.Parameter; torch must never read a proxy as a tensor."""
+    script = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
+              "import torch\nfrom grading_fixtures import agent_session as _session, SOL\n"
+              f"s, _ = _session({_LIAR!r}, [('liar = None', 'ex1', SOL)])\n"
+              "s.catch_up(1)\nliar = s.ns['liar']\n"
+              "print('TENSOR' if isinstance(liar, torch.Tensor) else 'OPAQUE', flush=True)\n"
+              "try:\n    torch.add(liar, 1)\nexcept TypeError as e:\n    print('REFUSED', e)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, f"the grader process died (code {done.returncode}): {done.stderr[-2000:]}"
+    assert "OPAQUE" in done.stdout and "REFUSED" in done.stdout, done.stdout
+
+
+def test_class_checks_come_from_the_trusted_declaration():
+    """Attack (#29.2): a metaclass that lies about __mro__ (lib's reference in it) to pass or fail class checks."""
+    import torch
+
+    import lib.positional as pos
+
+    trusted = [("import torch\nfrom torch import nn\nimport lib.positional as pos", None, {}),
+               ("class Encoding(nn.Module):\n    pass", "ex1", {"solution": True, "grade": False, "locked": False})]
+    s, _ = fx.agent_session(_LIAR, trusted)
+    s.catch_up(2)
+    cls = s.ns["Encoding"]
+    assert not issubclass(cls, pos.LearnedPositionalEmbedding)  # what the kernel reports is not believed
+    assert issubclass(cls, torch.nn.Module)  # what the lesson declares
+    enc = cls(4, 3)
+    assert isinstance(enc, torch.nn.Module) and not isinstance(enc, pos.LearnedPositionalEmbedding)
+    assert not isinstance(enc, torch.Tensor)
+
+
+def test_the_grader_imports_nothing_the_kernel_names():
+    """Attack (#29.8): handles naming installed torch* / lib.* modules the grader never imported."""
+    script = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
+              "from grading_fixtures import agent_session as _session, SOL\n"
+              "student = 'import torchvision.ops, torch.utils.benchmark\\nf = torchvision.ops.nms\\n"
+              "g = torch.utils.benchmark.Timer\\n'\n"
+              "s, ns = _session('import torch\\n' + student, [('f = g = None', 'ex1', SOL)])\n"
+              "for name in [m for m in sys.modules if m.startswith(('torchvision', 'torch.utils.benchmark'))]:\n"
+              "    del sys.modules[name]  # the kernel imported them; the grader never did\n"
+              "s.catch_up(1)\n"
+              "from tools.autograder.grader import Remote\n"
+              "for name in ('f', 'g'):\n"
+              "    h = s.ns[name]\n"
+              "    h == object(); getattr(h, '__wrapped__', None); isinstance(h, type)\n"
+              "print('IMPORTED', sorted(m for m in ('torchvision', 'torch.utils.benchmark') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "IMPORTED []" in done.stdout, done.stdout
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_a_flood_of_the_trusted_process_is_bounded(run):
+    """Attack (#29.4): widget state in comms and in the metadata, 3 x 30 MiB fake answers per graded call."""
+    _, report = run
+    row = report.by_student()["flood"]
+    assert row.status == "graded", f"{row.status}: {row.reason}"
+    ag = report.feedback_dir.parent / "autograded" / "flood" / LESSON / f"{LESSON}.ipynb"
+    assert ag.stat().st_size < 2_000_000, f"autograded notebook of {ag.stat().st_size} bytes"
+    nb = nbformat.read(ag, as_version=4)
+    assert set(nb.metadata) <= {"kernelspec", "language_info"}
+    page = report.feedback_dir / "flood" / LESSON / f"{LESSON}.html"
+    assert page.stat().st_size < 1_000_000
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_printing_while_the_tests_call_costs_no_marks(run):
+    """Attack (#29.7): an honest answer that prints 5,000 lines per call (output lags behind each reply)."""
+    _, report = run
+    rows = report.by_student()
+    assert rows["chatty"].total == rows["correct"].total, f"{rows['chatty'].total}: {rows['chatty'].reason}"
+    assert "interrupt" not in rows["chatty"].reason
+
+
+def test_replies_are_bounded_before_they_are_parsed(monkeypatch):
+    """Attack (#29.4): a 16 MiB JSON header of empty lists; a kernel message with 2 MiB of metadata or 100 MiB
+    of content: refused or replaced before any parsing."""
+    import struct
+
+    from jupyter_client.session import Session
+
+    from tools.autograder import execute, wire
+
+    parsed: list[int] = []
+    real_loads = json.loads
+    monkeypatch.setattr(wire.json, "loads", lambda b, *a, **k: parsed.append(len(b)) or real_loads(b, *a, **k))
+    header = b"[" + b"[]," * (16 * 2**20 // 3) + b"[]]"
+    raw = struct.pack("<Q", len(header)) + header
+    with pytest.raises(wire.WireError, match="header"):
+        wire.unpack(base64.b64encode(raw).decode())
+    assert not parsed or max(parsed) <= wire.MAX_HEADER
+
+    session = Session(key=b"k")
+    sizes: list[int] = []
+    unpack = session.unpack
+    session.unpack = lambda b: sizes.append(len(b)) or unpack(b)
+    execute.bound_session(session)
+
+    def message(content: bytes, metadata: bytes = b"{}") -> list[bytes]:
+        parts = [session.pack({"msg_id": "1", "msg_type": "stream", "session": "s", "username": "u",
+                               "date": "2026-01-01T00:00:00Z", "version": "5.3"}),
+                 session.pack({"msg_id": "0"}), metadata, content]
+        return [session.sign(parts)] + parts
+
+    ok = session.deserialize(message(session.pack({"name": "stdout", "text": "hi"})))
+    assert ok["content"]["text"] == "hi"
+    big = b'{"name": "stdout", "text": "' + b"x" * (100 * 2**20) + b'"}'
+    msg = session.deserialize(message(big))
+    assert "x" * 100 not in msg["content"]["text"] and "limit" in msg["content"]["text"]
+    msg = session.deserialize(message(session.pack({"name": "stdout", "text": "hi"}), b'{"a": "' + b"m" * 2**21 + b'"}'))
+    assert msg["parent_header"] == {}  # addressed to no one: dropped
+    assert max(sizes) <= execute.MAX_CONTENT
+
+
+def _carries(text: str, secrets: tuple[str, ...]) -> list[str]:
+    """``secrets`` found in ``text`` in plain text, ROT13 or any base64 run."""
+    plain = html.unescape(text)
+    found = [s for s in secrets if s in plain or codecs.encode(s, "rot13") in plain]
+    for run in re.findall(r"[A-Za-z0-9+/]{16,}={0,2}", plain):
+        try:
+            decoded = base64.b64decode(run + "=" * (-len(run) % 4), validate=False).decode("latin-1")
+        except ValueError:
+            continue
+        found += [s for s in secrets if s in decoded]
+    return found
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_what_the_hidden_tests_send_never_comes_back(run):
+    """Attack (#29.5): record every input of the hidden tests, print it (plain, base64, ROT13, an exception)."""
+    if LESSON != fx.FIXTURE:
+        pytest.skip("the recorded inputs are the fixture lesson's")
+    _, report = run
+    rows = report.by_student()
+    assert rows["leak_inputs"].total == rows["correct"].total
+    assert not _carries(_published(report, "leak_inputs"), HIDDEN_INPUTS)
+    assert _carries("(10, -3) " + base64.b64encode(b"x (2.5, 0.5) y").decode(), HIDDEN_INPUTS)  # the probe works
+
+
+def test_the_kernel_never_gets_the_hidden_tests_configuration():
+    """Attack (#29.5): forbid(...) names and lists in a hidden test; the kernel sees the call's arguments only."""
+    trusted = [("import torch\nfrom lib.checks import forbid", None, {}),
+               ("def f(x): ...", "ex1_f", fx.SOL),
+               ("### BEGIN HIDDEN TESTS\n_banned = ('lib.attention.masked_softmax', 'torch.softmax')\n"
+                "with forbid(*_banned):\n    assert f(torch.ones(2)).shape == (2,)\n### END HIDDEN TESTS",
+                "ex1_f_hidden", fx.TEST)]
+    s, _ = fx.agent_session("import torch\ndef f(x):\n    return x * 2\n", trusted)
+    sent: list[str] = []
+    send = s.send
+    s.send = lambda text: sent.append(text) or send(text)
+    assert s.run_test("ex1_f_hidden") == []
+    headers = " ".join(json.dumps(wire.unpack(t)[0]) for t in sent)
+    assert sent and "softmax" not in headers and "forbid" not in headers
+
+
+def test_a_banned_function_is_refused_by_the_grader():
+    """Attack (#29.6): forbid(...) decided in the grader from the answer's source (torch's softmax as a method;
+    lib's reference through an import in another cell and a private alias); nothing of it reaches the kernel."""
+    trusted = [("import torch\nfrom lib.checks import forbid", None, {}),
+               ("def f(x): ...", "ex1_f", fx.SOL),
+               ("### BEGIN HIDDEN TESTS\nwith forbid('torch.nn.functional.softmax', 'torch.Tensor.softmax', "
+                "'torch.nn.functional.unfold'):\n    f(torch.ones(2))\n### END HIDDEN TESTS", "ex1_f_hidden", fx.TEST)]
+    for student, banned in [("import torch\ndef f(x):\n    return x.softmax(-1)\n", "torch.Tensor.softmax"),
+                            ("import torch.nn.functional as F\ndef f(x):\n    return F.softmax(x, -1)\n",
+                             "torch.nn.functional.softmax")]:
+        s, _ = fx.agent_session(student, trusted)
+        s.answers, s.student_code = {"ex1_f": student}, [student]
+        out = s.run_test("ex1_f_hidden")
+        assert out and out[-1]["ename"] == "AssertionError" and banned in out[-1]["evalue"], out
+    windows = "import torch\ndef f(x):\n    return x.unfold(0, 1, 1).sum(-1)\n"  # Tensor.unfold is not F.unfold
+    s, _ = fx.agent_session(windows, trusted)
+    s.answers, s.student_code = {"ex1_f": windows}, [windows]
+    assert s.run_test("ex1_f_hidden") == []
+    honest = "import torch\ndef f(x):\n    e = (x - x.max()).exp()\n    return e / e.sum()\n"
+    s, _ = fx.agent_session(honest, trusted)
+    s.answers = {"ex1_f": honest}
+    assert s.run_test("ex1_f_hidden") == []
+    # a lib reference, bound through an import in another cell and a private alias
+    lib_trusted = [trusted[0], trusted[1], ("### BEGIN HIDDEN TESTS\nwith forbid('lib.attention.masked_softmax'):\n"
+                                            "    f(torch.ones(2))\n### END HIDDEN TESTS", "ex1_f_hidden", fx.TEST)]
+    imports = "import torch\nimport lib.attention as _la\n"
+    cheat = "_m = _la.masked_softmax\ndef f(x):\n    return _m(x, mask=torch.ones_like(x, dtype=torch.bool))\n"
+    s, _ = fx.agent_session(imports + cheat, lib_trusted)
+    s.answers, s.student_code = {"ex1_f": cheat}, [imports, cheat]
+    out = s.run_test("ex1_f_hidden")
+    assert out and "lib.attention.masked_softmax" in out[-1]["evalue"]
+    own = "def f(x):\n    masked_softmax = x.exp\n    return masked_softmax() / x.exp().sum()\n"  # its own name
+    s, _ = fx.agent_session(imports + own, lib_trusted)
+    s.answers, s.student_code = {"ex1_f": own}, [imports, own]
+    assert s.run_test("ex1_f_hidden") == []
+
+
+def test_the_kernels_lib_lacks_the_lessons_references(tmp_path):
+    """(#29.6) lib as the sandbox mounts it while lesson 02 is graded: its references raise, the rest works."""
+    from tools.autograder import withhold
+
+    trusted = nbformat.read(ROOT / "solutions" / "02_attention_scoring" / "02_attention_scoring.ipynb", as_version=4)
+    names = withhold.withheld_names(trusted)
+    assert "lib.attention.scaled_dot_product_attention" in names
+    assert "lib.attention.masked_softmax" not in names  # exercise 2's model answer uses it
+    lib_copy, done = withhold.build(ROOT / "lib", names, tmp_path)
+    assert set(done) == set(names)
+    script = ("import torch, lib.attention as la\n"
+              "print(la.padding_mask(torch.tensor([2]), 3).tolist())\n"
+              "try:\n    la.scaled_dot_product_attention(*[torch.zeros(1, 2, 3)] * 3)\n"
+              "except NotImplementedError as e:\n    print(type(e).__name__, e)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert "[[True, True, False]]" in done.stdout and "ReferenceWithheld" in done.stdout, done.stdout + done.stderr
+    import ast
+
+    tree = ast.parse((lib_copy / "attention.py").read_text())
+    body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "scaled_dot_product_attention").body
+    assert isinstance(body[-1], ast.Raise) and len(body) <= 2  # a docstring and the raise: no code of it left
+
+
+_CALLS_THE_REFERENCE = """
+import contextlib
+import lib.attention as _la
+import lib.checks as _chk
+_chk.forbid = lambda *targets: contextlib.nullcontext()  # a forbid that bans nothing
+_ref = _la.masked_softmax
+
+
+def my_masked_softmax(scores, mask):
+    return _ref(scores, mask=mask)
+"""
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_calling_the_reference_earns_nothing(tmp_path):
+    """Attack (#29.6): lesson 02's exercise 1 answered by lib's reference through a private alias, forbid replaced."""
+    lesson = "02_attention_scoring"
+    root = fx.fixture_course(tmp_path / "course", lessons={lesson: ROOT / "solutions" / lesson})
+    solution = nbformat.read(root / "solutions" / lesson / f"{lesson}.ipynb", as_version=4)
+    cheat = fx.solve(fx.release(root, lesson), solution)
+    for cell in cheat.cells:
+        if fx._gid(cell) == "ex1_masked_softmax":
+            cell.source = _CALLS_THE_REFERENCE
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    nbformat.write(cheat, inbox / "cheat.ipynb")
+    report = grade(lesson, inbox, root=root, jobs=1, progress=False, similarity=False,
+                   limits=Limits(cell_timeout=120, submission_timeout=600, memory=3 * 1024**3))
+    row = report.by_student()["cheat"]
+    assert row.status == "graded", f"{row.status}: {row.reason}"
+    # the visible check (2 points) bans nothing; the hidden tests' 3 points are lost (on main: 5 of 5)
+    assert row.scores["ex1"] == 2, f"{row.scores}: {row.reason}"
+    assert row.scores["ex2"] == 5, f"{row.scores}: {row.reason}"
+    # exercise 2's model answer uses masked_softmax: it stays; the lesson's other references do not
+    assert "lib.attention.scaled_dot_product_attention" in report.withheld
+    assert "lib.attention.masked_softmax" not in report.withheld
+
+
+_SHARES = """
+import torch
+from torch import nn
+
+
+def to_conv(linear):  # shares the Linear's memory instead of copying it
+    conv = nn.Conv1d(linear.in_features, linear.out_features, 1)
+    conv.weight = nn.Parameter(linear.weight.unsqueeze(-1))
+    conv.bias = linear.bias
+    return conv
+
+
+def to_conv_copy(linear):
+    conv = nn.Conv1d(linear.in_features, linear.out_features, 1)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.unsqueeze(-1))
+        conv.bias.copy_(linear.bias)
+    return conv
+
+
+def same(x):
+    return x
+
+
+def half_of(x):
+    return x[:, :2]
+
+
+def bump(x):
+    x.add_(1)
+    return None
+"""
+
+
+def test_identity_aliasing_and_in_place_updates_are_observed():
+    """Attack (#29.3): lesson 05's "copy, do not share" check against an answer that shares the Linear's memory."""
+    trusted = [("def to_conv(linear): ...\ndef to_conv_copy(linear): ...\ndef same(x): ...\ndef half_of(x): ...\n"
+                "def bump(x): ...", "ex1", fx.SOL)]
+    import torch
+
+    s, _ = fx.agent_session(_SHARES, trusted)
+    s.catch_up(1)
+    lin = torch.nn.Linear(6, 10)
+    shared = s.ns["to_conv"](lin)
+    assert shared.weight.untyped_storage().data_ptr() == lin.weight.untyped_storage().data_ptr()
+    assert shared.bias.untyped_storage().data_ptr() == lin.bias.untyped_storage().data_ptr()
+    with torch.no_grad():
+        shared.weight.add_(1.0)  # lesson 05's hidden check: training one changes the other
+    assert torch.equal(shared.weight.squeeze(-1), lin.weight)
+    copied = s.ns["to_conv_copy"](lin)
+    assert copied.weight.untyped_storage().data_ptr() != lin.weight.untyped_storage().data_ptr()
+    assert torch.equal(copied.weight.squeeze(-1), lin.weight)
+    x = torch.randn(3, 4)
+    assert s.ns["same"](x) is x  # identity
+    view = s.ns["half_of"](x)
+    assert view.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() and torch.equal(view, x[:, :2])
+    before = x.clone()
+    assert s.ns["bump"](x) is None
+    assert torch.equal(x, before + 1)  # the in-place update reached the grader's tensor

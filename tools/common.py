@@ -36,7 +36,18 @@ def generate_assignment(root: Path, assignment: str, *, release: Path | None = N
         cmd.append(f"--CourseDirectory.release_directory={release}")
     if db_url is not None:
         cmd.append(f"--CourseDirectory.db_url={db_url}")
-    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tool_env())
+    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tool_env(), preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In a child process: die with the parent (a killed grading run leaves no nbgrader writing into its scratch)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
 
 
 def nbgrader_md(cell) -> dict:

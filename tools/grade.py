@@ -16,7 +16,9 @@ Each kernel runs in its own bubblewrap sandbox; without ``bwrap`` grading refuse
 to run unless ``--weak-isolation`` accepts resource limits only.
 
 Exit status: 0 when grading ran (whatever the students' results), 2 when it
-could not run (unknown assignment, missing folder, unusable gradebook, no sandbox).
+could not run (unknown assignment, missing folder, unusable gradebook, no sandbox),
+3 when it ran but some submissions failed for the grader's own reasons
+(``grader_error``: they score zero until graded again; the reasons are printed).
 See docs/grading.md.
 """
 
@@ -65,6 +67,8 @@ def summary(report: Report) -> str:
             if r.status != "graded":
                 lines.append(f"    {r.student}: {r.status}: {r.reason}")
     lines.append(f"  isolation:   {report.isolation}")
+    if report.withheld:
+        lines.append(f"  withheld from the kernels (the lesson's references): {', '.join(report.withheld)}")
     for fix in report.restored:
         lines.append(f"  RESTORED manual gradebook entry changed during the run: {fix}")
     lines.append(f"  grade table: {report.csv_path}")
@@ -86,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds of wall clock per submission (default %(default)s)")
     p.add_argument("--memory", type=_bytes, default=Limits.memory,
                    help=f"kernel memory limit, e.g. 4G (default {Limits.memory // GIB}G)")
+    p.add_argument("--worker-memory", type=_bytes, default=Limits.worker_memory,
+                   help=f"memory limit of each grading worker, e.g. 8G (default {Limits.worker_memory // GIB}G)")
     p.add_argument("--max-output", type=int, default=Limits.max_cell_output,
                    help="characters of output kept per cell (default %(default)s)")
     p.add_argument("--full", action="store_true", help="run the lessons in full mode (default: COURSE_QUICK=1)")
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.submissions is None:
             p.error("the folder of submissions is required (or --feedback-only)")
         limits = Limits(cell_timeout=a.cell_timeout, submission_timeout=a.timeout, memory=a.memory,
+                        worker_memory=a.worker_memory,
                         max_cell_output=a.max_output, max_notebook_output=max(a.max_output, Limits.max_notebook_output))
         report = grade(a.assignment, a.submissions, root=a.root, jobs=a.jobs, limits=limits, quick=not a.full,
                        csv_path=a.csv, keep_scratch=a.keep_scratch, progress=not a.no_progress,
@@ -114,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grading could not run: {e}", file=sys.stderr)
         return 2
     print(summary(report))
+    failed = [r for r in report.rows if r.status == "grader_error"]
+    if failed:
+        print(f"grading failed for the grader's own reasons on {len(failed)} of {len(report.rows)} submissions "
+              "(they score zero; fix the cause and grade again):", file=sys.stderr)
+        for r in failed:
+            print(f"  {r.student}: grader_error: {r.reason}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -13,5 +13,6 @@
 * ``report``: rows, the grade table, the files placed in ``grading/``
 * ``integrity``: the similarity report (copydetect)
 * ``watchdog``: cleans up after a parent that died
-* ``fixtures``: hostile submissions for the tests and the benchmark
+
+The hostile submissions of the tests and the benchmark live beside the tests: ``tests/grading_fixtures.py``.
 """

@@ -38,6 +38,7 @@ class Limits:
     cell_timeout: int = 120  # s per cell, then the kernel is interrupted
     submission_timeout: int = 900  # s of wall clock per submission, then the worker is killed
     memory: int = 4 * GIB  # bytes of data per kernel (RLIMIT_DATA)
+    worker_memory: int = 8 * GIB  # bytes of data per grading worker, the trusted side (RLIMIT_DATA)
     file_size: int = 256 * 1024**2  # largest file the kernel may write
     processes: int = 256  # processes and threads of one sandbox (RLIMIT_NPROC of its own uid)
     scratch_size: int = 512 * 1024**2  # the sandbox's private writable folders (tmpfs), bytes
@@ -55,6 +56,10 @@ class Course:
     feedback: Path
     db_url: str
     db_path: Path
+    feedback_preprocessors: list[str]  # the course's feedback pipeline (nbgrader_config.py): the one list
+
+
+HIDE = "tools.autograder.feedback.HideHiddenTests"
 
 
 def load_course(root: Path) -> Course:
@@ -73,11 +78,16 @@ def load_course(root: Path) -> Course:
     db_url = cd.get("db_url", f"sqlite:///{root / 'gradebook.db'}")
     if not db_url.startswith("sqlite:///"):
         raise GradingError(f"only sqlite gradebooks are supported, got {db_url}")
+    pipeline = [p if isinstance(p, str) else f"{p.__module__}.{p.__name__}"
+                for p in cfg.GenerateFeedback.get("preprocessors", [])]
+    if HIDE not in pipeline:
+        raise GradingError(f"{cfg_file}: c.GenerateFeedback.preprocessors must include {HIDE!r}, or the feedback "
+                           "would show the hidden tests (docs/grading.md, 5. Feedback)")
     return Course(root=Path(cd.get("root", str(root))), course_id=cd.get("course_id", "default_course"),
                   source=folder("source_directory", "source"), submitted=folder("submitted_directory", "submitted"),
                   autograded=folder("autograded_directory", "autograded"),
                   feedback=folder("feedback_directory", "feedback"), db_url=db_url,
-                  db_path=Path(db_url[len("sqlite:///"):]))
+                  db_path=Path(db_url[len("sqlite:///"):]), feedback_preprocessors=pipeline)
 
 
 def notebook_name(course: Course, assignment: str) -> str:

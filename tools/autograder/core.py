@@ -35,6 +35,7 @@ import nbformat
 
 from tools.autograder import gradebook as gbk
 from tools.autograder import submissions as subs
+from tools.autograder import withhold
 from tools.autograder.config import (  # noqa: F401  (re-exported: the public names of the grader)
     GIB,
     NOT_RUN,
@@ -48,7 +49,7 @@ from tools.autograder.config import (  # noqa: F401  (re-exported: the public na
 )
 from tools.autograder.lanes import Lane
 from tools.autograder.records import JobSpec, Note, Result
-from tools.autograder.report import Report, Row, place_files, status_of, write_csv
+from tools.autograder.report import Graded, Report, Row, place_files, status_of, write_csv
 from tools.autograder.sandbox import Isolation, detect, plan, write_kernelspec
 from tools.common import REPO, tool_env
 
@@ -63,6 +64,24 @@ class Job:
     notes: list[Note] = field(default_factory=list)
     dir: Path | None = None
     spec: JobSpec | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One grading run: what ``grade`` was asked, and where it works."""
+
+    course: Course
+    assignment: str
+    notebook: str
+    folder: Path  # the submissions
+    scratch: Path  # the run's private folder (release, gradebook snapshot, jobs, the kernels' lib)
+    iso: Isolation
+    jobs: int
+    limits: Limits
+    quick: bool
+    csv_path: Path | None
+    progress: bool
+    similarity: bool
 
 
 def _watchdog(scratch: Path) -> subprocess.Popen:
@@ -103,8 +122,8 @@ def grade(
     watchdog = _watchdog(scratch)
     try:
         with gradebook_lock(course):
-            report = _run(course, assignment, notebook, folder, scratch, iso, jobs, limits, quick, csv_path,
-                          progress, similarity)
+            report = _run(Run(course, assignment, notebook, folder, scratch, iso, jobs, limits, quick, csv_path,
+                              progress, similarity))
     finally:
         try:
             if keep_scratch:
@@ -120,15 +139,17 @@ def grade(
     return report
 
 
-def _run(course: Course, assignment: str, notebook: str, folder: Path, scratch: Path, iso: Isolation, jobs: int,
-         limits: Limits, quick: bool, csv_path: Path | None, progress: bool, similarity: bool) -> Report:
+def _run(run: Run) -> Report:
+    course, assignment, notebook, scratch, limits = run.course, run.assignment, run.notebook, run.scratch, run.limits
     release = gbk.prepare_assignment(course, assignment, scratch)
     guard = gbk.ManualGuard(course, assignment)
     source = nbformat.read(course.source / assignment / f"{notebook}.ipynb", as_version=4)
     template = scratch / "gradebook.db"
     gbk.snapshot(course, template)
-    jupyter = write_kernelspec(scratch, limits, iso)
-    found = subs.find(folder, assignment, notebook)
+    # the kernels' lib: without the references of this lesson (its hidden tests name them)
+    kernel_lib, withheld = withhold.build(REPO / "lib", withhold.withheld_names(source), scratch / "kernel-lib")
+    jupyter = write_kernelspec(scratch, limits, run.iso)
+    found = subs.find(run.folder, assignment, notebook)
     todo: list[Job] = []
     done: list[tuple[Job, Result]] = []
     answers: dict[str, dict[str, str]] = {}
@@ -154,11 +175,12 @@ def _run(course: Course, assignment: str, notebook: str, folder: Path, scratch: 
         job.spec = JobSpec(course=str(job.dir / "course"), course_id=course.course_id,
                            source_directory=str(course.source), assignment=assignment, student=sub.student,
                            notebook=notebook, cell_timeout=limits.cell_timeout,
-                           max_cell_output=limits.max_cell_output, max_notebook_output=limits.max_notebook_output)
+                           max_cell_output=limits.max_cell_output, max_notebook_output=limits.max_notebook_output,
+                           feedback_preprocessors=course.feedback_preprocessors)
         todo.append(job)
 
     rows: dict[str, Row] = {}
-    bar = _progress(len(found), assignment, progress)
+    bar = _progress(len(found), assignment, run.progress)
 
     def finish(job: Job, result: Result) -> None:
         status, reason = status_of(job.notes + result.notes)
@@ -168,15 +190,16 @@ def _run(course: Course, assignment: str, notebook: str, folder: Path, scratch: 
         gbk.merge(course, assignment, notebook, job.student, scratch_db,
                   result if ok else Result(), flagged=status not in ("graded", "kernel_changed"))
         gbk.fill_scores(course, assignment, notebook, [row])
-        place_files(course, assignment, notebook, job.student, job.sub.path, job.sub.timestamp,
-                    job.dir / "course" if job.dir else None, row, ok, ok and result.feedback)
+        place_files(course, assignment, notebook, Graded(job.student, job.sub.path, job.sub.timestamp,
+                                                         job.dir / "course" if job.dir else None, ok,
+                                                         ok and result.feedback), row)
         rows[job.student] = row
         bar.update(1)
         bar.set_postfix_str(f"{job.student}: {status}")
 
     for job, result in done:
         finish(job, result)
-    lanes = [Lane(i, scratch, jupyter, quick, limits) for i in range(max(1, min(jobs, len(todo))))]
+    lanes = [Lane(i, scratch, jupyter, run.quick, limits) for i in range(max(1, min(run.jobs, len(todo))))]
     free = list(lanes)
     lock = threading.Lock()
 
@@ -185,8 +208,8 @@ def _run(course: Course, assignment: str, notebook: str, folder: Path, scratch: 
             lane = free.pop()
         try:
             sandbox_spec = None
-            if iso.sandboxed:
-                sandbox_spec, ipc = plan(job.dir, lane.index, limits, iso, quick)
+            if run.iso.sandboxed:
+                sandbox_spec, ipc = plan(job.dir, lane.index, limits, run.iso, run.quick, lib=kernel_lib)
                 job.spec.ipc_dir = str(ipc)
             return lane.run(job.dir, job.spec, sandbox_spec)
         finally:
@@ -210,15 +233,16 @@ def _run(course: Course, assignment: str, notebook: str, folder: Path, scratch: 
     restored = guard.restore()
     ordered = [rows[s.student] for s in found]
     exercises = gbk.fill_scores(course, assignment, notebook, ordered)
-    csv_path = csv_path or course.db_path.parent / f"{assignment}_grades.csv"
+    csv_path = run.csv_path or course.db_path.parent / f"{assignment}_grades.csv"
     write_csv(csv_path, assignment, exercises, ordered)
     sim_path = None
-    if similarity and answers:
+    if run.similarity and answers:
         from tools.autograder.integrity import report as similarity_report
 
         sim_path = csv_path.with_name(f"{assignment}_similarity.csv")
         similarity_report(answers, release, REPO / "lib", sim_path, sim_path.with_suffix(".html"))
-    return Report(assignment, ordered, exercises, csv_path, course.feedback, 0.0, iso.describe(), restored, sim_path)
+    return Report(assignment, ordered, exercises, csv_path, course.feedback, 0.0, run.iso.describe(), restored,
+                  sim_path, withheld=withheld if run.iso.sandboxed else [])
 
 
 def _progress(total: int, assignment: str, enabled: bool):
@@ -229,13 +253,10 @@ def _progress(total: int, assignment: str, enabled: bool):
 
 def regenerate_feedback(assignment: str, *, root: Path = REPO) -> Path:
     """Feedback for every autograded submission from the course gradebook (after manual grading)."""
-    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.converters import GenerateFeedback
     from nbgrader.coursedir import CourseDirectory
-    from nbgrader.preprocessors import GetGrades
     from traitlets.config.loader import PyFileConfigLoader
 
-    from tools.autograder.feedback import HideHiddenTests
     from tools.autograder.sanitize import sanitize_page
 
     course = load_course(Path(root).resolve())
@@ -243,7 +264,7 @@ def regenerate_feedback(assignment: str, *, root: Path = REPO) -> Path:
     os.environ["PATH"] = tool_env()["PATH"]
     cfg = PyFileConfigLoader("nbgrader_config.py", path=str(course.root)).load_config()
     cfg.CourseDirectory.assignment_id = assignment
-    cfg.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+    cfg.GenerateFeedback.preprocessors = course.feedback_preprocessors  # load_course checked it hides the tests
     cfg.GenerateFeedback.force = True
     with gradebook_lock(course):
         try:

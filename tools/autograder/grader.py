@@ -19,9 +19,13 @@ Design choices for what test cells need beyond plain calls:
   keeps the call's graph, and the backward pass sends the output gradients to the
   kernel and gets the input gradients back (``torch.autograd.grad`` there).
   Gradients of parameters that live in the kernel do not flow back here;
-* **forbid(...)**: ``lib.checks.forbid`` is wrapped in this process so that every
-  call made inside a ``with forbid(...)`` block is run by the kernel inside the same
-  ``forbid`` (a hint, as before: the kernel is the student's);
+* **forbid(...)**: the hidden tests' configuration stays here.  ``lib``'s references named
+  by the lesson's hidden tests are not in the kernel at all while it is graded
+  (``withhold.py``, less those the model solutions use); a call made inside a
+  ``with forbid(...)`` block is refused here when the exercise's answer (its solution cells
+  in the submission) names one of the banned objects through the submission's imports
+  (``torch.nn.functional.softmax`` as ``F.softmax``), as a method when it is one of
+  ``torch.Tensor``'s, or as a ``getattr`` string (``_names``);
 * **check_not_reference** and ``in``/``==``: a proxy's ``__wrapped__`` is this
   process's own copy of the reference when the student's name *is* lib's object;
 * a test that passes a function of its own to the student's code can pass lib's,
@@ -39,7 +43,8 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from tools.autograder import wire
+from tools.autograder import wire, withhold
+from tools.common import grade_id, is_test, nbgrader_md
 
 _active_forbid: list[tuple[str, ...]] = []
 
@@ -66,6 +71,21 @@ def track_forbid() -> None:
     checks.forbid = forbid
 
 
+def _names(code: str, target: str, alias: dict[str, str]) -> bool:
+    """Whether ``code`` names the torch function ``target``: through the imports (``alias``), as a method
+    when the target is one of ``torch.Tensor``'s, or as a ``getattr`` string (a static look, in the grader)."""
+    owner, _, last = target.rpartition(".")
+    tree = withhold._tree(code)
+    if tree is None:
+        return False
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Constant) and n.value == last:
+            return True
+        if owner == "torch.Tensor" and isinstance(n, ast.Attribute) and n.attr == last:
+            return True
+    return target in withhold.used_by(code, alias)
+
+
 class RemoteError(Exception):
     """The student's code raised an exception of a type that is not a Python built-in."""
 
@@ -85,41 +105,41 @@ def _exception(ename: str, evalue: str) -> BaseException:
 
 
 class Remote:
-    """A proxy of an object in the student's kernel: a global name, or a handle."""
+    """A proxy of an object in the student's kernel: a global name, or a handle.
 
-    __slots__ = ("_s", "_target", "_label", "_ref", "_mro", "__weakref__")
+    What a proxy *is* (its class, its bases) comes from the grader's own records, never from the
+    kernel: a name bound to a solution cell's ``class X(Bases)`` has the bases the lesson's trusted
+    source declares, an object made by calling it is an instance of that declaration, and anything
+    else is an opaque :class:`Remote` (``isinstance`` against torch's or lib's classes is False; the
+    layers a test may check by type come back as data, built here).
+    """
 
-    def __init__(self, session: GraderSession, target: dict, label: str, ref: str | None = None) -> None:
+    __slots__ = ("_s", "_target", "_label", "_ref", "_declared", "__weakref__")
+
+    def __init__(self, session: GraderSession, target: dict, label: str, ref: str | None = None,
+                 declared: type | None = None) -> None:
         object.__setattr__(self, "_s", session)
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_label", label)
         object.__setattr__(self, "_ref", ref)
-        object.__setattr__(self, "_mro", None)
-
-    def _trusted_mro(self, of_class: bool) -> tuple:
-        """The classes of lib, torch or math in the method resolution order of the object's class (or its own)."""
-        if self._mro is None:
-            cls = self if of_class else self._s.request({"op": "get", **self._target, "attr": "__class__"})
-            mro = cls._s.request({"op": "get", **cls._target, "attr": "__mro__"}, raw=True) \
-                if isinstance(cls, Remote) else {"T": []}
-            refs = [t.get("ref") for t in mro.get("T", []) if isinstance(t, dict) and t.get("ref")] \
-                if isinstance(mro, dict) else []
-            object.__setattr__(self, "_mro", tuple(wire.resolve_ref(r) for r in refs))
-        return self._mro
+        object.__setattr__(self, "_declared", declared)
 
     @property
-    def __bases__(self):  # issubclass(the student's class, lib's reference)
-        return tuple(c for c in self._trusted_mro(True) if c is not object)
+    def __bases__(self):  # issubclass(the student's class, X): the bases its trusted declaration names
+        declared = self._declared if "name" in self._target else None
+        return declared.__bases__ if declared is not None else ()
 
     @property
-    def __class__(self):  # isinstance(the student's object, nn.Conv1d or lib's reference class)
-        for c in self._trusted_mro(False):
-            if c.__module__.startswith(("lib.", "torch.nn")):
-                return c
-        return Remote
+    def __class__(self):  # isinstance(the student's object, X): an instance of a declared class, else opaque
+        declared = self._s.instances.get(self._target.get("h")) if "h" in self._target else None
+        return declared if declared is not None else Remote
 
     def __call__(self, *args, **kwargs):
-        return self._s.call(self._target, None, args, kwargs)
+        value = self._s.call(self._target, None, args, kwargs)
+        if self._declared is not None and "name" in self._target and type(value) is Remote \
+                and "h" in value._target:  # an object made by the declared class: the grader records it
+            self._s.instances[value._target["h"]] = self._declared
+        return value
 
     def __getattr__(self, attr: str):
         if attr.startswith("__") and attr.endswith("__"):
@@ -157,16 +177,13 @@ class Remote:
                 yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else str(name), remove_duplicate)
 
     @property
-    def __wrapped__(self):  # check_not_reference: is the student's object lib's own?
-        ref = self._identity()
-        return wire.resolve_ref(ref) if ref else None
+    def __wrapped__(self):  # check_not_reference: is the student's object lib's own? (a hint: the kernel says so)
+        return _referenced(self._identity())
 
     def _identity(self) -> str | None:
         if self._ref is None:
             tag = self._s.request({"op": "get", **self._target}, raw=True)
             ref = tag.get("ref") if isinstance(tag, dict) else None
-            if not ref and isinstance(tag, dict) and "R" in tag:
-                ref = tag["R"]
             object.__setattr__(self, "_ref", str(ref) if ref else "")
         return self._ref or None
 
@@ -175,11 +192,8 @@ class Remote:
             return True
         if isinstance(other, Remote):
             return other._target == self._target
-        ref = self._identity()
-        try:
-            return bool(ref) and wire.resolve_ref(ref) is other
-        except Exception:  # noqa: BLE001
-            return False
+        obj = _referenced(self._identity())
+        return obj is not None and obj is other
 
     def __ne__(self, other) -> bool:
         return not self.__eq__(other)
@@ -197,25 +211,30 @@ class Remote:
 class GraderSession:
     """One submission's test namespace (see the module docstring)."""
 
-    def __init__(self, trusted_nb, send: Callable[[str], str], *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, trusted_nb, send: Callable[[str], str], *, log: Callable[[str], None] | None = None,
+                 answers: dict[str, str] | None = None, student_code: list[str] | None = None) -> None:
         track_forbid()
         self.send = send
+        self.answers = answers or {}  # grade_id -> the submission's solution cell (the forbid check reads it)
+        self.student_code = student_code or list(self.answers.values())  # for the imports the answers rely on
+        self.exercise = ""  # "ex1" while ex1's tests run
+        self._banned: dict[tuple[str, str], bool] = {}
         self.log = log or (lambda text: None)
         self.ns: dict = {"__name__": "__main__", "__builtins__": builtins}
         self.cells = []  # (kind, grade_id, source)
         for i, c in enumerate(trusted_nb.cells):
             if c.cell_type != "code":
                 continue
-            md = c.get("metadata", {}).get("nbgrader", {})
-            kind = "solution" if md.get("solution") else "test" if md.get("grade") else "code"
-            self.cells.append((kind, md.get("grade_id") or f"cell {i}", c.source))
+            kind = "test" if is_test(c) else "solution" if nbgrader_md(c).get("solution") else "code"
+            self.cells.append((kind, grade_id(c) or f"cell {i}", c.source))
         self.done = 0
         self.mirrors: dict[int, list] = {}  # parameter handle -> [this process's copy, its version when synced]
         self.module_params: dict[int, list] = {}  # module handle -> its parameters' copies
+        self.instances: dict[int, type] = {}  # handle -> the declared class that made it (the grader's record)
         self._calls = itertools.count(1)
 
     # -- requests ------------------------------------------------------------
-    def request(self, header: dict, blobs: list[bytes] | None = None, *, raw: bool = False):
+    def request(self, header: dict, blobs: list[bytes] | None = None, *, raw: bool = False, sent: list | None = None):
         if self.mirrors and header.get("op") != "call" and "sync" not in header:
             enc = wire.Encoder(_refuse)
             sync = self._sync(enc)
@@ -228,12 +247,30 @@ class GraderSession:
         value = reply.get("value")
         if raw:
             return value
-        return self.decode(value, rblobs)
+        if sent and reply.get("inplace"):
+            self._apply_inplace(reply["inplace"], rblobs, sent)
+        return self.decode(value, rblobs, sent)
 
-    def decode(self, value, blobs):
+    def decode(self, value, blobs, sent: list | None = None):
         # the kernel names lib's objects only inside handles (for identity checks); a bare reference
-        # (a function this process would then call) or a layer to build is refused
-        return wire.Decoder(blobs, self._proxy, _no_reference, param=self._mirror)(value)
+        # (a function this process would then call) is refused; answers in the memory of the request's
+        # tensors come back as views of them (aliasing and identity as in the kernel)
+        return wire.Decoder(blobs, self._proxy, _no_reference, param=self._mirror, layer=_layer_class,
+                            sent=sent)(value)
+
+    def _apply_inplace(self, changes, blobs, sent: list) -> None:
+        """The request's tensors that the student's code changed in place: the same change here."""
+        import torch
+
+        dec = wire.Decoder(blobs, self._proxy, _no_reference)
+        for change in changes if isinstance(changes, list) else []:
+            if not (isinstance(change, list) and len(change) == 2 and type(change[0]) is int
+                    and 0 <= change[0] < len(sent) and isinstance(change[1], dict) and "X" in change[1]):
+                raise wire.WireError("malformed in-place update")
+            target, new = sent[change[0]], dec.tensor(change[1])
+            if new.shape == target.shape and new.dtype == target.dtype:
+                with torch.no_grad():
+                    target.copy_(new)
 
     def _mirror(self, pid: int, t, rg: bool):
         """This process's copy of a parameter of the student's module: one object per parameter, kept in sync."""
@@ -313,9 +350,10 @@ class GraderSession:
         return next(pid for pid, (q, _) in self.mirrors.items() if q is p)
 
     def _call(self, target, attr, args, kwargs, *, grad: bool, params: list | None = None):
+        self._check_forbidden()
         enc = self._encoder()
         header = {"op": "call", **target, "attr": attr, "args": enc(tuple(args)), "kwargs": enc(dict(kwargs)),
-                  "forbid": [list(g) for g in _active_forbid], "grad": grad, "params": params or []}
+                  "grad": grad, "params": params or []}
         sync = self._sync(enc) if self.mirrors else None
         if sync:
             header["sync"] = sync
@@ -324,7 +362,25 @@ class GraderSession:
         header["grad_mode"] = grad or (bool(torch.is_grad_enabled()) if torch is not None else True)
         cid = next(self._calls)
         header["call"] = cid
-        return self.request(header, enc.blobs), cid
+        return self.request(header, enc.blobs, sent=enc.tensors), cid
+
+    def _check_forbidden(self) -> None:
+        """Inside ``forbid(...)``: refuse the call when the exercise's answer names a banned lib object (through
+        the submission's imports) or torch function (withhold.py keeps the lesson's references out of the kernel
+        where its model solutions allow it).  Nothing of the ban reaches the kernel."""
+        for group in _active_forbid:
+            for target in group:
+                key = (self.exercise, target)
+                if key not in self._banned:
+                    code = "\n".join(src for gid, src in self.answers.items() if gid.split("_")[0] == self.exercise)
+                    root = target.split(".")[0]
+                    alias = withhold.lib_imports(self.student_code, root)
+                    if root == "lib":  # what the answer binds through the submission's imports
+                        self._banned[key] = target in withhold.used_by(code, alias)
+                    else:
+                        self._banned[key] = _names(code, target, alias)
+                if self._banned[key]:
+                    raise AssertionError(f"your code called {target}; this exercise asks you to implement it yourself")
 
     def backward(self, cid: int, grads: list):
         enc = self._encoder()
@@ -339,9 +395,11 @@ class GraderSession:
         for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 self._run(ast.get_source_segment(source, node) or "", f"<imports of {gid}>")
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                kind = "class" if isinstance(node, ast.ClassDef) else "function"
-                self.ns[node.name] = Remote(self, {"name": node.name}, f"{kind} {node.name}")
+            elif isinstance(node, ast.ClassDef):
+                self.ns[node.name] = Remote(self, {"name": node.name}, f"class {node.name}",
+                                            declared=_declared_class(node.name, self._bases(node, gid)))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.ns[node.name] = Remote(self, {"name": node.name}, f"function {node.name}")
             else:
                 for name in _assigned(node):
                     try:
@@ -351,6 +409,15 @@ class GraderSession:
                     except Exception as e:  # noqa: BLE001  (not defined in the kernel: the test will say so)
                         self.ns.pop(name, None)
                         self.log(f"{gid}: {name} not available from the kernel: {type(e).__name__}")
+
+    def _bases(self, node: ast.ClassDef, gid: str) -> tuple:
+        """The bases a solution cell's class declares, evaluated here (the lesson's trusted source)."""
+        try:
+            return tuple(eval(compile(ast.Expression(b), f"<bases of {gid}>", "eval"), self.ns)  # noqa: S307
+                         for b in node.bases)
+        except Exception as e:  # noqa: BLE001
+            self.log(f"{gid}: the bases of {node.name} are not defined here: {type(e).__name__}")
+            return ()
 
     def _run(self, source: str, filename: str) -> None:
         out = io.StringIO()
@@ -387,6 +454,7 @@ class GraderSession:
             return [_error_output("GraderError", f"no test cell {grade_id!r} in the lesson's source", [])]
         self.catch_up(i)
         self.done = max(self.done, i + 1)
+        self.exercise = grade_id.split("_")[0]
         source = self.cells[i][2]
         filename = f"<test {grade_id}>"
         out = io.StringIO()
@@ -423,6 +491,38 @@ def _error_output(ename: str, evalue: str, lines: list[int]) -> dict:
     where = f" (test cell, line {lines[-1]})" if lines else ""
     return {"output_type": "error", "ename": ename, "evalue": evalue,
             "traceback": [f"Graded in the grader process{where}", f"\x1b[0;31m{ename}\x1b[0m: {evalue}"]}
+
+
+def _referenced(ref: str | None):
+    """This process's object that the kernel names (only in lib, torch or math, already imported here), or None."""
+    if not ref:
+        return None
+    try:
+        return wire.resolve_ref(ref, may_import=False)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _layer_class(name: str):
+    """The class of a layer the kernel sends as data (wire.layer_kwargs), already imported here."""
+    cls = wire.resolve_ref(name, may_import=False)
+    if not isinstance(cls, type) or wire.layer_kwargs(cls) is None:
+        raise wire.WireError("not a layer the grader accepts")
+    return cls
+
+
+def _declared_class(name: str, bases: tuple) -> type | None:
+    """A stand-in for a solution cell's class: the trusted source's bases, nothing of the student's."""
+    import types
+
+    torch = sys.modules.get("torch")
+    bases = tuple(b._declared if type(b) is Remote and b._declared is not None else b for b in bases)  # X(MyBase)
+    bases = tuple(b for b in bases if isinstance(b, type)
+                  and not (torch is not None and issubclass(b, torch.Tensor)))  # never a tensor: torch reads memory
+    try:
+        return types.new_class(name, bases or (object,), {}, lambda ns: ns.update(__module__="__main__"))
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _no_reference(name: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -81,6 +82,8 @@ class Lane:
             log.close()
         with open(self.pids, "a") as f:
             f.write(f"{proc.pid}\n")
+        with contextlib.suppress(OSError, ValueError):  # the trusted side has a memory bound too
+            resource.prlimit(proc.pid, resource.RLIMIT_DATA, (self.limits.worker_memory, self.limits.worker_memory))
         return proc
 
     def _kill(self) -> None:

@@ -26,6 +26,7 @@ class JobSpec:
     cell_timeout: int
     max_cell_output: int
     max_notebook_output: int
+    feedback_preprocessors: list[str] = field(default_factory=list)  # the course's (nbgrader_config.py)
     ipc_dir: str = ""  # kernel sockets (sandboxed kernels only), else TCP on localhost
     env: dict[str, str] = field(default_factory=dict)
 

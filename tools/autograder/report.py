@@ -38,6 +38,7 @@ class Report:
     isolation: str = ""
     restored: list[str] = field(default_factory=list)  # manual gradebook entries put back
     similarity: Path | None = None
+    withheld: list[str] = field(default_factory=list)  # lib references the kernels did not have
 
     def by_student(self) -> dict[str, Row]:
         return {r.student: r for r in self.rows}
@@ -76,29 +77,41 @@ def _replace_dir(final: Path, fill) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def place_files(course: Course, assignment: str, notebook: str, student: str, sub_path: Path | None,
-                timestamp: Path | None, job_course: Path | None, row: Row, autograded: bool, feedback: bool) -> None:
+@dataclass
+class Graded:
+    """What one submission left to place in ``grading/``."""
+
+    student: str
+    submitted: Path | None  # the file as submitted
+    timestamp: Path | None  # its timestamp.txt, if any
+    job_course: Path | None  # the scratch course that holds autograded/ and feedback/ (None: not run)
+    autograded: bool = False  # the autograded notebook is there to place
+    feedback: bool = False  # the feedback page is there to place
+
+
+def place_files(course: Course, assignment: str, notebook: str, graded: Graded, row: Row) -> None:
     """Copy the submission, the autograded notebook and the (sanitized) feedback page into grading/."""
+    student, job_course = graded.student, graded.job_course
 
     def submitted(d: Path) -> None:
-        if sub_path is not None and sub_path.is_file():
-            shutil.copyfile(sub_path, d / f"{notebook}.ipynb")
-        if timestamp is not None and timestamp.is_file():
-            shutil.copyfile(timestamp, d / "timestamp.txt")
+        if graded.submitted is not None and graded.submitted.is_file():
+            shutil.copyfile(graded.submitted, d / f"{notebook}.ipynb")
+        if graded.timestamp is not None and graded.timestamp.is_file():
+            shutil.copyfile(graded.timestamp, d / "timestamp.txt")
 
-    def graded(d: Path) -> None:
+    def autograded(d: Path) -> None:
         src = job_course / "autograded" / student / assignment / f"{notebook}.ipynb" if job_course else None
-        if autograded and src and src.is_file():
+        if graded.autograded and src and src.is_file():
             shutil.copyfile(src, d / f"{notebook}.ipynb")
 
     def page(d: Path) -> None:
         src = job_course / "feedback" / student / assignment / f"{notebook}.html" if job_course else None
         text = None
-        if feedback and src and src.is_file() and src.stat().st_size <= MAX_FEEDBACK:
+        if graded.feedback and src and src.is_file() and src.stat().st_size <= MAX_FEEDBACK:
             text = sanitize_page(src.read_text(encoding="utf-8", errors="replace"))
         (d / f"{notebook}.html").write_text(text or plain_feedback(assignment, row), encoding="utf-8")
 
-    for base, fill in ((course.submitted, submitted), (course.autograded, graded), (course.feedback, page)):
+    for base, fill in ((course.submitted, submitted), (course.autograded, autograded), (course.feedback, page)):
         (base / student).mkdir(parents=True, exist_ok=True)
         _replace_dir(base / student / assignment, fill)
 

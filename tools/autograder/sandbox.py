@@ -108,14 +108,20 @@ def readable_paths() -> list[str]:
     return [p for p in out if not any(p != q and p.startswith(q + "/") for q in out)]
 
 
-def plan(job_dir: Path, lane: int, limits: Limits, iso: Isolation, quick: bool) -> tuple[Path, Path]:
-    """Write the sandbox plan of one job; return (plan file, socket folder)."""
+def plan(job_dir: Path, lane: int, limits: Limits, iso: Isolation, quick: bool,
+         lib: Path | None = None) -> tuple[Path, Path]:
+    """Write the sandbox plan of one job; return (plan file, socket folder).
+
+    ``lib``: the course library the kernel sees in place of ``lib/`` (``withhold.build``: without the
+    references of the lesson being graded)."""
     ipc = job_dir / "ipc"
     ipc.mkdir(parents=True, exist_ok=True)
     uid = BASE_UID + lane if iso.mode == "root" else os.getuid()
-    if iso.mode == "root":
-        os.chown(ipc, uid, uid)
-    os.chmod(ipc, 0o700)
+    if iso.mode == "root":  # root's folder: the kernel creates its sockets through the group, until it is ready
+        os.chown(ipc, 0, uid)
+        os.chmod(ipc, 0o770)
+    else:
+        os.chmod(ipc, 0o700)
     home, tmp = "/home/student", "/tmp"
     env = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "LC_CTYPE", "TZ")}
     env.update({k: v for k, v in os.environ.items() if k.startswith("COURSE_") and k != "COURSE_SANDBOX_SPEC"})
@@ -130,6 +136,7 @@ def plan(job_dir: Path, lane: int, limits: Limits, iso: Isolation, quick: bool) 
     )
     spec = {
         "mode": iso.mode, "bwrap": iso.bwrap, "setpriv": iso.setpriv, "uid": uid, "ro": readable_paths(),
+        "ro_from": {str(REPO / "lib"): str(lib)} if lib is not None else {},
         "tmpfs": [home, tmp], "ipc_dir": str(ipc), "env": env, "python": _python(),
         "kernel_script": str(LAUNCHER), "memory": limits.memory,
         "cpu": max(limits.submission_timeout, limits.cell_timeout) + 30, "fsize": limits.file_size,

@@ -103,19 +103,23 @@ def bwrap_argv(spec: dict, cwd: str, connection: str) -> list[str]:
             a += ["--symlink", os.readlink(link), link]
         elif os.path.isdir(link):
             a += ["--ro-bind", link, link]
-    made: set[str] = set()
-    private = sorted([cwd, *spec["tmpfs"]], key=lambda p: p.count("/"))  # /tmp before folders inside it
-    for path in [*spec["ro"], spec["ipc_dir"], *private]:
+    a += ["--proc", "/proc", "--dev", "/dev"]
+    # Every mount after the mounts of the folders that hold it (parents first), so that no mount hides
+    # another wherever the course, its environment or the scratch folder live (/tmp is private here).
+    mounts = [(p, ["--ro-bind", spec.get("ro_from", {}).get(p, p), p]) for p in spec["ro"]]
+    mounts += [(p, ["--size", str(spec["scratch_size"]), "--perms", "0777", "--tmpfs", p])
+               for p in {cwd, *spec["tmpfs"]}]
+    mounts.append((spec["ipc_dir"], ["--bind", spec["ipc_dir"], spec["ipc_dir"]]))
+    mounts.sort(key=lambda m: (m[0].rstrip("/").count("/"), m[0]))
+    made: set[str] = {"/usr", "/etc"}
+    for path, args in mounts:
         for d in _ancestors(path):
-            if d not in made and d not in ("/usr", "/etc"):
+            if d not in made:  # a folder of the sandbox's root (or of a tmpfs mounted above) to mount into
                 made.add(d)
                 a += ["--perms", "0755", "--dir", d]
-    for path in spec["ro"]:
-        a += ["--ro-bind", path, path]
-    a += ["--proc", "/proc", "--dev", "/dev"]
-    for path in private:
-        a += ["--size", str(spec["scratch_size"]), "--perms", "0777", "--tmpfs", path]
-    a += ["--bind", spec["ipc_dir"], spec["ipc_dir"], "--chdir", cwd]
+        made.add(path)
+        a += args
+    a += ["--chdir", cwd]
     for k, v in {**spec["env"], "COURSE_SANDBOXED": "1"}.items():  # inside, the parent is bwrap's pid 1
         a += ["--setenv", k, v]
     a += ["--"]

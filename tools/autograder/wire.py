@@ -31,7 +31,9 @@ import struct
 import sys
 
 MIME = "application/x-course-grader"
-MAX_BYTES = 256 * 2**20  # largest message either side accepts
+MAX_BYTES = 64 * 2**20  # largest message either side accepts (bytes before base64)
+MAX_TEXT = MAX_BYTES * 4 // 3 + 8  # the same in base64 characters
+MAX_HEADER = 4 * 2**20  # largest JSON header: checked before it is parsed (tensors travel as blobs)
 MAX_DEPTH = 64
 MAX_ITEMS = 100_000  # items taken from a generator the student's code returns
 DTYPES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128", "uint8", "int8", "int16",
@@ -52,11 +54,16 @@ def pack(header: dict, blobs: list[bytes]) -> str:
 
 
 def unpack(text: object) -> tuple[dict, list[bytes]]:
-    if not isinstance(text, str) or len(text) > MAX_BYTES * 4 // 3 + 8:
+    if not isinstance(text, str) or len(text) > MAX_TEXT:
         raise WireError("not a message, or too large")
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
         (n,) = struct.unpack_from("<Q", raw)
+    except Exception as e:  # noqa: BLE001
+        raise WireError(f"malformed message: {type(e).__name__}") from None
+    if n > MAX_HEADER:
+        raise WireError(f"message header of {n} bytes, over the limit of {MAX_HEADER}")
+    try:
         header = json.loads(raw[8 : 8 + n])
     except Exception as e:  # noqa: BLE001
         raise WireError(f"malformed message: {type(e).__name__}") from None
@@ -75,27 +82,36 @@ def _torch():
     return sys.modules.get("torch")
 
 
+ROOTS = ("lib", "torch", "math")  # the packages whose objects a message may name
+
+
+def _allowed(mod: str) -> bool:
+    return any(mod == root or mod.startswith(root + ".") for root in ROOTS)
+
+
 def ref_name(obj: object) -> str | None:
     """``module:qualname`` when ``obj`` is that importable object of lib, torch or math, else None."""
     mod, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if not isinstance(mod, str) or not isinstance(qual, str) or "<" in qual:
-        return None
-    if not (mod == "lib" or mod.startswith(("lib.", "torch")) or mod == "math"):
+    if not isinstance(mod, str) or not isinstance(qual, str) or "<" in qual or not _allowed(mod):
         return None
     try:
-        return f"{mod}:{qual}" if resolve_ref(f"{mod}:{qual}") is obj else None
+        return f"{mod}:{qual}" if resolve_ref(f"{mod}:{qual}", may_import=False) is obj else None
     except Exception:  # noqa: BLE001
         return None
 
 
-def resolve_ref(name: str) -> object:
-    """The object ``module:qualname`` names (import and attribute look-up only)."""
+def resolve_ref(name: str, *, may_import: bool = True) -> object:
+    """The object ``module:qualname`` names, in lib, torch or math (import and attribute look-up only).
+
+    ``may_import=False`` (the grader reading what the kernel names): only modules this process has
+    already imported; a name never makes it import anything.
+    """
     import importlib
 
     mod, _, qual = name.partition(":")
-    if not (mod == "lib" or mod.startswith(("lib.", "torch")) or mod == "math") or not qual:
+    if not _allowed(mod) or not qual or (not may_import and mod not in sys.modules):
         raise WireError(f"not a reference the grader accepts: {name[:200]!r}")
-    obj = importlib.import_module(mod)
+    obj = importlib.import_module(mod) if may_import else sys.modules[mod]
     for part in qual.split("."):
         if part.startswith("__"):
             raise WireError(f"not a reference the grader accepts: {name[:200]!r}")
@@ -103,16 +119,10 @@ def resolve_ref(name: str) -> object:
     return obj
 
 
-# Layers a test may pass to the student's code (torch.nn's and lib's own), keyed by their reference
-# (module:qualname): their constructor arguments, read back from the layer.
-def _patch_embed_kwargs(m) -> dict:
-    return {"img_size": m.img_size, "patch_size": m.patch_size, "in_chans": m.in_chans, "d_model": m.d_model,
-            "norm": m.norm.__class__.__name__ == "LayerNorm", "eps": getattr(m.norm, "eps", 1e-6),
-            "flatten": m.flatten, "bias": m.proj.bias is not None, "strict_img_size": m.strict_img_size,
-            "dynamic_img_pad": m.dynamic_img_pad}
-
-
-MODULES = {
+# Layers that travel as data (class, constructor arguments, state): torch.nn's own, keyed by their reference
+# (module:qualname), with their constructor arguments read back from the layer; and any lib layer that
+# says so itself with an ``init_kwargs()`` method (the grader lists no lesson's class).
+TORCH_LAYERS = {
     "torch.nn.modules.linear:Linear": lambda m: {"in_features": m.in_features, "out_features": m.out_features,
                                                  "bias": m.bias is not None, "dtype": m.weight.dtype},
     "torch.nn.modules.conv:Conv1d": lambda m: {
@@ -129,27 +139,37 @@ MODULES = {
     "torch.nn.modules.activation:ReLU": lambda m: {},
     "torch.nn.modules.activation:GELU": lambda m: {"approximate": m.approximate},
     "torch.nn.modules.linear:Identity": lambda m: {},
-    "lib.vit:PatchEmbed": _patch_embed_kwargs,
-    "lib.vit:PatchEmbedLinear": _patch_embed_kwargs,
 }
 
 
+def layer_kwargs(cls):
+    """How to read a layer of class ``cls`` back as constructor arguments, or None: it does not travel as data."""
+    name = ref_name(cls)
+    if name in TORCH_LAYERS:
+        return TORCH_LAYERS[name]
+    if name and name.startswith("lib.") and callable(getattr(cls, "init_kwargs", None)):
+        return lambda m: m.init_kwargs()
+    return None
+
+
 def module_data(m, encode) -> dict | None:
-    """A layer of :data:`MODULES` as data (class, constructor arguments, state), else None."""
-    name = ref_name(type(m))
-    if name not in MODULES:
+    """A layer that travels as data (see :func:`layer_kwargs`): class, constructor arguments, state; else None."""
+    kwargs = layer_kwargs(type(m))
+    if kwargs is None:
         return None
-    return {"M": name, "kw": encode(MODULES[name](m)), "state": encode(dict(m.state_dict())),
+    return {"M": ref_name(type(m)), "kw": encode(kwargs(m)), "state": encode(dict(m.state_dict())),
             "training": bool(m.training)}
 
 
 class Encoder:
     """Turns a value into a JSON tree plus blobs; ``other(obj)`` encodes what is not data (or raises)."""
 
-    def __init__(self, other, param_id=None) -> None:
+    def __init__(self, other, param_id=None, aliases=None) -> None:
         self.blobs: list[bytes] = []
+        self.tensors: list = []  # the tensors encoded, by blob index (the grader keeps them for aliases)
         self.other = other
         self.param_id = param_id  # kernel side: a handle number for each nn.Parameter (the grader mirrors it)
+        self.aliases = aliases or []  # kernel side: (blob index, tensor) of the call's inputs, for answers in them
 
     def __call__(self, x: object, depth: int = 0) -> object:
         if depth > MAX_DEPTH:
@@ -182,10 +202,18 @@ class Encoder:
             return self(x.item(), depth + 1)
         return self.other(x)
 
-    def tensor(self, x) -> dict:
+    def tensor(self, x, alias: bool = True) -> dict:
         torch = _torch()
         if x.layout != torch.strided:
             return self.other(x)
+        if alias:
+            for i, base in self.aliases:  # the answer lives in an input's memory: say which, not the bytes
+                if base.numel() and x.dtype == base.dtype and x.device == base.device \
+                        and x.untyped_storage().data_ptr() == base.untyped_storage().data_ptr():
+                    return {"A": i, "dtype": str(x.dtype).removeprefix("torch."), "shape": list(x.shape),
+                            "stride": list(x.stride()), "offset": x.storage_offset() - base.storage_offset(),
+                            "base_stride": list(base.stride()), "rg": bool(x.requires_grad),
+                            "p": isinstance(x, torch.nn.Parameter)}
         t = x.detach()
         if t.device.type != "cpu":
             t = t.cpu()
@@ -199,6 +227,7 @@ class Encoder:
             flat = flat.clone(memory_format=torch.contiguous_format)
         data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
         self.blobs.append(data)
+        self.tensors.append(x)
         out = {"X": len(self.blobs) - 1, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
                "perm": perm, "rg": bool(x.requires_grad), "p": isinstance(x, torch.nn.Parameter)}
         if out["p"] and self.param_id is not None:
@@ -209,8 +238,12 @@ class Encoder:
 class Decoder:
     """The inverse of :class:`Encoder`; ``handle(tag)`` and ``ref(name)`` decode handles and references."""
 
-    def __init__(self, blobs: list[bytes], handle, ref, *, grad_inputs: bool = False, param=None) -> None:
+    def __init__(self, blobs: list[bytes], handle, ref, *, grad_inputs: bool = False, param=None,
+                 layer=None, sent=None) -> None:
         self.blobs, self.handle, self.ref, self.param = blobs, handle, ref, param
+        self.layer = layer or ref  # the class of a layer sent as data, from its reference
+        self.sent = sent  # grader side: the tensors of the request, by blob index (what an alias names)
+        self.decoded: list = []  # kernel side: (blob index, tensor, its buffer) of every tensor decoded
         self.grad_inputs = grad_inputs  # kernel side: inputs flagged rg become leaves that require grad
         self.leaves: list = []
 
@@ -237,6 +270,8 @@ class Decoder:
             return frozenset(items) if x.get("frozen") else set(items)
         if "X" in x:
             return self.tensor(x)
+        if "A" in x:
+            return self.alias(x)
         if "dtype" in x:
             return getattr(_need_torch(), _dtype_name(x["dtype"]))
         if "S" in x:
@@ -252,17 +287,27 @@ class Decoder:
         raise WireError("unknown value tag")
 
     def module(self, x: dict, depth: int):
-        """A torch.nn layer sent as data: its class, constructor arguments and state (see module_data)."""
+        """A torch.nn layer sent as data: its class, constructor arguments and state (see module_data).
+
+        Built on the meta device and then given the sent state, so constructor arguments cannot make
+        this process allocate more than the message holds."""
         torch = _need_torch()
-        cls = self.ref(str(x["M"]))
-        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and ref_name(cls) in MODULES):
+        cls = self.layer(str(x.get("M")))
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and layer_kwargs(cls) is not None):
             raise WireError("not a layer the grader sends")
         kwargs = self(x.get("kw", {"D": []}), depth + 1)
         state = self(x.get("state", {"D": []}), depth + 1)
-        if not isinstance(kwargs, dict) or not isinstance(state, dict):
+        if not isinstance(kwargs, dict) or not isinstance(state, dict) \
+                or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise WireError("malformed layer")
-        m = cls(**{str(k): v for k, v in kwargs.items()})
-        m.load_state_dict(state)
+        try:
+            with torch.device("meta"):
+                m = cls(**{str(k): v for k, v in kwargs.items()})
+            m.load_state_dict({str(k): v for k, v in state.items()}, assign=True)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise WireError(f"malformed layer: {type(e).__name__}") from None
+        if any(t.is_meta for t in (*m.parameters(), *m.buffers())):
+            raise WireError("malformed layer: state missing")
         return m.train(bool(x.get("training", True)))
 
     def tensor(self, x: dict):
@@ -281,12 +326,15 @@ class Decoder:
         itemsize = torch.empty(0, dtype=dtype).element_size()
         if len(data) != numel * itemsize:
             raise WireError("tensor data does not match its shape")
+        buf = bytearray(data)
         if numel == 0:
             p = torch.empty(pshape, dtype=dtype)
         else:
-            p = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(pshape)
+            p = torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(pshape)
         inverse = sorted(range(len(perm)), key=lambda d: perm[d])
         t = p.permute(inverse)
+        if numel:
+            self.decoded.append((i, t, buf))
         rg = bool(x.get("rg")) and (dtype.is_floating_point or dtype.is_complex)
         if x.get("p"):
             if self.param is not None and type(x.get("pid")) is int:
@@ -299,6 +347,33 @@ class Decoder:
             t.requires_grad_(True)
             self.leaves.append(t)
         return t
+
+
+    def alias(self, x: dict):
+        """An answer that lives in the memory of one of the request's tensors: a view of the grader's own
+        tensor (the tensor itself when it is all of it), so aliasing and identity are what the kernel did."""
+        torch = _need_torch()
+        i, shape, stride, offset = x.get("A"), x.get("shape"), x.get("stride"), x.get("offset")
+        if self.sent is None or type(i) is not int or not 0 <= i < len(self.sent) or not _sizes(shape) \
+                or not _sizes(stride) or len(stride) != len(shape) or type(offset) is not int or offset < 0:
+            raise WireError("malformed alias")
+        base = self.sent[i]
+        if str(base.dtype).removeprefix("torch.") != x.get("dtype") or x.get("base_stride") != list(base.stride()):
+            raise WireError("malformed alias")
+        if shape == list(base.shape) and stride == list(base.stride()) and offset == 0:
+            return base
+        start = base.storage_offset() + offset
+        end = start + sum((n - 1) * st for n, st in zip(shape, stride, strict=True)) if all(shape) else start
+        if end >= base.untyped_storage().nbytes() // base.element_size():
+            raise WireError("malformed alias: outside the tensor's memory")
+        view = base.detach().as_strided(shape, stride, start)
+        if x.get("p"):
+            return torch.nn.Parameter(view, requires_grad=bool(x.get("rg")))
+        return view
+
+
+def _sizes(v: object) -> bool:
+    return isinstance(v, list) and all(type(n) is int and n >= 0 for n in v)
 
 
 def _list(v: object) -> list:
@@ -395,21 +470,13 @@ class Agent:
             kwargs = dec(h.get("kwargs", {"D": []}))
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise WireError("malformed call")
-            import contextlib
-
-            with contextlib.ExitStack() as stack:
-                groups = h.get("forbid") or []
-                if groups:
-                    try:
-                        import lib.checks as checks
-
-                        for group in groups:
-                            stack.enter_context(checks.forbid(*[str(t) for t in group]))
-                    except ValueError:
-                        pass  # a name this kernel's lib does not have
-                if torch is not None:
-                    stack.enter_context(torch.set_grad_enabled(bool(h.get("grad_mode", True))))
+            if torch is not None:
+                with torch.set_grad_enabled(bool(h.get("grad_mode", True))):
+                    value = target(*args, **kwargs)
+            else:
                 value = target(*args, **kwargs)
+            # inputs the student's code changed in place: their new values go back to the grader's tensors
+            inplace = [(i, t) for i, t, buf in dec.decoded if bytes(buf) != blobs[i]]
         else:
             raise WireError(f"unknown request {str(op)[:40]!r}")
         value = _materialize(value)
@@ -418,8 +485,16 @@ class Agent:
                 self.calls.pop(next(iter(self.calls)))
             params = [self._lookup({"H": pid}) for pid in h.get("params") or []]
             self.calls[int(h.get("call", 0))] = (dec.leaves + params, _tensors(value, torch))
-        enc = Encoder(lambda obj: _materialize(obj, enc, self._handle_of), lambda p: self._handle_of(p)["H"])
-        return {"ok": True, "value": enc(value)}, enc.blobs
+        def other(obj):  # layers that travel as data (the grader builds its own), else a handle
+            layer = module_data(obj, enc) if torch is not None and isinstance(obj, torch.nn.Module) else None
+            return layer if layer is not None else _materialize(obj, enc, self._handle_of)
+
+        inputs = [(i, t) for i, t, _ in dec.decoded] if op == "call" else []
+        enc = Encoder(other, lambda p: self._handle_of(p)["H"], aliases=inputs)
+        reply = {"ok": True, "value": enc(value)}
+        if op == "call" and inplace:
+            reply["inplace"] = [[i, enc.tensor(t, alias=False)] for i, t in inplace]
+        return reply, enc.blobs
 
     def _lookup(self, tag: dict) -> object:
         n = tag.get("H")

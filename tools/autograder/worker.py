@@ -13,20 +13,41 @@ scratch gradebook into it.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
+import shutil
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
+import nbformat
+from nbconvert.preprocessors import ClearMetadataPreprocessor
+from nbgrader.converters import Autograde, GenerateFeedback
+from nbgrader.coursedir import CourseDirectory
+from nbgrader.preprocessors import (
+    AssignLatePenalties,
+    CheckCellMetadata,
+    IgnorePattern,
+    LimitOutput,
+    SaveAutoGrades,
+)
+from traitlets.config import Config
+
+from tools.autograder.execute import KERNEL_DIED, TRUNCATED, SafeExecute
 from tools.autograder.records import JobSpec, Result
 from tools.autograder.sandbox import KERNEL_NAME
-from tools.common import REPO
+from tools.autograder.sanitize import MAX_STORED, cap_notebook, sanitize_notebook
+from tools.autograder.withhold import WITHHELD
+from tools.common import REPO, is_test
+
+# nbgrader's autograde pipeline with SafeExecute for Execute (the feedback pipeline is the course's own)
+AUTOGRADE = [SafeExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+             AssignLatePenalties, CheckCellMetadata]
 
 
-def _config(job: JobSpec):
-    from traitlets.config import Config
-
+def _config(job: JobSpec) -> Config:
     c = Config()
     cd = c.CourseDirectory
     cd.root = job.course
@@ -39,7 +60,8 @@ def _config(job: JobSpec):
     cd.assignment_id = job.assignment
     cd.student_id = job.student
     cd.notebook_id = "*"
-    c.Autograde.autograde_preprocessors, c.GenerateFeedback.preprocessors = _converter_classes()
+    c.Autograde.autograde_preprocessors = AUTOGRADE
+    c.GenerateFeedback.preprocessors = job.feedback_preprocessors
     ex = c.SafeExecute
     ex.kernel_name = KERNEL_NAME
     ex.timeout = job.cell_timeout
@@ -51,44 +73,24 @@ def _config(job: JobSpec):
     if job.ipc_dir:  # a sandboxed kernel has no network: Unix sockets in the folder both sides see
         c.KernelManager.transport = "ipc"
         c.KernelManager.ip = str(Path(job.ipc_dir) / "k")
+        ex.socket_dir = job.ipc_dir
     return c
-
-
-def _converter_classes():
-    """Autograde: nbgrader's pipeline with SafeExecute for Execute.  Feedback: plus HideHiddenTests."""
-    from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
-    from nbgrader.preprocessors import (
-        AssignLatePenalties,
-        CheckCellMetadata,
-        GetGrades,
-        IgnorePattern,
-        LimitOutput,
-        SaveAutoGrades,
-    )
-
-    from tools.autograder.execute import SafeExecute
-    from tools.autograder.feedback import HideHiddenTests
-
-    return ([SafeExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
-             AssignLatePenalties, CheckCellMetadata], [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor])
 
 
 def analyse(nb) -> list[tuple[str, str]]:
     """Notes (status, text) about how the execution of the autograded notebook went."""
-    from tools.autograder.execute import KERNEL_DIED, TRUNCATED
-
     notes: list[tuple[str, str]] = []
     errors: list[str] = []
     unanswered: list[str] = []
     consequences: list[str] = []
     test_names = _test_cell_names(nb)
     helper_missing = False
+    withheld_used = False
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        md = cell.metadata.get("nbgrader", {})
-        name = md.get("grade_id") or f"cell {i}"
-        is_test = md.get("grade") and not md.get("solution")
+        name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {i}"
+        test = is_test(cell)
         timed_out = any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", []))
         for out in cell.get("outputs", []):
             if out.output_type == "stream" and TRUNCATED in out.get("text", ""):
@@ -109,18 +111,22 @@ def analyse(nb) -> list[tuple[str, str]]:
             elif ename == "KeyboardInterrupt":
                 if not timed_out:
                     notes.append(("error", f"{name} interrupted (KeyboardInterrupt)"))
-            elif ename == "NotImplementedError" and not is_test:
+            elif ename == WITHHELD and not test:
+                # a lesson cell that uses a reference withheld from the kernel while grading (withhold.py)
+                consequences.append(f"{name}: {ename}")
+                withheld_used = True
+            elif ename == "NotImplementedError" and not test:
                 unanswered.append(name)
-            elif not is_test and ename == "NameError" and (_quoted(evalue) in test_names or helper_missing):
+            elif not test and ename == "NameError" and (_quoted(evalue) in test_names or helper_missing):
                 # a lesson cell that uses a helper a test cell defines (or a name such a cell failed to
                 # define): test cells run in the grader process, never in the kernel; not the student's error
                 helper_missing = True
                 consequences.append(f"{name}: {ename} ({_quoted(evalue)})")
-            elif not is_test and unanswered:
+            elif not test and (unanswered or withheld_used):
                 # a lesson cell that needs an earlier, unanswered exercise (e.g. a
                 # table of models that could not train): a consequence, not an error
                 consequences.append(f"{name}: {ename}")
-            elif not is_test:
+            elif not test:
                 errors.append(f"{name}: {ename}")
     if errors:
         notes.append(("error", f"exceptions in student code: {_shorten(errors)}"))
@@ -130,7 +136,8 @@ def analyse(nb) -> list[tuple[str, str]]:
             text += f"; later cells failed for want of them: {_shorten(consequences)}"
         notes.append(("graded", text))
     elif consequences:
-        notes.append(("graded", f"lesson cells failed for want of test-cell helpers: {_shorten(consequences)}"))
+        notes.append(("graded", "lesson cells failed for want of test-cell helpers or of the lesson's references "
+                                f"(withheld while grading): {_shorten(consequences)}"))
     return notes
 
 
@@ -142,12 +149,9 @@ def _quoted(evalue: str) -> str:
 
 def _test_cell_names(nb) -> set[str]:
     """Top-level names the graded test cells define (their sources are the lesson's, restored by nbgrader)."""
-    import ast
-
     names: set[str] = set()
     for cell in nb.cells:
-        md = cell.get("metadata", {}).get("nbgrader", {})
-        if cell.cell_type != "code" or not md.get("grade") or md.get("solution"):
+        if cell.cell_type != "code" or not is_test(cell):
             continue
         try:
             tree = ast.parse(cell.source)
@@ -167,8 +171,6 @@ def _shorten(items: list[str], keep: int = 5) -> str:
 
 def _remove_student_files(folder: Path, source: Path, keep: str) -> None:
     """Delete what the student's code wrote next to the notebook (it must not reach feedback/)."""
-    import shutil
-
     for p in sorted(folder.rglob("*"), reverse=True):
         rel = p.relative_to(folder)
         if str(rel) == keep or (source / rel).exists():
@@ -182,15 +184,7 @@ def _remove_student_files(folder: Path, source: Path, keep: str) -> None:
 def run(job_path: Path) -> Result:
     job = JobSpec.read(job_path)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import warnings
-
     warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's SQLAlchemy noise
-    import nbformat
-    from nbgrader.converters import Autograde, GenerateFeedback
-    from nbgrader.coursedir import CourseDirectory
-
-    from tools.autograder.sanitize import sanitize_notebook
-
     config = _config(job)
     result = Result()
     os.environ.setdefault("MPLBACKEND", "Agg")  # the lesson's own cells that run in the grader draw nowhere
@@ -213,7 +207,10 @@ def run(job_path: Path) -> Result:
     _remove_student_files(out.parent, Path(job.source_directory) / job.assignment, out.name)
     nb = nbformat.read(out, as_version=4)
     result.notes = analyse(nb)
-    nbformat.write(sanitize_notebook(nb), out)  # what the formgrader and the feedback show
+    nb = sanitize_notebook(nb)  # what the formgrader and the feedback show, at most MAX_STORED bytes
+    if cap_notebook(nb):
+        result.notes.append(("output_limit", f"outputs removed: the graded notebook was over {MAX_STORED} bytes"))
+    nbformat.write(nb, out)
     try:
         GenerateFeedback(coursedir=CourseDirectory(config=config), config=config).start()
         result.feedback = True
@@ -230,8 +227,6 @@ def serve() -> None:
     (it runs in the kernel, a fresh process per submission); each job gets its
     own environment (home, temp and Jupyter folders), which the kernel inherits.
     """
-    import os
-
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed by libraries goes to the log, not into the protocol
     sys.stdout = sys.stderr

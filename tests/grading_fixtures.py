@@ -10,7 +10,9 @@ lesson (``fx_lesson`` or a real one).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +20,8 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from tools.autograder import wire
+from tools.autograder.grader import GraderSession
 from tools.common import REPO, generate_assignment
 from tools.common import grade_id as _gid
 from tools.common import is_test as _is_test
@@ -96,6 +100,17 @@ def release(root: Path, lesson: str) -> nbformat.NotebookNode:
     return nbformat.read(next((out / lesson).glob("*.ipynb")), as_version=4)
 
 
+def inbox(root: Path, folder: Path, pick: dict[str, str], **kwargs) -> Path:
+    """A folder of submissions of ``fx_lesson`` (course ``root``): ``{student: fixture}`` of ``bad_submissions``."""
+    student = release(root, FIXTURE)
+    solution = nbformat.read(root / "solutions" / FIXTURE / f"{FIXTURE}.ipynb", as_version=4)
+    files = bad_submissions(student, solution, **kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, kind in pick.items():
+        (folder / f"{name}.ipynb").write_bytes(files[kind])
+    return folder
+
+
 # ----------------------------------------------------------------------------
 def solve(student: nbformat.NotebookNode, solution: nbformat.NotebookNode,
           exercises: set[str] | None = None) -> nbformat.NotebookNode:
@@ -121,6 +136,14 @@ def _exercises(nb) -> list[str]:
         if gid and gid.split("_")[0] not in out:
             out.append(gid.split("_")[0])
     return out
+
+
+def _insert_before_hidden_tests(nb, cell) -> nbformat.NotebookNode:
+    """Insert ``cell`` before the first hidden test (what the kernel prints there reaches the autograded notebook:
+    after a hidden test it would not, issue #29 item 5)."""
+    nb = copy.deepcopy(nb)
+    nb.cells.insert(_solution_cells(nb)[0] + 1, cell)  # right after the first answer, before any test
+    return nb
 
 
 def _insert_after_first_exercise(nb, cell) -> nbformat.NotebookNode:
@@ -256,6 +279,14 @@ for path in targets:
         print("WROTE", path)
     except OSError as e:
         print("could not write", path, type(e).__name__)
+# the socket folder (the one host folder the kernel shares): a file to fill the grader's disk
+sockets = os.path.dirname(sys.argv[sys.argv.index("-f") + 1]) if "-f" in sys.argv else "."
+try:
+    with open(os.path.join(sockets, "filler"), "w") as f:
+        f.write("x" * 1000)
+    print("WROTE-SOCKET-FOLDER", sockets)
+except OSError as e:
+    print("could not write in the socket folder", type(e).__name__)
 '''
 
 _KILL_OTHERS = '''
@@ -325,6 +356,73 @@ def add(a, b):
     return _Always()
 '''
 
+
+# Issue #29, item 4: a submission that floods the trusted process (widget state in comms and in the
+# notebook's metadata, fake answers of tens of MiB in every graded call).
+_FLOOD = '''
+import functools
+from comm import create_comm
+from IPython.display import publish_display_data
+_state = "w" * (8 * 2**20)
+_comms = [create_comm(target_name="jupyter.widget", data={{"state": {{"value": _state}}, "buffer_paths": []}})
+          for _ in range(4)]
+
+
+def _flooding(f):
+    @functools.wraps(f)
+    def g(*args, **kwargs):
+        for _ in range(3):
+            publish_display_data({{"application/x-course-grader": "A" * (30 * 2**20)}})
+        return f(*args, **kwargs)
+    return g
+
+
+for _name in {names}:
+    globals()[_name] = _flooding(globals()[_name])
+'''
+# Issue #29, item 7: an honest solution that prints a lot while the tests call it.
+_CHATTY = '''
+import functools
+
+
+def _chatty(f):
+    @functools.wraps(f)
+    def g(*args, **kwargs):
+        for i in range(5000):
+            print("still working, step", i, flush=True)
+        return f(*args, **kwargs)
+    return g
+
+
+for _name in {names}:
+    globals()[_name] = _chatty(globals()[_name])
+'''
+# Issue #29, item 5: record every input the tests send to the student's functions, print them after.
+_RECORD_INPUTS = '''
+import functools
+_inputs = []
+
+
+def _recording(f):
+    @functools.wraps(f)
+    def g(*args, **kwargs):
+        _inputs.append(repr(args))
+        return f(*args, **kwargs)
+    return g
+
+
+for _name in {names}:
+    globals()[_name] = _recording(globals()[_name])
+'''
+_PRINT_INPUTS = '''
+import base64, codecs
+_text = " | ".join(_inputs)
+print("INPUTS", _text)
+print(base64.b64encode(_text.encode()).decode())
+print(codecs.encode(_text, "rot13"))
+raise ValueError(_text)
+'''
+FLOOD_METADATA_MB = 6  # widget state in the notebook's metadata
 
 STUDENT_MARK = "STUDENT_PRINTED_7d2e"  # printed by a student's function while the tests call it
 
@@ -467,12 +565,12 @@ def attack_submissions(student: nbformat.NotebookNode, solution: nbformat.Notebo
     """name -> file contents of the grader attacks (see docs/grading.md, "Attacks the tests cover")."""
     good = solve(student, solution)
     out: dict[str, nbformat.NotebookNode] = {
-        "read_hidden_tests": _insert_after_first_exercise(good, new_code_cell(_READ_EVERYTHING)),
-        "write_outside": _insert_after_first_exercise(good, new_code_cell(_WRITE_OUTSIDE)),
-        "kill_others": _insert_after_first_exercise(good, new_code_cell(_KILL_OTHERS)),
-        "orphan_process": _insert_after_first_exercise(good, new_code_cell(_ORPHAN)),
-        "network": _insert_after_first_exercise(good, new_code_cell(_NETWORK)),
-        "html_output": _insert_after_first_exercise(good, new_code_cell(_HTML_OUTPUT)),
+        "read_hidden_tests": _insert_before_hidden_tests(good, new_code_cell(_READ_EVERYTHING)),
+        "write_outside": _insert_before_hidden_tests(good, new_code_cell(_WRITE_OUTSIDE)),
+        "kill_others": _insert_before_hidden_tests(good, new_code_cell(_KILL_OTHERS)),
+        "orphan_process": _insert_before_hidden_tests(good, new_code_cell(_ORPHAN)),
+        "network": _insert_before_hidden_tests(good, new_code_cell(_NETWORK)),
+        "html_output": _insert_before_hidden_tests(good, new_code_cell(_HTML_OUTPUT)),
     }
     md = copy.deepcopy(good)
     md.cells.insert(1, new_markdown_cell(
@@ -495,6 +593,57 @@ def attack_submissions(student: nbformat.NotebookNode, solution: nbformat.Notebo
     fake = copy.deepcopy(student)
     fake.cells.insert(_solution_cells(fake)[0] + 1, new_code_cell(_FAKE_PASS))
     out["fake_pass"] = fake
+    names = student_functions(solution)
+    flood = _after_last_solution(good, _FLOOD.format(names=names))
+    flood.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+        "state": {"m": {"model_name": "x", "state": {"value": "w" * (FLOOD_METADATA_MB * 2**20)}}}}}
+    out["flood"] = flood
+    out["chatty"] = _after_last_solution(good, _CHATTY.format(names=names))
+    spy = _after_last_solution(good, _RECORD_INPUTS.format(names=names))
+    spy.cells.append(new_code_cell(_PRINT_INPUTS))
+    out["leak_inputs"] = spy
     files = {k: nbformat.writes(v).encode() for k, v in out.items()}
     files.update(kernel_attacks(student, solution))
     return files
+
+
+# ----------------------------------------------------------------------------
+# The grader's proxies against the real kernel agent, in one process (tests of grader.py and wire.py)
+SOL = {"solution": True, "grade": False, "locked": False}
+TEST = {"solution": False, "grade": True, "locked": True, "points": 1}
+
+
+def agent(user_ns: dict):
+    """A kernel's agent (from wire.py's source, as the grader sends it) and a ``send`` that reaches it."""
+    ns = {"__name__": "_course_rpc_src"}
+    exec(compile(Path(wire.__file__).read_text(), "<agent>", "exec"), ns)  # noqa: S102
+    kernel_agent = ns["Agent"](user_ns)
+    box: dict = {}
+
+    def send(text: str) -> str:
+        import IPython.display as display
+
+        original = display.publish_display_data
+        display.publish_display_data = lambda data: box.__setitem__("answer", data[wire.MIME])
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # a kernel's prints never reach the grader
+                kernel_agent.serve(text)
+        finally:
+            display.publish_display_data = original
+        return box.pop("answer")
+
+    return kernel_agent, send
+
+
+def agent_session(student_code: str, trusted_cells: list[tuple[str, str | None, dict]]):
+    """A session whose trusted notebook is ``trusted_cells`` and whose kernel ran ``student_code``."""
+    user_ns: dict = {}
+    exec(student_code, user_ns)  # noqa: S102  (the "student's kernel")
+    cells = []
+    for source, gid, md in trusted_cells:
+        cell = new_code_cell(source)
+        if gid:
+            cell.metadata["nbgrader"] = {"grade_id": gid, "schema_version": 3, **md}
+        cells.append(cell)
+    _, send = agent(user_ns)
+    return GraderSession(new_notebook(cells=cells), send), user_ns
