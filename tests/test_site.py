@@ -92,7 +92,7 @@ def test_the_course_map_states_each_lessons_goals_points_and_run_time(site):
         assert lesson.goals, f"{path.stem}: its introduction has no 'In this lesson you will' list"
         assert lesson.points, f"{path.stem}: its introduction states no '**Points in this lesson: N**'"
         assert lesson.run_time, f"{path.stem}: its introduction states no '*Run time:*'"
-        section = soup.find("a", href=f"{path.stem}.html").find_parent("section")
+        section = soup.select_one(f'article h3 a[href="{path.stem}.html"]').find_parent("section")
         goals = section.select(".lesson-goals li")
         assert len(goals) == len(lesson.goals), f"{path.stem}: {len(goals)} goals on the map, {len(lesson.goals)} in the lesson"
         facts = " ".join(section.select_one(".lesson-facts").get_text().split())
