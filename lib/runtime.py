@@ -119,18 +119,21 @@ def check_positive_int(**values: object) -> None:
 
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """``model.eval()`` inside the block, and its previous training/eval mode restored after, even on error.
+    """``model.eval()`` inside the block, and every sub-module's previous training/eval mode restored after,
+    even on error.
 
     For evaluation and decoding in the middle of training (``lib.train.evaluate``,
-    ``lib.decode``): dropout off, and the caller's mode untouched.  Gradients are not
-    affected (combine with ``torch.no_grad()``).
+    ``lib.decode``): dropout off, and the caller's modes untouched, each module's own
+    (``model.train(was_training)`` would also switch a frozen, eval-mode encoder inside a
+    training model back to training).  Gradients are not affected (combine with ``torch.no_grad()``).
     """
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, was_training in modes:
+            m.training = was_training
 
 
 def _mps_available() -> bool:

@@ -188,11 +188,7 @@ class _PatchEmbedBase(nn.Module):
 
     def _twin(self, cls: type[_PatchEmbedBase], proj: nn.Module) -> _PatchEmbedBase:
         """A ``cls`` with these sizes and options, the projection ``proj`` and a copy of the norm."""
-        new = cls(
-            self.img_size, self.patch_size, self.in_chans, self.d_model, norm=isinstance(self.norm, nn.LayerNorm),
-            eps=getattr(self.norm, "eps", 1e-6), flatten=self.flatten, bias=self.proj.bias is not None,
-            strict_img_size=self.strict_img_size, dynamic_img_pad=self.dynamic_img_pad,
-        )
+        new = cls(**self.init_kwargs())
         new.proj = proj
         new.norm.load_state_dict(self.norm.state_dict())
         return new.to(self.proj.weight.device)

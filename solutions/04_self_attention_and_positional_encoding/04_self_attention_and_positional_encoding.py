@@ -33,6 +33,9 @@
 #
 # **Points in this lesson: 12** (exercise 1: 4, of which 2 for a written answer;
 # exercise 2: 4; exercise 3: 4). The stretch part of exercise 3 is ungraded.
+#
+# *Run time:* a little over a minute on a 2-core CPU in full mode;
+# `COURSE_QUICK=1` times fewer sequence lengths and trains the length-extrapolation models for a few steps.
 
 # %%
 import contextlib

@@ -29,6 +29,9 @@
 #    attention matrix, and check every number against a measurement (exercise 3).
 #
 # **Points in this lesson: 15** (exercise 1: 5, exercise 2: 5, exercise 3: 5).
+#
+# *Run time:* about twenty seconds on a 2-core CPU in full mode; `COURSE_QUICK=1` times a
+# smaller layer, fewer times.
 
 # %%
 import matplotlib.pyplot as plt
@@ -538,7 +541,7 @@ for t in encoder_layer_saved_tensors(2, 6, 16, 4, 64):
 #
 # ### A table for a few model sizes
 #
-# One layer, fp16 activations, a batch of 8 sequences of 512 tokens:
+# One layer, fp16 activations on a GPU (`device="cuda"`, where LayerNorm keeps its statistics in fp32; the CPU keeps them in fp16), a batch of 8 sequences of 512 tokens:
 
 # %%
 def layer_table(B: int, T: int) -> None:
@@ -547,7 +550,7 @@ def layer_table(B: int, T: int) -> None:
     for model, d, h in [("Transformer base", 512, 8), ("BERT base", 768, 12), ("BERT large", 1024, 16),
                         ("GPT-3 2.7B", 2560, 32)]:
         P = layer_parameters(d)
-        act = encoder_layer_activation_bytes(B, T, d, h, dtype=torch.float16)
+        act = encoder_layer_activation_bytes(B, T, d, h, dtype=torch.float16, device="cuda")
         print(f"{model:<16} {d:>5} {h:>3} {P:>13,} {12 * d * d:>12,} {format_bytes(20 * P):>14} "
               f"{format_bytes(act['total']):>12} {format_bytes(act['attention']):>14}")
 
@@ -565,7 +568,7 @@ layer_table(B=8, T=512)
 lengths = [128, 256, 512, 1024, 2048, 4096]
 linear_part, attn_part = [], []
 for Tn in lengths:
-    act = encoder_layer_activation_bytes(8, Tn, 768, 12, dtype=torch.float16)
+    act = encoder_layer_activation_bytes(8, Tn, 768, 12, dtype=torch.float16, device="cuda")
     linear_part.append((act["total"] - act["attention"]) / 2**20)
     attn_part.append(act["attention"] / 2**20)
 fig, ax = plt.subplots(figsize=(5, 3.2))
