@@ -41,6 +41,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lib.attention import KVCache, Record
+from lib.runtime import check_positive_int, eval_mode
+
 __all__ = [
     "Decoded",
     "BeamStep",
@@ -72,43 +75,12 @@ class Decoded:
 # ---------------------------------------------------------------------------
 
 
-def _new_record():  # noqa: ANN202 - lib.attention.Record
-    from lib.attention import Record
-    from lib.multihead import KVCache
-
-    return Record(cache=KVCache())
-
-
-def _reorder(obj: object, index: Tensor) -> object:
-    """Select rows ``index`` along dim 0 of every tensor held in a cache (beam reordering)."""
-    if isinstance(obj, Tensor):
-        return obj.index_select(0, index)
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            obj[key] = _reorder(value, index)
-        return obj
-    if isinstance(obj, list):
-        obj[:] = [_reorder(v, index) for v in obj]
-        return obj
-    if isinstance(obj, tuple):
-        return tuple(_reorder(v, index) for v in obj)
-    if hasattr(obj, "reorder"):
-        obj.reorder(index)
-        return obj
-    if hasattr(obj, "__dict__"):
-        for key, value in vars(obj).items():
-            if isinstance(value, (Tensor, dict, list, tuple)) or hasattr(value, "reorder"):
-                setattr(obj, key, _reorder(value, index))
-        return obj
-    return obj
-
-
 class _Stepper:
     """Next-token log-probabilities for a growing prefix: the cached or the recomputing way."""
 
     def __init__(self, model: nn.Module, memory: Tensor, memory_mask: Tensor | None, use_cache: bool) -> None:
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
-        self.record = _new_record() if use_cache else None
+        self.record = Record(cache=KVCache()) if use_cache else None
 
     def log_probs(self, prefix: Tensor) -> Tensor:
         """prefix (N, T) ids fed so far -> log p(next | prefix) (N, V)."""
@@ -124,7 +96,7 @@ class _Stepper:
         if self.memory_mask is not None and self.memory_mask.shape[0] > 1:
             self.memory_mask = self.memory_mask.index_select(0, index)
         if self.record is not None:
-            _reorder(self.record.cache, index)
+            self.record.cache.reorder(index)
 
 
 def _check_src(src: Tensor, src_valid_lens: Tensor | None, max_len: int) -> None:
@@ -133,8 +105,7 @@ def _check_src(src: Tensor, src_valid_lens: Tensor | None, max_len: int) -> None
     if src_valid_lens is not None and (src_valid_lens.shape != (src.shape[0],) or src_valid_lens.is_floating_point()):
         raise ValueError(f"src_valid_lens must be integer lengths of shape (B,) = ({src.shape[0]},), got "
                          f"{tuple(src_valid_lens.shape)} {src_valid_lens.dtype}")
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    check_positive_int(max_len=max_len)
 
 
 # ---------------------------------------------------------------------------
@@ -168,9 +139,7 @@ def greedy_decode(
         ``Decoded``; rows that reached ``<eos>`` stop growing while the others go on.
     """
     _check_src(src, src_valid_lens, max_len)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         B = src.shape[0]
         memory, memory_mask = model.encode(src, src_valid_lens)  # (B, S, D), (B, 1, 1, S) or None
         stepper = _Stepper(model, memory, memory_mask, use_cache)
@@ -188,8 +157,6 @@ def greedy_decode(
             if bool(done.all()):
                 break
             prefix = torch.cat([prefix, token[:, None]], dim=1)  # (B, T + 1)
-    finally:
-        model.train(was_training)
     return Decoded(out, scores.tolist(), done.tolist())
 
 
@@ -299,13 +266,10 @@ def beam_search(
         ``Decoded`` with the penalised scores.
     """
     _check_src(src, src_valid_lens, max_len)
-    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    check_positive_int(beam_size=beam_size)
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         B, K, dev = src.shape[0], beam_size, src.device
         memory, mask = model.encode(src, src_valid_lens)  # (B, S, D), (B, 1, 1, S) or None
         rows = torch.arange(B, device=dev).repeat_interleave(K)  # (B*K,) source of each row
@@ -345,7 +309,5 @@ def beam_search(
                     for i in range(K):
                         if scores[b, i] > -torch.inf:
                             finished[b].append((float(scores[b, i]) / lp, prefix[b * K + i, 1:].tolist(), False))
-    finally:
-        model.train(was_training)
     best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
     return Decoded([h[1] for h in best], [h[0] for h in best], [h[2] for h in best])

@@ -11,8 +11,8 @@ identically (Vaswani et al. 2017, section 3.3, eq. (2)).  The paper notes that
 this is the same as "two convolutions with kernel size 1": a Conv1d with
 kernel_size=1 over the positions multiplies each position's features by one
 (out, in) matrix, which is exactly what a Linear layer does.  The two modules
-here compute the same map; ``to_conv`` / ``from_conv`` copy the weights across
-(a Linear weight (out, in) is a Conv1d weight (out, in, 1)).
+here compute the same map; ``PositionWiseFFN.to_conv`` and ``PositionWiseFFNConv.to_linear``
+copy the weights across (a Linear weight (out, in) is a Conv1d weight (out, in, 1)).
 
 ``PositionWiseFFN`` names its parts as timm's ``Mlp`` does (``fc1``, ``act``,
 ``drop``, ``fc2``), and puts dropout where ``torch.nn.TransformerEncoderLayer``
@@ -70,7 +70,7 @@ def make_activation(activation: Activation) -> nn.Module:
         return activation
     if callable(activation):
         return _Lambda(activation)
-    raise ValueError(f"activation must be a name or a callable, got {type(activation).__name__}")
+    raise TypeError(f"activation must be a name or a callable, got {type(activation).__name__}")
 
 
 def _copy_activation(act: nn.Module) -> nn.Module | Callable[[Tensor], Tensor]:
@@ -140,15 +140,10 @@ class PositionWiseFFN(nn.Module):
 
     def to_conv(self) -> PositionWiseFFNConv:
         """The Conv1d twin with copies of these weights (same device, dtype and train/eval mode)."""
-        return PositionWiseFFNConv.from_linear(self)
-
-    @classmethod
-    def from_conv(cls, conv: PositionWiseFFNConv) -> PositionWiseFFN:
-        """A Linear FFN with copies of the weights of a ``PositionWiseFFNConv``, in its train/eval mode."""
-        ffn = _same_settings(cls, conv, bias=conv.conv1.bias is not None)
-        ffn.fc1 = conv1d_to_linear(conv.conv1)
-        ffn.fc2 = conv1d_to_linear(conv.conv2)
-        return ffn.train(conv.training)
+        conv = _same_settings(PositionWiseFFNConv, self, bias=self.fc1.bias is not None)
+        conv.conv1 = linear_to_conv1d(self.fc1)
+        conv.conv2 = linear_to_conv1d(self.fc2)
+        return conv.train(self.training)
 
 
 class PositionWiseFFNConv(nn.Module):
@@ -194,16 +189,11 @@ class PositionWiseFFNConv(nn.Module):
         return out.transpose(1, 2)  # (B, T, D)
 
     def to_linear(self) -> PositionWiseFFN:
-        """The Linear twin with copies of these weights (same train/eval mode)."""
-        return PositionWiseFFN.from_conv(self)
-
-    @classmethod
-    def from_linear(cls, ffn: PositionWiseFFN) -> PositionWiseFFNConv:
-        """A Conv1d FFN with copies of the weights of a ``PositionWiseFFN``, in its train/eval mode."""
-        conv = _same_settings(cls, ffn, bias=ffn.fc1.bias is not None)
-        conv.conv1 = linear_to_conv1d(ffn.fc1)
-        conv.conv2 = linear_to_conv1d(ffn.fc2)
-        return conv.train(ffn.training)
+        """The Linear twin with copies of these weights (same device, dtype and train/eval mode)."""
+        ffn = _same_settings(PositionWiseFFN, self, bias=self.conv1.bias is not None)
+        ffn.fc1 = conv1d_to_linear(self.conv1)
+        ffn.fc2 = conv1d_to_linear(self.conv2)
+        return ffn.train(self.training)
 
 
 def linear_to_conv1d(linear: nn.Linear) -> nn.Conv1d:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from lib.runtime import check_positive_int, eval_mode
 from lib.runtime import device as default_device
 
 __all__ = [
@@ -118,10 +119,8 @@ def evaluate(
         ``(loss, accuracy)``; accuracy is NaN when it does not apply.
     """
     dev = device if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total_loss, correct, n, has_acc = 0.0, 0, 0, True
-    try:
+    with eval_mode(model):
         for batch in loader:
             inputs, target = _split(batch, dev)
             output = model(*inputs)
@@ -130,8 +129,6 @@ def evaluate(
             has_acc = has_acc and c is not None
             correct += c or 0
             n += len(target)
-    finally:
-        model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no examples")
     return total_loss / n, (correct / n if has_acc else math.nan)
@@ -184,8 +181,7 @@ def fit(
         TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, or ``loss_fn``
             is not callable.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    check_positive_int(epochs=epochs)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if not callable(loss_fn):
@@ -194,8 +190,8 @@ def fit(
         raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+    if max_steps is not None:
+        check_positive_int(max_steps=max_steps)
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be positive seconds or None, got {time_limit!r}")
     from tqdm.auto import tqdm

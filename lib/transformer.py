@@ -29,7 +29,7 @@ a causal mask), not a new class.
 Masks are boolean, ``True`` = may attend, broadcastable to (B, H, Tq, Tk);
 ``lib.attention.padding_mask(valid_lens, T)`` makes one from d2l's ``valid_lens``.
 Blocks and stacks return a Tensor; ``record=lib.attention.Record(...)`` collects
-the attention weights (per call, in order) and carries the ``lib.multihead.KVCache``
+the attention weights (per call, in order) and carries the ``lib.attention.KVCache``
 for incremental decoding (``Decoder`` / ``Transformer.decode`` feed only the new tokens).
 
 Imports: lib.attention (masks, Record), lib.multihead (MultiHeadAttention),
@@ -105,14 +105,14 @@ class Residual(nn.Module):
         return f"norm_first={self.norm_first}"
 
 
-def _default_attention(d_model: int, num_heads: int | None, key_dim: int | None, bias: bool, dropout: float,
+def _default_attention(d_model: int, num_heads: int | None, d_head: int | None, bias: bool, dropout: float,
                        fast: bool, positional: PositionalScheme | None, who: str) -> MultiHeadAttention:
     if num_heads is None or num_heads < 1:
         raise ValueError(f"{who} builds its attention from num_heads: expected a positive number, got {num_heads}")
-    if key_dim is None and d_model % num_heads != 0:
+    if d_head is None and d_model % num_heads != 0:
         raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}; pick sizes that divide "
-                         "or give key_dim (the per-head size) explicitly")
-    return MultiHeadAttention(d_model, num_heads, key_dim=key_dim, bias=bias, dropout=dropout, fast=fast,
+                         "or give d_head (the per-head size) explicitly")
+    return MultiHeadAttention(d_model, num_heads, d_head=d_head, bias=bias, dropout=dropout, fast=fast,
                               positional=positional)
 
 
@@ -143,7 +143,7 @@ class EncoderBlock(nn.Module):
         ffn: the position-wise module (B, T, D) -> (B, T, D); default ``PositionWiseFFN``.
         dropout: residual dropout, and the default sublayers' dropout.
         norm_first: pre-norm (True) or post-norm (False, the paper).
-        key_dim, activation, bias, fast, positional: passed to the default sublayers.
+        d_head, activation, bias, fast, positional: passed to the default sublayers.
         eps: LayerNorm epsilon.
 
     Shapes:
@@ -152,13 +152,13 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int | None = None, d_ff: int | None = None, *,
                  attention: nn.Module | None = None, ffn: nn.Module | None = None, dropout: float = 0.0,
-                 norm_first: bool = False, key_dim: int | None = None, activation: Activation = "relu",
+                 norm_first: bool = False, d_head: int | None = None, activation: Activation = "relu",
                  eps: float = 1e-5, bias: bool = True, fast: bool = False,
                  positional: PositionalScheme | None = None) -> None:
         super().__init__()
         self.d_model, self.norm_first = d_model, norm_first
         self.attention = attention if attention is not None else _default_attention(
-            d_model, num_heads, key_dim, bias, dropout, fast, positional, "EncoderBlock")
+            d_model, num_heads, d_head, bias, dropout, fast, positional, "EncoderBlock")
         self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
         self.ffn = ffn if ffn is not None else _default_ffn(d_model, d_ff, activation, dropout, bias, "EncoderBlock")
         self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
@@ -182,7 +182,7 @@ class DecoderBlock(nn.Module):
         d_model, num_heads, d_ff: as ``EncoderBlock``.
         self_attention, cross_attention, ffn: the sublayers; defaults build
             ``MultiHeadAttention`` (``positional`` goes to self-attention only) and ``PositionWiseFFN``.
-        dropout, norm_first, key_dim, activation, eps, bias, fast, positional: as ``EncoderBlock``.
+        dropout, norm_first, d_head, activation, eps, bias, fast, positional: as ``EncoderBlock``.
 
     Shapes:
         x (B, T, D), memory (B, S, D), self_mask broadcastable to (B, H, T, Tk) (Tk counts cached
@@ -192,15 +192,15 @@ class DecoderBlock(nn.Module):
     def __init__(self, d_model: int, num_heads: int | None = None, d_ff: int | None = None, *,
                  self_attention: nn.Module | None = None, cross_attention: nn.Module | None = None,
                  ffn: nn.Module | None = None, dropout: float = 0.0, norm_first: bool = False,
-                 key_dim: int | None = None, activation: Activation = "relu", eps: float = 1e-5, bias: bool = True,
+                 d_head: int | None = None, activation: Activation = "relu", eps: float = 1e-5, bias: bool = True,
                  fast: bool = False, positional: PositionalScheme | None = None) -> None:
         super().__init__()
         self.d_model, self.norm_first = d_model, norm_first
         self.self_attention = self_attention if self_attention is not None else _default_attention(
-            d_model, num_heads, key_dim, bias, dropout, fast, positional, "DecoderBlock")
+            d_model, num_heads, d_head, bias, dropout, fast, positional, "DecoderBlock")
         self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
         self.cross_attention = cross_attention if cross_attention is not None else _default_attention(
-            d_model, num_heads, key_dim, bias, dropout, fast, None, "DecoderBlock")
+            d_model, num_heads, d_head, bias, dropout, fast, None, "DecoderBlock")
         self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
         self.ffn = ffn if ffn is not None else _default_ffn(d_model, d_ff, activation, dropout, bias, "DecoderBlock")
         self.residual3 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
@@ -227,7 +227,7 @@ class EncoderConfig:
 
     vocab_size: int  # number of token ids V
     d_model: int = 512  # feature size D at every position
-    num_heads: int = 8  # attention heads H (d_model must divide by it unless key_dim is given)
+    num_heads: int = 8  # attention heads H (d_model must divide by it unless d_head is given)
     d_ff: int = 2048  # FFN hidden size F (4 D in the paper)
     num_layers: int = 6  # blocks L
     dropout: float = 0.1  # residual, attention and FFN dropout; also after embedding + positions
@@ -235,7 +235,7 @@ class EncoderConfig:
     norm_first: bool = False  # pre-norm (True) or post-norm (False, the paper)
     positional: str | None = "sinusoidal"  # a name of lib.positional.SCHEMES, or None
     activation: str = "relu"  # FFN activation: "relu" (the paper) or "gelu"
-    key_dim: int | None = None  # per-head query/key size; None = d_model // num_heads
+    d_head: int | None = None  # per-head query/key size; None = d_model // num_heads
     bias: bool = True  # biases in the attention projections and FFN
     eps: float = 1e-5  # LayerNorm epsilon
     scale_embedding: bool = True  # multiply token embeddings by sqrt(d_model) (section 3.4)
@@ -262,7 +262,7 @@ class _Stack(nn.Module):
             # N(0, 1/D) as in tensor2tensor: times sqrt(D), each embedding entry has unit
             # variance, the scale of the positional encoding (nn.Embedding's N(0, 1) would give D).
             nn.init.normal_(self.embedding.weight, std=c.d_model**-0.5)
-        sizes = dict(d_model=c.d_model, num_heads=c.num_heads, d_head=c.key_dim, max_len=c.max_len,
+        sizes = dict(d_model=c.d_model, num_heads=c.num_heads, d_head=c.d_head, max_len=c.max_len,
                      dropout=c.dropout, max_distance=c.max_distance)
         scheme = build(c.positional, **sizes)
         # An absolute encoding adds its table (then dropout) to the input; a relative scheme
@@ -306,7 +306,7 @@ class Encoder(_Stack):
         c = config
         self.blocks = nn.ModuleList(
             EncoderBlock(c.d_model, c.num_heads, c.d_ff, dropout=c.dropout, norm_first=c.norm_first,
-                         key_dim=c.key_dim, activation=c.activation, eps=c.eps, bias=c.bias, fast=c.fast,
+                         d_head=c.d_head, activation=c.activation, eps=c.eps, bias=c.bias, fast=c.fast,
                          positional=self._scheme())
             for _ in range(c.num_layers)
         )
@@ -353,7 +353,7 @@ class Decoder(_Stack):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__(config)
         c = config
-        kw = dict(dropout=c.dropout, norm_first=c.norm_first, key_dim=c.key_dim, activation=c.activation, eps=c.eps,
+        kw = dict(dropout=c.dropout, norm_first=c.norm_first, d_head=c.d_head, activation=c.activation, eps=c.eps,
                   bias=c.bias, fast=c.fast)
         block = DecoderBlock if c.cross_attention else EncoderBlock
         self.blocks = nn.ModuleList(block(c.d_model, c.num_heads, c.d_ff, positional=self._scheme(), **kw)
@@ -407,7 +407,7 @@ class TransformerConfig:
     norm_first: bool = False  # pre-norm (True) or post-norm (False, the paper)
     positional: str | None = "sinusoidal"  # a name of lib.positional.SCHEMES, or None
     activation: str = "relu"  # FFN activation
-    key_dim: int | None = None  # per-head query/key size; None = d_model // num_heads
+    d_head: int | None = None  # per-head query/key size; None = d_model // num_heads
     bias: bool = True  # biases in the attention projections and FFN
     eps: float = 1e-5  # LayerNorm epsilon
     scale_embedding: bool = True  # embeddings times sqrt(d_model) (section 3.4)
@@ -418,7 +418,7 @@ class TransformerConfig:
 
     def _shared(self) -> dict:
         names = ("d_model", "num_heads", "d_ff", "dropout", "max_len", "norm_first", "positional", "activation",
-                 "key_dim", "bias", "eps", "scale_embedding", "fast", "max_distance", "final_norm")
+                 "d_head", "bias", "eps", "scale_embedding", "fast", "max_distance", "final_norm")
         return {n: getattr(self, n) for n in names}
 
     def encoder(self) -> EncoderConfig:

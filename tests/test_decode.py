@@ -237,8 +237,7 @@ def _sources():
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_cached_logits_equal_recomputing_the_prefix(norm_first):
-    from lib.attention import Record
-    from lib.multihead import KVCache
+    from lib.attention import KVCache, Record
 
     model = _transformer(norm_first).eval()
     src, lens = _sources()

@@ -131,7 +131,7 @@ def test_grad_clip_and_step_scheduler():
     ("kwargs", "error", "match"),
     [
         ({"epochs": 0}, ValueError, "epochs"),
-        ({"epochs": 1.5}, ValueError, "epochs"),
+        ({"epochs": 1.5}, TypeError, "epochs"),
         ({"optimizer": "adam"}, TypeError, "optimizer"),
         ({"loss_fn": 3}, TypeError, "loss_fn"),
         ({"grad_clip": 0.0}, ValueError, "grad_clip"),

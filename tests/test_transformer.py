@@ -16,7 +16,7 @@ from torch import nn
 
 from lib.attention import padding_mask
 from lib.checks import check_permutation_equivariance
-from lib.multihead import MultiHeadAttention
+from lib.interop import mha_from_d2l, mha_from_torch
 from lib.positional import sinusoidal_table
 from lib.transformer import (
     Encoder,
@@ -97,7 +97,7 @@ def test_encoder_block_matches_d2l(use_bias, B, T, D, H, F):
     randomise_norms_(ref)
 
     ours = EncoderBlock(D, H, F).eval()
-    ours.attention = MultiHeadAttention.from_d2l(ref.attention).eval()  # d2l's W_q, W_k, W_v, W_o
+    ours.attention = mha_from_d2l(ref.attention).eval()  # d2l's W_q, W_k, W_v, W_o
     copy_(ours.ffn.fc1, ref.ffn.dense1)
     copy_(ours.ffn.fc2, ref.ffn.dense2)
     copy_(ours.residual1.norm, ref.addnorm1.ln)
@@ -120,7 +120,7 @@ def _block_from_torch(layer: nn.TransformerEncoderLayer, num_heads: int, activat
         D, num_heads, layer.linear1.out_features, norm_first=layer.norm_first,
         activation=activation, eps=layer.norm1.eps,
     )
-    block.attention = MultiHeadAttention.from_torch(layer.self_attn)  # splits the fused in_proj_weight
+    block.attention = mha_from_torch(layer.self_attn)  # splits the fused in_proj_weight
     copy_(block.ffn.fc1, layer.linear1)
     copy_(block.ffn.fc2, layer.linear2)
     copy_(block.residual1.norm, layer.norm1)
@@ -214,11 +214,11 @@ def test_block_errors():
         block(torch.randn(5, 16))
     with pytest.raises(ValueError, match="divisible"):
         EncoderBlock(10, 4, 32)
-    EncoderBlock(10, 4, 32, key_dim=8)  # an explicit per-head size lifts the constraint
+    EncoderBlock(10, 4, 32, d_head=8)  # an explicit per-head size lifts the constraint
 
 
 def test_block_key_dim_and_no_bias():
-    block = EncoderBlock(16, 2, 32, key_dim=4, bias=False)
+    block = EncoderBlock(16, 2, 32, d_head=4, bias=False)
     assert block(torch.randn(1, 3, 16)).shape == (1, 3, 16)
     assert block.ffn.fc1.bias is None
 
