@@ -7,6 +7,7 @@
 #   make grade ASSIGNMENT=02_attention_scoring SUBMISSIONS=path/to/folder
 #   make feedback ASSIGNMENT=02_attention_scoring   (after manual grading)
 #   make bench    benchmark scripts (print side-by-side ratios)
+#   make site     the course website, static HTML in build/site/ (REPO_URL=... for source links)
 #   make env-locked  install exactly the versions in requirements-lock.txt
 #   make lock     record this environment's versions in requirements-lock.txt
 #   make versions where this environment differs from requirements-lock.txt
@@ -25,15 +26,15 @@ LOCK_ARGS    := $(if $(filter 1,$(LOCKED)),-c $(LOCK))
 # nbgrader runs helpers (alembic) from PATH: the environment's bin/ comes first.
 export PATH  := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: env env-locked lock versions lab test unit notebooks student check-student grade feedback bench lint clean help
+.PHONY: env env-locked lock versions lab test unit notebooks student check-student grade feedback bench site lint clean help
 
 help:
-	@sed -n '2,14p' Makefile
+	@sed -n '2,15p' Makefile
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(LOCK_ARGS) -e '.[dev,instructor]'
+	$(PY) -m pip install --quiet $(LOCK_ARGS) -e '.[dev,instructor,site]'
 	# d2l is only a reference implementation for the tests; its 2023 pins
 	# (numpy, pandas, matplotlib, scipy) would downgrade the course's stack.
 	$(PY) -m pip install --quiet --no-deps d2l==$(D2L_VERSION)
@@ -97,6 +98,11 @@ feedback: env
 
 bench: env
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The course website from the student lessons (tools/website.py; README, "The course as a website").
+# It builds offline into build/site/ (git-ignored), one folder any static host serves.
+site: env
+	$(PY) tools/website.py build $(if $(REPO_URL),--repo-url "$(REPO_URL)")
 
 lint: env
 	$(VENV)/bin/ruff check lib tests bench tools

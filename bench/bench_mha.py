@@ -25,15 +25,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.multihead import MultiHeadAttention  # noqa: E402
+from lib.interop import mha_from_torch  # noqa: E402
 from lib.runtime import device, seed_everything, time_steps  # noqa: E402
 
 
 def variants(D: int, H: int, dev: torch.device, dtype: torch.dtype) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     ref = nn.MultiheadAttention(D, H, batch_first=True).to(dev, dtype)
-    explicit = MultiHeadAttention.from_torch(ref).to(dev, dtype)
-    fast = MultiHeadAttention.from_torch(ref, fast=True).to(dev, dtype)
-    fused = MultiHeadAttention.from_torch(ref, fast=True, fused_qkv=True).to(dev, dtype)
+    explicit = mha_from_torch(ref).to(dev, dtype)
+    fast = mha_from_torch(ref, fast=True).to(dev, dtype)
+    fused = mha_from_torch(ref, fast=True, fused_qkv=True).to(dev, dtype)
     return {
         "lib explicit": lambda x: explicit(x),
         "lib fast": lambda x: fast(x),

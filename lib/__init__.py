@@ -1,19 +1,32 @@
 """The course library: attention and Transformers, built in the order the lessons build them.
 
-Modules (each imports only from those above it):
+Modules, in the order of the course (each imports only from modules above it in this list;
+``tests/test_layering.py`` checks it, and that lib has no import cycle):
 
-    runtime      device(), seed_everything(), QUICK
-    attention    masks, masked_softmax, the core attend() / scaled_dot_product_attention, Record,
-                 scoring modules, pooling
-    multihead    MultiHeadAttention, DotProductScores, the PositionalScheme contract, KVCache
+    runtime      device(), seed_everything(), QUICK, pick(), eval_mode(), timing helpers
+    attention    masks, masked_softmax, dot_product_scores, the core attend() /
+                 scaled_dot_product_attention, Record and KVCache, scoring modules, pooling
+    multihead    MultiHeadAttention, DotProductScores, the PositionalScheme contract
     positional   sinusoidal, learned, relative, rotary (RoPE), ALiBi; SCHEMES / build()
     ffn          PositionWiseFFN and its Conv1d twin
     transformer  Residual, EncoderBlock, DecoderBlock, Encoder, Decoder, Transformer
+    decode       greedy decoding and beam search with the key/value cache (lesson 07); sampling (lesson 11)
+    gpt          the decoder-only language model, converters from Hugging Face's GPT-2 and Llama (lesson 11)
+    vit          PatchEmbed and its Linear twin, ViT (lesson 08)
+    synthesizer  Dense, Random, factorized and mixture scores for MultiHeadAttention (lesson 09)
+    efficient    tiled attention with an online softmax (lesson 10)
 
-Beside them: interop (converters from torch, d2l, Keras sizes), checks (exercise feedback),
-plot, data, text, train, memory, efficient (tiled attention with an online softmax, lesson 10).
-Modules that later lessons add (decode, vit, synthesizer)
-join the list when they exist.
+Beside them (tools the lessons use, not concepts they build):
+
+    data         dataset registry, download, checksums, mirrors
+    text         tokenizer, vocabulary, padding (shared by lessons 06 and 07)
+    imdb         the IMDB reviews as tensors, a validation split by movie (lesson 06)
+    translation  English-French pairs, length-grouped batches, BLEU (lesson 07)
+    train        fit / evaluate loops; language-model training and exact checkpoints (lesson 11)
+    interop      converters from other codebases: mha_from_torch/_d2l/_keras, vit_from_timm
+    checks       exercise feedback
+    plot         heatmaps and curves
+    memory       parameter, optimizer-state, activation and attention bytes
 
 Submodules load on first use, so ``import lib`` is cheap and ``lib.attention``
 works without importing every module.
@@ -33,14 +46,20 @@ _SUBMODULES = (
     "positional",
     "ffn",
     "transformer",
+    "decode",
+    "gpt",
+    "vit",
+    "synthesizer",
+    "efficient",
+    "data",
+    "text",
+    "imdb",
+    "translation",
+    "train",
     "interop",
     "checks",
     "plot",
-    "data",
-    "text",
-    "train",
     "memory",
-    "efficient",
 )
 
 

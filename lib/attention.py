@@ -13,8 +13,8 @@ entirely masked gets all-zero weights (and a zero output), never NaN.
 
 Every attention here has one core, ``attend(scores, v, ...)``: masked softmax of
 the (already scaled) scores, dropout, weights @ v.  Modules return a Tensor;
-whoever wants the weights (or, in ``lib.multihead``, a key/value cache) passes
-one ``Record`` that the call fills in.
+whoever wants the weights (or a ``KVCache`` for ``lib.multihead``'s incremental
+decoding) passes one ``Record`` that the call fills in.
 
 References:
     Nadaraya (1964), Watson (1964): kernel regression (attention pooling).
@@ -27,21 +27,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # the cache lives one module up; only its type is named here
-    from lib.multihead import KVCache
-
 __all__ = [
     "Record",
+    "KVCache",
     "attend",
     "causal_mask",
     "padding_mask",
     "masked_softmax",
+    "dot_product_scores",
     "scaled_dot_product_attention",
     "AdditiveAttention",
     "DotProductAttention",
@@ -71,7 +69,7 @@ class Record:
     Attributes:
         need_weights: collect the attention weights (this forces the explicit path,
             since the fused kernel never forms them).
-        cache: a ``lib.multihead.KVCache`` for incremental decoding, or None.
+        cache: a ``KVCache`` for incremental decoding, or None.
         weights: the collected weights, appended by each attention call.
     """
 
@@ -85,6 +83,54 @@ class Record:
             if weights is None:
                 raise ValueError("need_weights=True but this call produced no weights (fast path)")
             self.weights.append(weights)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, one slot per attention layer.
+
+    Pass it as ``record=Record(cache=cache)``; each ``lib.multihead.MultiHeadAttention``
+    keeps its slot under its own identity.  Self-attention appends the new
+    (B, H, T_new, Dh) keys and values; cross-attention stores the memory's once and reuses them.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, layer: nn.Module) -> bool:
+        return layer in self._slots
+
+    def length(self, layer: nn.Module) -> int:
+        """Number of cached positions of ``layer`` (0 before its first call)."""
+        return self._slots[layer][0].shape[-2] if layer in self._slots else 0
+
+    def append(self, layer: nn.Module, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add new keys/values (B, H, T_new, Dh) to ``layer``'s slot; return all of them (B, H, Tk, Dh)."""
+        if layer in self._slots:
+            k_old, v_old = self._slots[layer]
+            if k_old.shape[:2] != k.shape[:2]:
+                raise ValueError(f"cached keys {tuple(k_old.shape)} and new keys {tuple(k.shape)} differ in (B, H)")
+            k, v = torch.cat([k_old, k], dim=-2), torch.cat([v_old, v], dim=-2)  # (B, H, Tk, Dh), (B, H, Tk, Dv)
+        self._slots[layer] = (k, v)
+        return k, v
+
+    def get(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
+        """``layer``'s cached keys and values (B, H, Tk, Dh), (B, H, Tk, Dv)."""
+        if layer not in self._slots:
+            raise ValueError(f"the cache has no slot for this {type(layer).__name__} yet")
+        return self._slots[layer]
+
+    def static(self, layer: nn.Module, compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """``layer``'s keys/values, computed by ``compute()`` on the first call only (cross-attention)."""
+        if layer not in self._slots:
+            self._slots[layer] = compute()
+        return self._slots[layer]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (B_new,) in every slot, e.g. the surviving beams of a beam search."""
+        self._slots = {m: (k.index_select(0, index), v.index_select(0, index)) for m, (k, v) in self._slots.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -273,6 +319,16 @@ def attend(
     return out, weights
 
 
+def dot_product_scores(q: Tensor, k: Tensor, scale: float | None = None) -> Tensor:
+    """The scaled scores q kᵀ · scale, (..., Tq, Dk) and (..., Tk, Dk) -> (..., Tq, Tk); scale defaults to 1/√Dk.
+
+    The one place the course computes them: ``scaled_dot_product_attention``'s explicit
+    path and ``lib.multihead.DotProductScores`` call it.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return q @ k.transpose(-2, -1) * scale  # (..., Tq, Tk)
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,
@@ -283,6 +339,7 @@ def scaled_dot_product_attention(
     *,
     scale: float | None = None,
     fast: bool = False,
+    value_term: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """softmax(q kᵀ / √Dk + bias, masked) v  -- Vaswani et al. (2017), eq. (1).
 
@@ -300,6 +357,7 @@ def scaled_dot_product_attention(
             the explicit math. True: PyTorch's fused kernel (flash / memory-efficient /
             math, chosen by PyTorch), which never materialises the weights, so the
             second return value is ``None``.
+        value_term: as in ``attend`` (Shaw et al.'s relative values); explicit path only.
 
     Returns:
         ``(output, weights)``: output (..., Tq, Dv) and weights (..., Tq, Tk),
@@ -321,10 +379,13 @@ def scaled_dot_product_attention(
         )
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if fast and value_term is not None:
+        raise ValueError("the fused kernel has no value term: pass fast=False with value_term")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if fast:
         return _sdpa_fast(q, k, v, mask, bias, dropout_p, scale), None
-    return attend(q @ k.transpose(-2, -1) * scale, v, mask, bias, dropout_p)  # (..., Tq, Dv), (..., Tq, Tk)
+    scores = dot_product_scores(q, k, scale)  # (..., Tq, Tk)
+    return attend(scores, v, mask, bias, dropout_p, value_term=value_term)  # (..., Tq, Dv), (..., Tq, Tk)
 
 
 def _sdpa_fast(
@@ -366,7 +427,7 @@ class AdditiveAttention(nn.Module):
         d_query: query feature size.
         d_key: key feature size.
         d_hidden: size of the hidden layer that scores each (query, key) pair.
-        dropout: dropout on the attention weights.
+        dropout: dropout on the attention weights (a float, as in every attention layer: the core takes ``dropout_p``).
 
     Shapes:
         queries (B, Tq, d_query), keys (B, Tk, d_key), values (B, Tk, Dv)
@@ -375,10 +436,12 @@ class AdditiveAttention(nn.Module):
 
     def __init__(self, d_query: int, d_key: int, d_hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.W_q = nn.Linear(d_query, d_hidden, bias=False)
         self.W_k = nn.Linear(d_key, d_hidden, bias=False)
         self.w_v = nn.Linear(d_hidden, 1, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
 
     def forward(
         self,
@@ -406,11 +469,14 @@ class AdditiveAttention(nn.Module):
         features = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))  # (B, Tq, Tk, h)
         scores = self.w_v(features).squeeze(-1)  # (B, Tq, Tk)
         mask = combine_masks(mask, valid_lens, 3, keys.shape[1])
-        dropout_p = self.dropout.p if self.training else 0.0
+        dropout_p = self.dropout if self.training else 0.0
         out, weights = attend(scores, values, mask, dropout_p=dropout_p)  # (B, Tq, Dv), (B, Tq, Tk)
         if record is not None:
             record.keep(weights)
         return out
+
+    def extra_repr(self) -> str:
+        return f"dropout={self.dropout}"
 
 
 class DotProductAttention(nn.Module):

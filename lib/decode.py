@@ -41,6 +41,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lib.attention import KVCache, Record
+from lib.runtime import check_positive_int, eval_mode
+
 __all__ = [
     "Decoded",
     "BeamStep",
@@ -48,6 +51,10 @@ __all__ = [
     "beam_step",
     "greedy_decode",
     "beam_search",
+    "top_k_filter",
+    "top_p_filter",
+    "sample_next",
+    "generate",
 ]
 
 
@@ -72,43 +79,12 @@ class Decoded:
 # ---------------------------------------------------------------------------
 
 
-def _new_record():  # noqa: ANN202 - lib.attention.Record
-    from lib.attention import Record
-    from lib.multihead import KVCache
-
-    return Record(cache=KVCache())
-
-
-def _reorder(obj: object, index: Tensor) -> object:
-    """Select rows ``index`` along dim 0 of every tensor held in a cache (beam reordering)."""
-    if isinstance(obj, Tensor):
-        return obj.index_select(0, index)
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            obj[key] = _reorder(value, index)
-        return obj
-    if isinstance(obj, list):
-        obj[:] = [_reorder(v, index) for v in obj]
-        return obj
-    if isinstance(obj, tuple):
-        return tuple(_reorder(v, index) for v in obj)
-    if hasattr(obj, "reorder"):
-        obj.reorder(index)
-        return obj
-    if hasattr(obj, "__dict__"):
-        for key, value in vars(obj).items():
-            if isinstance(value, (Tensor, dict, list, tuple)) or hasattr(value, "reorder"):
-                setattr(obj, key, _reorder(value, index))
-        return obj
-    return obj
-
-
 class _Stepper:
     """Next-token log-probabilities for a growing prefix: the cached or the recomputing way."""
 
     def __init__(self, model: nn.Module, memory: Tensor, memory_mask: Tensor | None, use_cache: bool) -> None:
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
-        self.record = _new_record() if use_cache else None
+        self.record = Record(cache=KVCache()) if use_cache else None
 
     def log_probs(self, prefix: Tensor) -> Tensor:
         """prefix (N, T) ids fed so far -> log p(next | prefix) (N, V)."""
@@ -124,7 +100,7 @@ class _Stepper:
         if self.memory_mask is not None and self.memory_mask.shape[0] > 1:
             self.memory_mask = self.memory_mask.index_select(0, index)
         if self.record is not None:
-            _reorder(self.record.cache, index)
+            self.record.cache.reorder(index)
 
 
 def _check_src(src: Tensor, src_valid_lens: Tensor | None, max_len: int) -> None:
@@ -133,8 +109,7 @@ def _check_src(src: Tensor, src_valid_lens: Tensor | None, max_len: int) -> None
     if src_valid_lens is not None and (src_valid_lens.shape != (src.shape[0],) or src_valid_lens.is_floating_point()):
         raise ValueError(f"src_valid_lens must be integer lengths of shape (B,) = ({src.shape[0]},), got "
                          f"{tuple(src_valid_lens.shape)} {src_valid_lens.dtype}")
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    check_positive_int(max_len=max_len)
 
 
 # ---------------------------------------------------------------------------
@@ -168,9 +143,7 @@ def greedy_decode(
         ``Decoded``; rows that reached ``<eos>`` stop growing while the others go on.
     """
     _check_src(src, src_valid_lens, max_len)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         B = src.shape[0]
         memory, memory_mask = model.encode(src, src_valid_lens)  # (B, S, D), (B, 1, 1, S) or None
         stepper = _Stepper(model, memory, memory_mask, use_cache)
@@ -188,8 +161,6 @@ def greedy_decode(
             if bool(done.all()):
                 break
             prefix = torch.cat([prefix, token[:, None]], dim=1)  # (B, T + 1)
-    finally:
-        model.train(was_training)
     return Decoded(out, scores.tolist(), done.tolist())
 
 
@@ -299,13 +270,10 @@ def beam_search(
         ``Decoded`` with the penalised scores.
     """
     _check_src(src, src_valid_lens, max_len)
-    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    check_positive_int(beam_size=beam_size)
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         B, K, dev = src.shape[0], beam_size, src.device
         memory, mask = model.encode(src, src_valid_lens)  # (B, S, D), (B, 1, 1, S) or None
         rows = torch.arange(B, device=dev).repeat_interleave(K)  # (B*K,) source of each row
@@ -345,7 +313,116 @@ def beam_search(
                     for i in range(K):
                         if scores[b, i] > -torch.inf:
                             finished[b].append((float(scores[b, i]) / lp, prefix[b * K + i, 1:].tolist(), False))
-    finally:
-        model.train(was_training)
     best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
     return Decoded([h[1] for h in best], [h[0] for h in best], [h[2] for h in best])
+
+
+# ---------------------------------------------------------------------------
+# Sampling from a decoder-only language model (lesson 11)
+# ---------------------------------------------------------------------------
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the ``k`` largest logits of each row, set the others to -inf (Fan et al. 2018).
+
+    Ties at the k-th value are all kept.  Shapes: (..., V) -> (..., V).
+    """
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"top_k must be an int, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"top_k must be positive, got {k}")
+    if k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest
+    return logits.masked_fill(logits < kth, -torch.inf)
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filtering (Holtzman et al. 2020, section 3.1): keep the smallest set of tokens whose mass reaches p.
+
+    Sort the probabilities in decreasing order and keep a token when the mass of the tokens
+    ranked *before* it is still below ``p``: the most probable token is always kept, and the
+    set stops at the first token that brings the mass to ``p`` or beyond.  The others get -inf.
+    ``p = 1`` keeps everything.  Shapes: (..., V) -> (..., V).
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+    probs, order = torch.softmax(logits.float(), dim=-1).sort(dim=-1, descending=True)  # (..., V) each
+    before = probs.cumsum(dim=-1) - probs  # (..., V) the mass ranked before each token
+    keep_sorted = before < p  # (..., V)
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocabulary order
+    return logits.masked_fill(~keep, -torch.inf)
+
+
+def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+    """One token per row from the next-token logits: temperature, then top-k, then top-p, then a draw.
+
+    ``softmax(logits / temperature)``: below 1 sharpens the distribution, above 1 flattens it;
+    ``temperature=0`` is greedy (the argmax, no draw).
+
+    Shapes: logits (B, V) -> tokens (B,) int64.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"sample_next expects logits (B, V), got {tuple(logits.shape)}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # (B,)
+    logits = logits.float() / temperature  # (B, V)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             use_cache: bool = True) -> Tensor:
+    """Continue ``prompt`` by ``max_new_tokens`` tokens, sampled one at a time (``sample_next``).
+
+    The model is a decoder-only language model: ``model(tokens, record=None) -> logits (B, T, V)``
+    and ``model.config.context_len`` (``lib.gpt.GPT``).  With ``use_cache`` each step feeds only the
+    newest token and the key/value cache supplies the earlier ones; without, each step feeds the
+    whole sequence again.  Both choose the same tokens (a test checks it).
+
+    Past the context length the window slides: the model always reads the last ``context_len``
+    tokens, from position 0 (nanoGPT's crop).  Without a cache that is the crop itself; with one,
+    the cache is rebuilt from the window whenever it is full (positions restart at 0, which a
+    cache of earlier keys cannot express), so beyond the context each step costs a whole window.
+
+    Args:
+        model: see above; put in eval mode for the call, its mode restored after.
+        prompt: (B, T0) token ids, T0 >= 1 (longer than the context: its last ``context_len`` are read).
+        max_new_tokens: how many tokens to add.
+        temperature, top_k, top_p: see ``sample_next`` (``temperature=0``: greedy).
+        generator: the draws' random generator (seeded: the same tokens every time).
+        use_cache: incremental decoding with ``lib.attention.Record(cache=KVCache())``.
+
+    Returns:
+        (B, T0 + max_new_tokens): the prompt and its continuation.
+    """
+    if prompt.dim() != 2 or prompt.shape[1] < 1 or prompt.is_floating_point():
+        raise ValueError(f"prompt must be token ids (B, T0) with T0 >= 1, got {prompt.dtype} {tuple(prompt.shape)}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    ctx = model.config.context_len
+    tokens = prompt.long()
+    with eval_mode(model):
+        record = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits = model(tokens[:, -ctx:])  # (B, T, V), T <= ctx
+            elif record is None or model.cached_length(record) >= ctx:
+                record = Record(cache=KVCache())  # first step, or the window slid: fill the cache afresh
+                logits = model(tokens[:, -ctx:], record=record)  # (B, T, V)
+            else:
+                logits = model(tokens[:, -1:], record=record)  # (B, 1, V): only the newest token
+            nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)  # (B, T + 1)
+    return tokens

@@ -44,6 +44,8 @@ import math
 import torch
 from torch import Tensor
 
+from lib.runtime import check_positive_int
+
 __all__ = ["OnlineSoftmaxState", "online_softmax_init", "online_softmax_update", "online_softmax_finish",
            "tiled_attention"]
 
@@ -116,9 +118,8 @@ def _check(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | 
         raise ValueError(f"queries and keys must share Dk: q has {q.shape[-1]}, k has {k.shape[-1]}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"keys and values must be equally many (Tk): k has {k.shape[-2]}, v has {v.shape[-2]}")
-    for name, size in (("block_size", block_size), ("query_block_size", query_block_size)):
-        if size is not None and (not isinstance(size, int) or size < 1):
-            raise ValueError(f"{name} must be a positive int, got {size!r}")
+    check_positive_int(**{name: size for name, size in (("block_size", block_size),
+                                                        ("query_block_size", query_block_size)) if size is not None})
     Tq, Tk = q.shape[-2], k.shape[-2]
     if causal and Tk < Tq:
         raise ValueError(f"causal attention needs Tk >= Tq (queries are the last Tq positions), got Tq={Tq}, Tk={Tk}")

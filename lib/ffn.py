@@ -11,8 +11,8 @@ identically (Vaswani et al. 2017, section 3.3, eq. (2)).  The paper notes that
 this is the same as "two convolutions with kernel size 1": a Conv1d with
 kernel_size=1 over the positions multiplies each position's features by one
 (out, in) matrix, which is exactly what a Linear layer does.  The two modules
-here compute the same map; ``to_conv`` / ``from_conv`` copy the weights across
-(a Linear weight (out, in) is a Conv1d weight (out, in, 1)).
+here compute the same map; ``PositionWiseFFN.to_conv`` and ``PositionWiseFFNConv.to_linear``
+copy the weights across (a Linear weight (out, in) is a Conv1d weight (out, in, 1)).
 
 ``PositionWiseFFN`` names its parts as timm's ``Mlp`` does (``fc1``, ``act``,
 ``drop``, ``fc2``), and puts dropout where ``torch.nn.TransformerEncoderLayer``
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 __all__ = [
     "PositionWiseFFN",
     "PositionWiseFFNConv",
+    "SwiGLU",
     "make_activation",
     "linear_to_conv1d",
     "conv1d_to_linear",
@@ -42,6 +43,8 @@ Activation = str | Callable[[Tensor], Tensor]
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,  # the paper's max(0, .)
     "gelu": nn.GELU,  # BERT, GPT, ViT (exact erf form, as torch's F.gelu)
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new" (Hendrycks and Gimpel's tanh form)
+    "silu": nn.SiLU,  # x * sigmoid(x), a.k.a. Swish-1 (Ramachandran et al. 2017); SwiGLU's gate
 }
 """Activations known by name."""
 
@@ -70,7 +73,7 @@ def make_activation(activation: Activation) -> nn.Module:
         return activation
     if callable(activation):
         return _Lambda(activation)
-    raise ValueError(f"activation must be a name or a callable, got {type(activation).__name__}")
+    raise TypeError(f"activation must be a name or a callable, got {type(activation).__name__}")
 
 
 def _copy_activation(act: nn.Module) -> nn.Module | Callable[[Tensor], Tensor]:
@@ -140,15 +143,10 @@ class PositionWiseFFN(nn.Module):
 
     def to_conv(self) -> PositionWiseFFNConv:
         """The Conv1d twin with copies of these weights (same device, dtype and train/eval mode)."""
-        return PositionWiseFFNConv.from_linear(self)
-
-    @classmethod
-    def from_conv(cls, conv: PositionWiseFFNConv) -> PositionWiseFFN:
-        """A Linear FFN with copies of the weights of a ``PositionWiseFFNConv``, in its train/eval mode."""
-        ffn = _same_settings(cls, conv, bias=conv.conv1.bias is not None)
-        ffn.fc1 = conv1d_to_linear(conv.conv1)
-        ffn.fc2 = conv1d_to_linear(conv.conv2)
-        return ffn.train(conv.training)
+        conv = _same_settings(PositionWiseFFNConv, self, bias=self.fc1.bias is not None)
+        conv.conv1 = linear_to_conv1d(self.fc1)
+        conv.conv2 = linear_to_conv1d(self.fc2)
+        return conv.train(self.training)
 
 
 class PositionWiseFFNConv(nn.Module):
@@ -194,16 +192,49 @@ class PositionWiseFFNConv(nn.Module):
         return out.transpose(1, 2)  # (B, T, D)
 
     def to_linear(self) -> PositionWiseFFN:
-        """The Linear twin with copies of these weights (same train/eval mode)."""
-        return PositionWiseFFN.from_conv(self)
+        """The Linear twin with copies of these weights (same device, dtype and train/eval mode)."""
+        ffn = _same_settings(PositionWiseFFN, self, bias=self.conv1.bias is not None)
+        ffn.fc1 = conv1d_to_linear(self.conv1)
+        ffn.fc2 = conv1d_to_linear(self.conv2)
+        return ffn.train(self.training)
 
-    @classmethod
-    def from_linear(cls, ffn: PositionWiseFFN) -> PositionWiseFFNConv:
-        """A Conv1d FFN with copies of the weights of a ``PositionWiseFFN``, in its train/eval mode."""
-        conv = _same_settings(cls, ffn, bias=ffn.fc1.bias is not None)
-        conv.conv1 = linear_to_conv1d(ffn.fc1)
-        conv.conv2 = linear_to_conv1d(ffn.fc2)
-        return conv.train(ffn.training)
+
+class SwiGLU(nn.Module):
+    """The gated FFN of Shazeer (2020), eq. (6): FFN(x) = (SiLU(x W_gate) ⊙ x W_up) W_down.
+
+    Two input projections instead of one: the SiLU of the first *gates* the second
+    element-wise, then ``down`` projects back to D.  Llama, Mistral and Qwen use it
+    without biases and with F ≈ 8D/3 (so that its three matrices hold as many parameters
+    as the 2017 FFN's two with F = 4D).  Parameter names follow Hugging Face's
+    ``LlamaMLP`` (``gate_proj``, ``up_proj``, ``down_proj``) so weights copy by name.
+
+    Args:
+        d_model: input and output feature size D.
+        d_ff: hidden size F (the size of the gate and of the gated values).
+        activation: the gate's activation; "silu" (SwiGLU), "gelu" gives GEGLU.
+        dropout: dropout on the gated hidden activations (before ``down_proj``).
+        bias: whether the three layers have biases (Llama: no).
+
+    Shapes:
+        x (B, T, D), or any (..., D) -> (..., D).
+    """
+
+    def __init__(self, d_model: int, d_ff: int, *, activation: Activation = "silu", dropout: float = 0.0,
+                 bias: bool = False) -> None:
+        super().__init__()
+        _check_sizes(d_model, d_ff, dropout)
+        self.d_model, self.d_ff = d_model, d_ff
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)  # W_gate: (F, D)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)  # W_up: (F, D)
+        self.act = make_activation(activation)
+        self.drop = nn.Dropout(dropout)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)  # W_down: (D, F)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.d_model:
+            raise ValueError(f"SwiGLU expects input (..., d_model={self.d_model}), got shape {tuple(x.shape)}")
+        h = self.act(self.gate_proj(x)) * self.up_proj(x)  # (B, T, F): the gate times the values
+        return self.down_proj(self.drop(h))  # (B, T, D)
 
 
 def linear_to_conv1d(linear: nn.Linear) -> nn.Conv1d:

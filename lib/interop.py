@@ -1,4 +1,4 @@
-"""Converters between this course's layers and other codebases' (PyTorch, d2l, Keras).
+"""Converters between this course's layers and other codebases' (PyTorch, d2l, Keras, timm).
 
 Shape legend (used in every docstring and shape comment of this module):
     B   batch size
@@ -8,11 +8,16 @@ Shape legend (used in every docstring and shape comment of this module):
     Dh  d_head, the per-head query/key size (Keras ``key_dim``)
 
 The layers in ``lib`` are what the lessons teach; the code here only moves weights
-and conventions across, so it lives beside them (timm keeps its converters as
-module-level functions too):
+and conventions across, so it lives beside them, below every layer it converts
+to (timm keeps its converters as module-level functions too).  Every converter
+from another codebase is here, named ``<ours>_from_<theirs>``:
 
 * ``mha_from_torch`` / ``mha_from_d2l``: a ``lib.multihead.MultiHeadAttention`` that
   computes exactly what ``torch.nn.MultiheadAttention`` / d2l's ``MultiHeadAttention`` compute;
+* ``mha_from_keras``: the layer Keras' ``MultiHeadAttention(num_heads, key_dim, ...)`` builds,
+  from Keras' argument names (the only place ``key_dim`` is spelled);
+* ``vit_from_timm`` / ``vit_config_from_timm``: a ``lib.vit.ViT`` with a timm
+  ``VisionTransformer``'s sizes and weights;
 * ``qkv_parameters``, ``load_qkv``, ``copy_mha_weights``: the projections, whichever
   layout (fused ``qkv`` or separate ``W_q``/``W_k``/``W_v``) holds them;
 * ``masks_from_torch``: PyTorch's masks (True = *ignore*) into ours (True = *may attend*);
@@ -25,10 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from lib.multihead import MultiHeadAttention
+from lib.vit import ViT, ViTConfig
 
 __all__ = [
     "mha_from_torch",
     "mha_from_d2l",
+    "mha_from_keras",
+    "vit_from_timm",
+    "vit_config_from_timm",
     "qkv_parameters",
     "load_qkv",
     "copy_mha_weights",
@@ -38,8 +47,19 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# Parameter counts
+# Keras: its argument names, its parameter count
 # ---------------------------------------------------------------------------
+
+
+def mha_from_keras(d_model: int, num_heads: int, key_dim: int, value_dim: int | None = None,
+                   out_dim: int | None = None, **kwargs: object) -> MultiHeadAttention:
+    """The layer Keras' ``MultiHeadAttention(num_heads, key_dim, value_dim, output_shape)`` builds on D inputs.
+
+    ``key_dim`` is Keras' name for Dh (``MultiHeadAttention``'s ``d_head``); ``out_dim`` is
+    Keras' ``output_shape``; other keyword arguments go to ``MultiHeadAttention``.
+    """
+    return MultiHeadAttention(d_model, num_heads, d_head=key_dim, value_dim=value_dim, out_dim=out_dim, **kwargs)
+
 
 
 def keras_parameter_count(
@@ -260,7 +280,7 @@ def mha_from_d2l(module: nn.Module, *, fast: bool = False) -> MultiHeadAttention
         raise ValueError(f"num_hiddens={hidden} is not divisible by num_heads={H}")
     dropout = float(getattr(getattr(module, "attention", None), "dropout", nn.Dropout(0.0)).p)
     ours = MultiHeadAttention(
-        module.W_q.in_features, H, key_dim=hidden // H, value_dim=module.W_v.out_features // H,
+        module.W_q.in_features, H, d_head=hidden // H, value_dim=module.W_v.out_features // H,
         out_dim=module.W_o.out_features, kdim=module.W_k.in_features, vdim=module.W_v.in_features,
         bias=module.W_q.bias is not None, dropout=dropout, fast=fast,
     )
@@ -269,3 +289,51 @@ def mha_from_d2l(module: nn.Module, *, fast: bool = False) -> MultiHeadAttention
         getattr(ours, name).load_state_dict(getattr(module, name).state_dict())
     ours.train(module.training)
     return ours
+
+
+# ---------------------------------------------------------------------------
+# From timm's VisionTransformer
+# ---------------------------------------------------------------------------
+
+
+def vit_config_from_timm(model: nn.Module) -> ViTConfig:
+    """The ``ViTConfig`` of a timm ``VisionTransformer`` (plain ViT: LayerNorm, GELU, no layer scale)."""
+    pe = model.patch_embed
+    blk = model.blocks[0]
+    has_pos = model.pos_embed is not None
+    if pe.img_size[0] != pe.img_size[1] or pe.patch_size[0] != pe.patch_size[1]:
+        raise ValueError(f"only square images and patches, got img_size {pe.img_size}, patch {pe.patch_size}")
+    if getattr(model, "reg_token", None) is not None or getattr(model, "no_embed_class", False):
+        raise ValueError("register tokens and no_embed_class are not supported")
+    if model.global_pool not in ("token", "avg"):
+        raise ValueError(f"global_pool must be 'token' or 'avg', got {model.global_pool!r}")
+    return ViTConfig(
+        img_size=pe.img_size[0], patch_size=pe.patch_size[0], in_chans=pe.proj.in_channels,
+        num_classes=model.head.out_features, d_model=model.embed_dim, num_layers=len(model.blocks),
+        num_heads=blk.attn.num_heads, d_ff=blk.mlp.fc1.out_features, class_token=model.cls_token is not None,
+        global_pool=model.global_pool, pos_embed="learn" if has_pos else "none",
+        dropout=blk.attn.proj_drop.p, attn_dropout=blk.attn.attn_drop.p, pos_dropout=model.pos_drop.p,
+        eps=blk.norm1.eps,
+    )
+
+
+@torch.no_grad()
+def vit_from_timm(model: nn.Module) -> ViT:
+    """A ``ViT`` with the sizes and a copy of the weights of a timm ``VisionTransformer``."""
+    new = ViT(vit_config_from_timm(model)).to(next(model.parameters()).device)
+    new.patch_embed.proj.load_state_dict(model.patch_embed.proj.state_dict())
+    if new.cls_token is not None:
+        new.cls_token.copy_(model.cls_token)
+    if new.pos_embed is not None:
+        new.pos_embed.copy_(model.pos_embed)
+    for ours, theirs in zip(new.blocks, model.blocks, strict=True):  # pre-norm EncoderBlocks, fused qkv
+        ours.residual1.norm.load_state_dict(theirs.norm1.state_dict())
+        ours.attention.qkv.load_state_dict(theirs.attn.qkv.state_dict())
+        ours.attention.W_o.load_state_dict(theirs.attn.proj.state_dict())
+        ours.residual2.norm.load_state_dict(theirs.norm2.state_dict())
+        ours.ffn.fc1.load_state_dict(theirs.mlp.fc1.state_dict())
+        ours.ffn.fc2.load_state_dict(theirs.mlp.fc2.state_dict())
+    new.norm.load_state_dict(model.norm.state_dict())
+    new.fc_norm.load_state_dict(model.fc_norm.state_dict())
+    new.head.load_state_dict(model.head.state_dict())
+    return new

@@ -352,9 +352,30 @@ def _ffn_saved(B: int, T: int, F: int, activation: str, dtype: torch.dtype) -> l
     ]
 
 
-def _norm_stats(B: int, T: int, num_norms: int, dtype: torch.dtype, first: int = 1) -> list[SavedTensor]:
-    """Each LayerNorm saves its mean and 1/std, (B, T, 1), in fp32 for 16-bit inputs."""
-    stats = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+Device = torch.device | str | None
+
+
+def _stats_dtype(dtype: torch.dtype, device: Device) -> torch.dtype:
+    """The dtype of LayerNorm's saved mean and 1/std for inputs (and weights) of ``dtype`` on ``device``.
+
+    Measured on the CPU: its kernel saves them in the input's dtype, float16 and bfloat16 included.
+    CUDA's kernel allocates them in its accumulation type, float32 for 16-bit inputs (ATen's
+    ``layer_norm_cuda``); other accelerators (MPS) are taken to do the same. ``device`` None is
+    ``lib.runtime.device()``, the device the course runs on.
+    """
+    if device is None:
+        from lib.runtime import device as default_device
+
+        device = default_device()
+    if torch.device(device).type != "cpu" and dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return dtype
+
+
+def _norm_stats(B: int, T: int, num_norms: int, dtype: torch.dtype, device: Device,
+                first: int = 1) -> list[SavedTensor]:
+    """Each LayerNorm saves its mean and 1/std, (B, T, 1) (dtype: ``_stats_dtype``)."""
+    stats = _stats_dtype(dtype, device)
     out = []
     for i in range(first, first + num_norms):
         out.append(SavedTensor(f"LayerNorm {i} mean", (B, T, 1), stats, _STATS))
@@ -373,11 +394,13 @@ def encoder_layer_saved_tensors(
     masked: bool = False,
     norm_first: bool = False,
     dtype: torch.dtype = torch.float32,
+    device: Device = None,
 ) -> list[SavedTensor]:
     """The tensors autograd saves in one ``lib.transformer.EncoderBlock`` (explicit attention, dropout 0).
 
     Eight (B, T, D) tensors, one or two (B, T, F), one or two (B, H, T, T) and
-    four (B, T, 1) LayerNorm statistics.  A tensor used by several operations is
+    four (B, T, 1) LayerNorm statistics (float32 on CUDA for 16-bit ``dtype``, ``dtype`` on the CPU:
+    ``device``, default ``lib.runtime.device()``, says which).  A tensor used by several operations is
     saved once (e.g. the input of W_q, W_k and W_v; ReLU's output is also fc2's
     input).  GELU saves its input *and* fc2 its output: two (B, T, F).  A mask
     makes the masked weights a second (B, H, T, T) tensor (the boolean masks
@@ -402,7 +425,7 @@ def encoder_layer_saved_tensors(
     saved += _ffn_saved(B, T, F, activation, dtype)
     if not norm_first:
         saved.append(SavedTensor("h + FFN (LayerNorm 2 input)", BTD, dtype, _D))
-    saved += _norm_stats(B, T, 2, dtype)
+    saved += _norm_stats(B, T, 2, dtype, device)
     return saved
 
 
@@ -445,6 +468,7 @@ def decoder_layer_saved_tensors(
     norm_first: bool = False,
     include_memory: bool = True,
     dtype: torch.dtype = torch.float32,
+    device: Device = None,
 ) -> list[SavedTensor]:
     """The tensors autograd saves in one decoder layer (explicit attention, dropout 0).
 
@@ -482,7 +506,7 @@ def decoder_layer_saved_tensors(
         saved.append(SavedTensor("+ FFN (LayerNorm 3 input)", BTD, dtype, _D))
     if include_memory:
         saved.append(SavedTensor("memory: encoder output (input of cross W_k, W_v)", (B, S, D), dtype, _D))
-    return saved + _norm_stats(B, T, 3, dtype)
+    return saved + _norm_stats(B, T, 3, dtype, device)
 
 
 def _sizes(config: object) -> tuple[int, int, int, int, str, bool, bool]:
@@ -490,15 +514,16 @@ def _sizes(config: object) -> tuple[int, int, int, int, str, bool, bool]:
     c = config
     if getattr(c, "dropout", 0.0):
         raise ValueError(f"the saved-tensor formulas assume dropout 0 (dropout adds masks), got {c.dropout}")
-    if getattr(c, "key_dim", None) not in (None, c.d_model // c.num_heads):
-        raise ValueError(f"the formulas assume key_dim = d_model // num_heads, got key_dim={c.key_dim}")
+    if getattr(c, "d_head", None) not in (None, c.d_model // c.num_heads):
+        raise ValueError(f"the formulas assume d_head = d_model // num_heads, got d_head={c.d_head}")
     final = getattr(c, "final_norm", None)
     final = c.norm_first if final is None else final
     return c.d_model, c.num_heads, c.d_ff, c.num_layers, getattr(c, "activation", "relu"), c.norm_first, final
 
 
 def encoder_saved_tensors(
-    config: object, batch: int, seq_len: int, *, masked: bool = False, dtype: torch.dtype = torch.float32
+    config: object, batch: int, seq_len: int, *, masked: bool = False, dtype: torch.dtype = torch.float32,
+    device: Device = None,
 ) -> list[SavedTensor]:
     """What autograd saves in a whole ``lib.transformer.Encoder`` (dropout 0): every layer, the token ids,
     and with a final LayerNorm (``final_norm``, by default with pre-norm) its input and statistics.
@@ -508,21 +533,23 @@ def encoder_saved_tensors(
         batch, seq_len: B, T.
         masked: a padding (or other) mask is passed.
         dtype: dtype of the activations.
+        device: where they live (LayerNorm statistics of 16-bit inputs: float32 on CUDA, ``dtype`` on the
+            CPU); default ``lib.runtime.device()``.
     """
     D, H, F, L, act, pre, final = _sizes(config)
     saved = [SavedTensor("token ids (for the embedding's backward)", (batch, seq_len), torch.int64, _IDS)]
     for _ in range(L):
         saved += encoder_layer_saved_tensors(batch, seq_len, D, H, F, activation=act, masked=masked,
-                                             norm_first=pre, dtype=dtype)
+                                             norm_first=pre, dtype=dtype, device=device)
     if final:
         saved.append(SavedTensor("last block output (final LayerNorm input)", (batch, seq_len, D), dtype, _D))
-        saved += _norm_stats(batch, seq_len, 1, dtype, first=0)
+        saved += _norm_stats(batch, seq_len, 1, dtype, device, first=0)
     return saved
 
 
 def decoder_saved_tensors(
     config: object, batch: int, tgt_len: int, src_len: int, *, memory_masked: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, device: Device = None,
 ) -> list[SavedTensor]:
     """What autograd saves in a decoder stack (dropout 0): the target ids, every layer (the memory once),
     with pre-norm the final LayerNorm, and the output projection's input (the last hidden states).
@@ -536,17 +563,17 @@ def decoder_saved_tensors(
     saved = [SavedTensor("target ids (for the embedding's backward)", (B, T), torch.int64, _IDS)]
     for i in range(L):
         saved += decoder_layer_saved_tensors(B, T, src_len, D, H, F, activation=act, memory_masked=memory_masked,
-                                             norm_first=pre, include_memory=i == 0, dtype=dtype)
+                                             norm_first=pre, include_memory=i == 0, dtype=dtype, device=device)
     if final:
         saved.append(SavedTensor("last block output (final LayerNorm input)", (B, T, D), dtype, _D))
-        saved += _norm_stats(B, T, 1, dtype, first=0)
+        saved += _norm_stats(B, T, 1, dtype, device, first=0)
     saved.append(SavedTensor("decoder output (input of the vocabulary projection)", (B, T, D), dtype, _D))
     return saved
 
 
 def transformer_saved_tensors(
     config: object, batch: int, src_len: int, tgt_len: int, *, src_masked: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, device: Device = None,
 ) -> list[SavedTensor]:
     """Encoder + decoder (``lib.transformer.Transformer``, dropout 0): the encoder's tensors, the decoder's,
     and nothing more -- the memory is saved once, by the decoder (the logits and the loss are the caller's).
@@ -557,8 +584,9 @@ def transformer_saved_tensors(
     """
     enc = config.encoder() if callable(getattr(config, "encoder", None)) else config
     dec = config.decoder() if callable(getattr(config, "decoder", None)) else config
-    return (encoder_saved_tensors(enc, batch, src_len, masked=src_masked, dtype=dtype)
-            + decoder_saved_tensors(dec, batch, tgt_len, src_len, memory_masked=src_masked, dtype=dtype))
+    return (encoder_saved_tensors(enc, batch, src_len, masked=src_masked, dtype=dtype, device=device)
+            + decoder_saved_tensors(dec, batch, tgt_len, src_len, memory_masked=src_masked, dtype=dtype,
+                                    device=device))
 
 
 def measure_saved_tensors(
@@ -701,7 +729,8 @@ def training_step_bytes(
         activations: saved bytes, e.g. ``group_bytes(encoder_saved_tensors(...))["total"]``.
         optimizer: "adam" (two fp32 moments per parameter and a step counter per tensor) or "sgd" (none).
         mixed_precision: 16-bit weights and gradients with fp32 master weights, gradients and Adam moments:
-            20 bytes per parameter split as ``adam_mixed_precision_bytes`` does.
+            20 bytes per trainable parameter split as ``adam_mixed_precision_bytes`` does (a frozen one
+            keeps only its 16-bit weights: 2 bytes).
     """
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
@@ -711,9 +740,11 @@ def training_step_bytes(
     if mixed_precision:
         if optimizer != "adam":
             raise ValueError("mixed_precision=True describes mixed-precision Adam; use optimizer='adam'")
-        mp = adam_mixed_precision_bytes(P)
+        # every weight has its 16-bit working copy; only the trainable ones (those the optimizer
+        # updates) have an fp32 master copy, gradients and moments
+        mp = adam_mixed_precision_bytes(Pt)
         return TrainingStepBytes(
-            parameters=mp.fp16_weights + mp.fp32_master_weights,
+            parameters=parameter_bytes(P, torch.float16) + mp.fp32_master_weights,
             gradients=mp.fp16_gradients + mp.fp32_gradients,
             optimizer_state=mp.fp32_momentum + mp.fp32_variance,
             activations=activations,

@@ -1,11 +1,12 @@
-"""Multi-head attention: many scaled dot-product attentions side by side, and a key/value cache.
+"""Multi-head attention: many scaled dot-product attentions side by side.
 
 Shape legend (used in every docstring and shape comment of this module):
     B   batch size
-    H   number of heads
+    H   number of heads (query heads)
+    G   number of key/value heads (grouped-query attention); default H
     Tq  number of queries          Tk  number of keys (= number of values)
     D   d_model, the query's feature size (and, by default, the output's)
-    Dh  d_head, the per-head query/key size (Keras ``key_dim``); default D // H
+    Dh  d_head, the per-head query/key size; default D // H
     Dv  the per-head value size (Keras ``value_dim``); default Dh
     Dk_in, Dv_in  feature sizes of the key and value inputs (torch ``kdim``/``vdim``)
 
@@ -26,10 +27,11 @@ projection.  Three things plug into it:
   score bias or a value term;
 * ``scores=``: another way to produce the logits (``DotProductScores`` here, the
   Synthesizer's in ``lib.synthesizer``);
-* ``record=Record(cache=KVCache())``: incremental decoding.  Self-attention appends
-  the new keys/values to its slot; cross-attention computes them once.
+* ``record=Record(cache=KVCache())`` (both from ``lib.attention``): incremental
+  decoding.  Self-attention appends the new keys/values to its slot;
+  cross-attention computes them once.
 
-Converters (torch, d2l, Keras sizes, weight copying) are functions in ``lib.interop``.
+Converters (torch, d2l, Keras' argument names, weight copying) are functions in ``lib.interop``.
 
 References:
     Vaswani et al. (2017), section 3.2.2: MultiHead(Q, K, V) = Concat(head_1..head_h) W^O,
@@ -38,20 +40,18 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lib.attention import Record, attend, scaled_dot_product_attention
+from lib.attention import KVCache, Record, attend, dot_product_scores, scaled_dot_product_attention
 
 __all__ = [
     "MultiHeadAttention",
     "DotProductScores",
     "PositionalScheme",
-    "KVCache",
     "split_heads",
     "merge_heads",
 ]
@@ -93,16 +93,16 @@ def _packed_linear(x: Tensor, lins: tuple[nn.Linear, ...]) -> tuple[Tensor, ...]
     return F.linear(x, w, b).split([lin.out_features for lin in lins], dim=-1)  # each (B, T, out_features)
 
 
-def _per_head_size(d_model: int, num_heads: int, key_dim: int | None) -> int:
-    """Dh: ``key_dim`` when given, else D // H (which must divide)."""
+def _per_head_size(d_model: int, num_heads: int, d_head: int | None) -> int:
+    """Dh: ``d_head`` when given, else D // H (which must divide)."""
     if d_model <= 0 or num_heads <= 0:
         raise ValueError(f"d_model and num_heads must be positive, got d_model={d_model}, num_heads={num_heads}")
-    if key_dim is not None:
-        return key_dim
+    if d_head is not None:
+        return d_head
     if d_model % num_heads != 0:
         raise ValueError(
             f"d_model={d_model} is not divisible by num_heads={num_heads}; "
-            "choose sizes that divide or pass key_dim explicitly"
+            "choose sizes that divide or pass d_head explicitly"
         )
     return d_model // num_heads
 
@@ -144,59 +144,6 @@ class PositionalScheme(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# Key/value cache for incremental decoding
-# ---------------------------------------------------------------------------
-
-
-class KVCache:
-    """Keys and values of the positions seen so far, one slot per attention layer.
-
-    Pass it as ``record=Record(cache=cache)``; each ``MultiHeadAttention`` keeps
-    its slot under its own identity.  Self-attention appends the new (B, H, T_new, Dh)
-    keys and values; cross-attention stores the memory's once and reuses them.
-    """
-
-    def __init__(self) -> None:
-        self._slots: dict[nn.Module, tuple[Tensor, Tensor]] = {}
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    def __contains__(self, layer: nn.Module) -> bool:
-        return layer in self._slots
-
-    def length(self, layer: nn.Module) -> int:
-        """Number of cached positions of ``layer`` (0 before its first call)."""
-        return self._slots[layer][0].shape[-2] if layer in self._slots else 0
-
-    def append(self, layer: nn.Module, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Add new keys/values (B, H, T_new, Dh) to ``layer``'s slot; return all of them (B, H, Tk, Dh)."""
-        if layer in self._slots:
-            k_old, v_old = self._slots[layer]
-            if k_old.shape[:2] != k.shape[:2]:
-                raise ValueError(f"cached keys {tuple(k_old.shape)} and new keys {tuple(k.shape)} differ in (B, H)")
-            k, v = torch.cat([k_old, k], dim=-2), torch.cat([v_old, v], dim=-2)  # (B, H, Tk, Dh), (B, H, Tk, Dv)
-        self._slots[layer] = (k, v)
-        return k, v
-
-    def get(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
-        """``layer``'s cached keys and values (B, H, Tk, Dh), (B, H, Tk, Dv)."""
-        if layer not in self._slots:
-            raise ValueError(f"the cache has no slot for this {type(layer).__name__} yet")
-        return self._slots[layer]
-
-    def static(self, layer: nn.Module, compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """``layer``'s keys/values, computed by ``compute()`` on the first call only (cross-attention)."""
-        if layer not in self._slots:
-            self._slots[layer] = compute()
-        return self._slots[layer]
-
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (B_new,) in every slot, e.g. the surviving beams of a beam search."""
-        self._slots = {m: (k.index_select(0, index), v.index_select(0, index)) for m, (k, v) in self._slots.items()}
-
-
-# ---------------------------------------------------------------------------
 # Dot-product scores as a module (for scores=, e.g. in a Synthesizer mixture)
 # ---------------------------------------------------------------------------
 
@@ -211,17 +158,17 @@ class DotProductScores(nn.Module):
         query (B, Tq, D), key (B, Tk, Dk_in) -> logits (B, H, Tq, Tk).
     """
 
-    def __init__(self, d_model: int, num_heads: int, *, key_dim: int | None = None, kdim: int | None = None,
+    def __init__(self, d_model: int, num_heads: int, *, d_head: int | None = None, kdim: int | None = None,
                  bias: bool = True) -> None:
         super().__init__()
-        self.num_heads, self.key_dim = num_heads, _per_head_size(d_model, num_heads, key_dim)
-        self.W_q = nn.Linear(d_model, num_heads * self.key_dim, bias=bias)
-        self.W_k = nn.Linear(d_model if kdim is None else kdim, num_heads * self.key_dim, bias=bias)
+        self.num_heads, self.d_head = num_heads, _per_head_size(d_model, num_heads, d_head)
+        self.W_q = nn.Linear(d_model, num_heads * self.d_head, bias=bias)
+        self.W_k = nn.Linear(d_model if kdim is None else kdim, num_heads * self.d_head, bias=bias)
 
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
         q = split_heads(self.W_q(query), self.num_heads)  # (B, H, Tq, Dh)
         k = split_heads(self.W_k(key), self.num_heads)  # (B, H, Tk, Dh)
-        return q @ k.transpose(-2, -1) / math.sqrt(self.key_dim)  # (B, H, Tq, Tk)
+        return dot_product_scores(q, k)  # (B, H, Tq, Tk)
 
 
 # ---------------------------------------------------------------------------
@@ -236,18 +183,21 @@ class MultiHeadAttention(nn.Module):
         o = softmax(q kᵀ/√Dh + bias, mask) v    # the core, lib.attention      (B, H, Tq, Dv)
         out = W_o(merge_heads(o))               # (B, Tq, out_dim)
 
-    Args (``key_dim``, ``value_dim``, ``out_dim`` mirror Keras' ``MultiHeadAttention``, so parameter
-    counts agree with its ``summary()``; ``kdim``/``vdim`` mirror ``torch.nn.MultiheadAttention``):
+    Args (``kdim``/``vdim`` mirror ``torch.nn.MultiheadAttention``; ``value_dim`` and ``out_dim``
+    Keras' ``value_dim``/``output_shape``; ``lib.interop.mha_from_keras`` takes Keras' ``key_dim``):
         d_model: feature size D of the query input.
         num_heads: number of heads H.
-        key_dim, value_dim: per-head sizes Dh (default D // H) and Dv (default Dh).
-        out_dim: output feature size (Keras ``output_shape``); default D.
+        d_head, value_dim: per-head sizes Dh (default D // H) and Dv (default Dh).
+        n_kv_heads: G, the number of key/value heads (grouped-query attention, Ainslie et al. 2023);
+            default H (multi-head), 1 is multi-query attention (Shazeer 2019).  G must divide H;
+            W_k and W_v project to G heads, the cache stores G heads.
+        out_dim: output feature size; default D.
         kdim, vdim: feature sizes of the key and value inputs; default D.
         bias: biases on all projections.
         dropout: dropout on the attention weights (training only).
         fused_qkv: one ``qkv`` Linear for self-attention (timm's layout: q | k | v stacked
             along the output features, as torch's ``in_proj_weight``); needs kdim = vdim = D
-            and value_dim = key_dim.
+            and value_dim = d_head.
         fast: PyTorch's fused kernel, unless weights are asked for or the positional
             scheme has a value term (then the explicit path).
         positional: a ``PositionalScheme`` (RoPE, ALiBi, Shaw...), or None.
@@ -259,54 +209,69 @@ class MultiHeadAttention(nn.Module):
         weights (B, H, Tq, Tk) into ``record`` when asked.
     """
 
-    def __init__(self, d_model: int, num_heads: int, *, key_dim: int | None = None, value_dim: int | None = None,
+    def __init__(self, d_model: int, num_heads: int, *, d_head: int | None = None, value_dim: int | None = None,
                  out_dim: int | None = None, kdim: int | None = None, vdim: int | None = None, bias: bool = True,
                  dropout: float = 0.0, fused_qkv: bool = False, fast: bool = False,
-                 positional: PositionalScheme | None = None, scores: nn.Module | None = None) -> None:
+                 positional: PositionalScheme | None = None, scores: nn.Module | None = None,
+                 n_kv_heads: int | None = None) -> None:
         super().__init__()
-        key_dim = _per_head_size(d_model, num_heads, key_dim)
-        value_dim = key_dim if value_dim is None else value_dim
+        d_head = _per_head_size(d_model, num_heads, d_head)
+        n_kv_heads = num_heads if n_kv_heads is None else n_kv_heads
+        if n_kv_heads < 1 or num_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads must divide num_heads={num_heads} (each key/value head serves "
+                             f"num_heads / n_kv_heads query heads), got {n_kv_heads}")
+        if n_kv_heads != num_heads and (fused_qkv or scores is not None):
+            raise ValueError("grouped-query attention (n_kv_heads < num_heads) needs separate W_q, W_k, W_v: "
+                             "no fused_qkv, no scores module")
+        value_dim = d_head if value_dim is None else value_dim
         out_dim, kdim, vdim = (d_model if s is None else s for s in (out_dim, kdim, vdim))
-        for name, size in (("key_dim", key_dim), ("value_dim", value_dim), ("out_dim", out_dim), ("kdim", kdim),
+        for name, size in (("d_head", d_head), ("value_dim", value_dim), ("out_dim", out_dim), ("kdim", kdim),
                            ("vdim", vdim)):
             if size <= 0:
                 raise ValueError(f"{name} must be positive, got {size}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if fused_qkv and (kdim != d_model or vdim != d_model or value_dim != key_dim or scores is not None):
+        if fused_qkv and (kdim != d_model or vdim != d_model or value_dim != d_head or scores is not None):
             raise ValueError(
                 "fused_qkv=True is for dot-product self-attention with equal sizes: needs kdim = vdim = d_model, "
-                f"value_dim = key_dim and no scores module, got d_model={d_model}, kdim={kdim}, vdim={vdim}, "
-                f"key_dim={key_dim}, value_dim={value_dim}, scores={type(scores).__name__}"
+                f"value_dim = d_head and no scores module, got d_model={d_model}, kdim={kdim}, vdim={vdim}, "
+                f"d_head={d_head}, value_dim={value_dim}, scores={type(scores).__name__}"
             )
         if positional is not None and not isinstance(positional, PositionalScheme):
-            raise ValueError(f"positional must be a lib.positional scheme (PositionalScheme) or None, "
-                             f"got {type(positional).__name__}")
+            raise TypeError(f"positional must be a lib.positional scheme (PositionalScheme) or None, "
+                            f"got {type(positional).__name__}")
         if positional is not None and scores is not None:
             raise ValueError("positional= acts on dot-product q/k; with a scores= module, give it the positions")
-        self.d_model, self.num_heads, self.key_dim, self.value_dim = d_model, num_heads, key_dim, value_dim
+        self.d_model, self.num_heads, self.d_head, self.value_dim = d_model, num_heads, d_head, value_dim
         self.out_dim, self.kdim, self.vdim, self.dropout = out_dim, kdim, vdim, dropout
         self.fused_qkv, self.fast, self.positional, self.scores = fused_qkv, fast, positional, scores
-        H = num_heads
+        self.n_kv_heads = n_kv_heads
+        H, G = num_heads, n_kv_heads
         if fused_qkv:
-            self.qkv = nn.Linear(d_model, 3 * H * key_dim, bias=bias)  # q | k | v stacked
+            self.qkv = nn.Linear(d_model, 3 * H * d_head, bias=bias)  # q | k | v stacked
         else:
             if scores is None:
-                self.W_q = nn.Linear(d_model, H * key_dim, bias=bias)
-                self.W_k = nn.Linear(kdim, H * key_dim, bias=bias)
-            self.W_v = nn.Linear(vdim, H * value_dim, bias=bias)
+                self.W_q = nn.Linear(d_model, H * d_head, bias=bias)
+                self.W_k = nn.Linear(kdim, G * d_head, bias=bias)  # G key heads (G = H: multi-head)
+            self.W_v = nn.Linear(vdim, G * value_dim, bias=bias)  # G value heads
         self.W_o = nn.Linear(H * value_dim, out_dim, bias=bias)
 
-    @property
-    def d_head(self) -> int:  # Dh, the paper's d_k, Keras' key_dim
-        return self.key_dim
+    def repeat_kv(self, x: Tensor) -> Tensor:
+        """(B, G, T, Dh) -> (B, H, T, Dh): key/value head g serves query heads g·H/G .. (g+1)·H/G - 1.
+
+        Grouped-query attention (Ainslie et al. 2023, section 2.2); multi-query for G = 1 (Shazeer 2019).
+        The cache stores the G heads; they are repeated only for the product with the queries.
+        """
+        rep = self.num_heads // self.n_kv_heads
+        return x if rep == 1 else x.repeat_interleave(rep, dim=1)  # (B, H, T, Dh)
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, num_heads={self.num_heads}, key_dim={self.key_dim}, "
+        gqa = f", n_kv_heads={self.n_kv_heads}" if self.n_kv_heads != self.num_heads else ""
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}{gqa}, d_head={self.d_head}, "
                 f"value_dim={self.value_dim}, out_dim={self.out_dim}, kdim={self.kdim}, vdim={self.vdim}, "
                 f"dropout={self.dropout}, fused_qkv={self.fused_qkv}, fast={self.fast}")
 
-    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor, self_attention: bool) -> None:
         for name, t, size, dim in (("query", query, self.d_model, "d_model"), ("key", key, self.kdim, "kdim"),
                                    ("value", value, self.vdim, "vdim")):
             if t.dim() != 3 or t.shape[-1] != size:
@@ -315,15 +280,19 @@ class MultiHeadAttention(nn.Module):
         if key.shape[:2] != value.shape[:2] or query.shape[0] != key.shape[0]:
             raise ValueError(f"query, key, value must share B and key, value Tk: query {tuple(query.shape)}, "
                              f"key {tuple(key.shape)}, value {tuple(value.shape)}")
+        if self.fused_qkv and (not self_attention or value is not query):
+            raise ValueError("fused_qkv=True computes self-attention only: call it with the query alone "
+                             f"(got key {tuple(key.shape)} and value {tuple(value.shape)} as other tensors)")
 
     def project_qkv(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The per-head projections: (B, T, D) inputs -> q, k, v of shape (B, H, T, Dh)."""
-        H = self.num_heads
+        """The per-head projections: (B, T, D) inputs -> q (B, H, T, Dh), k and v (B, G, T, Dh)."""
+        H, G = self.num_heads, self.n_kv_heads
         if self.fused_qkv:
             return tuple(split_heads(t, H) for t in self.qkv(query).chunk(3, dim=-1))  # 3 x (B, H, Tq, Dh)
         if self.fast and key is query and value is query:  # one GEMM instead of three (bench_encoder.py)
-            return tuple(split_heads(t, H) for t in _packed_linear(query, (self.W_q, self.W_k, self.W_v)))
-        return split_heads(self.W_q(query), H), split_heads(self.W_k(key), H), split_heads(self.W_v(value), H)
+            q, k, v = _packed_linear(query, (self.W_q, self.W_k, self.W_v))  # (B, T, H*Dh), 2 x (B, T, G*Dh)
+            return split_heads(q, H), split_heads(k, G), split_heads(v, G)
+        return split_heads(self.W_q(query), H), split_heads(self.W_k(key), G), split_heads(self.W_v(value), G)
 
     def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
                 mask: Tensor | None = None, bias: Tensor | None = None, *, record: Record | None = None) -> Tensor:
@@ -337,62 +306,80 @@ class MultiHeadAttention(nn.Module):
         self_attention = key is None or key is query
         key = query if key is None else key
         value = key if value is None else value
-        self._check_inputs(query, key, value)
-        if self.fused_qkv and (not self_attention or value is not query):
-            raise ValueError("fused_qkv=True computes self-attention only: call it with the query alone "
-                             f"(got key {tuple(key.shape)} and value {tuple(value.shape)} as other tensors)")
-        cache = None if record is None else record.cache
-        dropout_p = self.dropout if self.training else 0.0
-        B, Tq, H, pos = query.shape[0], query.shape[1], self.num_heads, self.positional
+        self._check_inputs(query, key, value, self_attention)
         if self.scores is not None:
-            if cache is not None:
-                raise ValueError("a scores= module has no key/value cache: call it on the whole sequence")
-            logits = self.scores(query, key)  # (B, H, Tq, Tk)
-            if logits.shape != (B, H, Tq, key.shape[1]):
-                raise ValueError(f"scores module returned {tuple(logits.shape)}, expected (B, H, Tq, Tk) = "
-                                 f"{(B, H, Tq, key.shape[1])}")
-            out, weights = attend(logits, split_heads(self.W_v(value), H), mask, bias, dropout_p)  # (B, H, Tq, Dv)
+            out, weights = self._attend_scores_module(query, key, value, mask, bias, record)
         else:
-            past = cache.length(self) if cache is not None and self_attention else 0
-            q_pos = torch.arange(past, past + Tq, device=query.device)  # (Tq,)
-            if cache is not None and not self_attention and self in cache:  # the memory's k, v: computed once
-                q, (k, v) = split_heads(self.W_q(query), H), cache.get(self)
-            else:
-                q, k, v = self.project_qkv(query, key, value)  # (B, H, Tq, Dh), (B, H, Tk, Dh), (B, H, Tk, Dv)
-                if pos is not None:  # new keys are rotated once, before they enter the cache
-                    k = pos.rotate(k, q_pos if self_attention else torch.arange(key.shape[1], device=key.device))
-                if cache is not None:
-                    k, v = cache.append(self, k, v) if self_attention else cache.static(self, lambda: (k, v))
-            value_term = None
-            if pos is not None:
-                k_pos = torch.arange(k.shape[-2], device=k.device)  # (Tk,)
-                q = pos.rotate(q, q_pos)  # (B, H, Tq, Dh)
-                extra = pos.score_bias(q, q_pos, k_pos)  # broadcastable to (B, H, Tq, Tk), or None
-                bias = extra if bias is None else bias if extra is None else bias + extra
-                if pos.has_value_term:
-                    def value_term(attn: Tensor) -> Tensor:
-                        return pos.value_term(attn, q_pos, k_pos)  # (B, H, Tq, Dv)
-            if value_term is None:  # the one switch: explicit math or PyTorch's fused kernel
-                fast = self.fast and not (record is not None and record.need_weights)
-                out, weights = scaled_dot_product_attention(q, k, v, mask, bias, dropout_p, fast=fast)
-            else:
-                scores = q @ k.transpose(-2, -1) / math.sqrt(self.key_dim)  # (B, H, Tq, Tk)
-                out, weights = attend(scores, v, mask, bias, dropout_p, value_term=value_term)  # (B, H, Tq, Dv)
+            out, weights = self._attend_dot_product(query, key, value, mask, bias, record, self_attention)
         if record is not None:
             record.keep(weights)
         return self.W_o(merge_heads(out))  # (B, Tq, out_dim)
 
-    @classmethod
-    def from_torch(cls, module: nn.MultiheadAttention, *, fused_qkv: bool = False,
-                   fast: bool = False) -> MultiHeadAttention:
-        """``lib.interop.mha_from_torch``: the layer computing what ``torch.nn.MultiheadAttention`` computes."""
-        from lib.interop import mha_from_torch  # interop builds on this module
+    # -- the two paths of forward -------------------------------------------------
 
-        return mha_from_torch(module, fused_qkv=fused_qkv, fast=fast)
+    def _attend_scores_module(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
+                              bias: Tensor | None, record: Record | None) -> tuple[Tensor, Tensor]:
+        """``scores=``: the module's logits (B, H, Tq, Tk) replace q kᵀ/√Dh; values as usual."""
+        if record is not None and record.cache is not None:
+            raise ValueError("a scores= module has no key/value cache: call it on the whole sequence")
+        expected = (query.shape[0], self.num_heads, query.shape[1], key.shape[1])  # (B, H, Tq, Tk)
+        logits = self.scores(query, key)  # (B, H, Tq, Tk)
+        if logits.shape != expected:
+            raise ValueError(f"scores module returned {tuple(logits.shape)}, expected (B, H, Tq, Tk) = {expected}")
+        v = split_heads(self.W_v(value), self.num_heads)  # (B, H, Tk, Dv)
+        return attend(logits, v, mask, bias, self._dropout_p())  # (B, H, Tq, Dv), (B, H, Tq, Tk)
 
-    @classmethod
-    def from_d2l(cls, module: nn.Module, *, fast: bool = False) -> MultiHeadAttention:
-        """``lib.interop.mha_from_d2l``: the layer computing what d2l's ``MultiHeadAttention`` computes."""
-        from lib.interop import mha_from_d2l
+    def _attend_dot_product(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
+                            bias: Tensor | None, record: Record | None,
+                            self_attention: bool) -> tuple[Tensor, Tensor | None]:
+        """Projected q, k, v (through the cache), the positional hooks, then the one core of lib.attention."""
+        cache = None if record is None else record.cache
+        past = cache.length(self) if cache is not None and self_attention else 0
+        q_pos = torch.arange(past, past + query.shape[1], device=query.device)  # (Tq,)
+        q, k, v = self._queries_keys_values(query, key, value, cache, self_attention, q_pos)
+        k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, Tk, Dh): each of the G heads serves H/G queries
+        value_term = None
+        if self.positional is not None:
+            q, bias, value_term = self._apply_positions(q, k, q_pos, bias)
+        fast = self.fast and value_term is None and not (record is not None and record.need_weights)
+        return scaled_dot_product_attention(q, k, v, mask, bias, self._dropout_p(), fast=fast, value_term=value_term)
 
-        return mha_from_d2l(module, fast=fast)
+    # -- its steps ------------------------------------------------------------------
+
+    def _dropout_p(self) -> float:
+        return self.dropout if self.training else 0.0
+
+    def _queries_keys_values(self, query: Tensor, key: Tensor, value: Tensor, cache: KVCache | None,
+                             self_attention: bool, q_pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, H, Tq, Dh) and every key/value attended to (B, H, Tk, Dh/Dv), cached ones included.
+
+        New keys are rotated (RoPE) once, before they enter the cache; cross-attention
+        projects the memory's keys/values on its first cached call only.
+        """
+        H = self.num_heads
+        if cache is not None and not self_attention and self in cache:  # the memory's k, v: computed once
+            k, v = cache.get(self)  # (B, H, Tk, Dh), (B, H, Tk, Dv)
+            return split_heads(self.W_q(query), H), k, v
+        q, k, v = self.project_qkv(query, key, value)  # (B, H, Tq, Dh), (B, H, Tk, Dh), (B, H, Tk, Dv)
+        if self.positional is not None:
+            k_pos = q_pos if self_attention else torch.arange(key.shape[1], device=key.device)  # (Tk_new,)
+            k = self.positional.rotate(k, k_pos)  # (B, H, Tk_new, Dh)
+        if cache is not None:
+            k, v = cache.append(self, k, v) if self_attention else cache.static(self, lambda: (k, v))
+        return q, k, v
+
+    def _apply_positions(self, q: Tensor, k: Tensor, q_pos: Tensor, bias: Tensor | None
+                         ) -> tuple[Tensor, Tensor | None, Callable[[Tensor], Tensor] | None]:
+        """The scheme's hooks: rotated q, ``bias`` plus the scheme's score bias, and its value term (or None)."""
+        pos = self.positional
+        k_pos = torch.arange(k.shape[-2], device=k.device)  # (Tk,)
+        q = pos.rotate(q, q_pos)  # (B, H, Tq, Dh)
+        extra = pos.score_bias(q, q_pos, k_pos)  # broadcastable to (B, H, Tq, Tk), or None
+        bias = extra if bias is None else bias if extra is None else bias + extra
+        if not pos.has_value_term:
+            return q, bias, None
+
+        def value_term(attn: Tensor) -> Tensor:
+            return pos.value_term(attn, q_pos, k_pos)  # (B, H, Tq, Dv)
+
+        return q, bias, value_term

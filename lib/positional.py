@@ -181,7 +181,7 @@ class SinusoidalEncoding(AbsoluteEncoding):
 
     Args:
         d_model: D, even.
-        max_len: rows precomputed.
+        max_len: rows precomputed (keyword-only, like every size after D).
         dropout: dropout applied to the sum, as in the paper.
         base: wavelength scale (10000 in the paper).
 
@@ -189,7 +189,7 @@ class SinusoidalEncoding(AbsoluteEncoding):
         x (B, T, D) -> (B, T, D).
     """
 
-    def __init__(self, d_model: int, max_len: int = 1000, dropout: float = 0.0, *, base: float = 10000.0) -> None:
+    def __init__(self, d_model: int, *, max_len: int = 1000, dropout: float = 0.0, base: float = 10000.0) -> None:
         super().__init__()
         self.d_model, self.max_len, self.base = d_model, max_len, base
         self.dropout = nn.Dropout(dropout)
@@ -213,19 +213,19 @@ class LearnedPositionalEmbedding(AbsoluteEncoding):
     they raise instead of silently reading garbage.
 
     Args:
-        max_len: the number of positions that have an embedding.
         d_model: D.
+        max_len: the number of positions that have an embedding (keyword-only, like every size after D).
         dropout: dropout applied to the sum.
 
     Shapes:
         x (B, T, D) -> (B, T, D), offset + T <= max_len.
     """
 
-    def __init__(self, max_len: int, d_model: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, *, max_len: int, dropout: float = 0.0) -> None:
         super().__init__()
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
-        self.max_len, self.d_model = max_len, d_model
+        self.d_model, self.max_len = d_model, max_len
         self.embedding = nn.Embedding(max_len, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
         self.dropout = nn.Dropout(dropout)
@@ -240,7 +240,7 @@ class LearnedPositionalEmbedding(AbsoluteEncoding):
         return self.embedding.weight[:T]
 
     def extra_repr(self) -> str:
-        return f"max_len={self.max_len}, d_model={self.d_model}"
+        return f"d_model={self.d_model}, max_len={self.max_len}"
 
 
 # ---------------------------------------------------------------------------
@@ -554,8 +554,10 @@ class ALiBi(PositionalScheme):
 
 
 SCHEMES: dict[str, Callable[..., nn.Module]] = {
-    "sinusoidal": lambda *, d_model, max_len, dropout, **_: SinusoidalEncoding(d_model, max_len, dropout),
-    "learned": lambda *, d_model, max_len, dropout, **_: LearnedPositionalEmbedding(max_len, d_model, dropout),
+    "sinusoidal": lambda *, d_model, max_len, dropout, **_: SinusoidalEncoding(d_model, max_len=max_len,
+                                                                               dropout=dropout),
+    "learned": lambda *, d_model, max_len, dropout, **_: LearnedPositionalEmbedding(d_model, max_len=max_len,
+                                                                                     dropout=dropout),
     "shaw": lambda *, d_head, max_distance, **_: RelativePosition(d_head, max_distance),
     "relative_bias": lambda *, num_heads, max_distance, **_: RelativePositionBias(num_heads, max_distance),
     "rope": lambda *, d_head, **_: RotaryEmbedding(d_head),

@@ -19,7 +19,8 @@ import random
 import re
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +34,8 @@ __all__ = [
     "is_quick",
     "QUICK",
     "pick",
+    "eval_mode",
+    "check_positive_int",
     "describe",
     "synchronize",
     "time_steps",
@@ -100,6 +103,37 @@ def device(prefer: str | None = None) -> torch.device:
     if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_positive_int(**values: object) -> None:
+    """Check arguments that count something: ``TypeError`` unless an int (bool is not), ``ValueError`` below 1.
+
+    Example: ``check_positive_int(num_heads=num_heads, max_len=max_len)``.
+    """
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model.eval()`` inside the block, and every sub-module's previous training/eval mode restored after,
+    even on error.
+
+    For evaluation and decoding in the middle of training (``lib.train.evaluate``,
+    ``lib.decode``): dropout off, and the caller's modes untouched, each module's own
+    (``model.train(was_training)`` would also switch a frozen, eval-mode encoder inside a
+    training model back to training).  Gradients are not affected (combine with ``torch.no_grad()``).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
 
 
 def _mps_available() -> bool:

@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lib.runtime import check_positive_int
+
 __all__ = [
     "DenseScores",
     "FactorizedDenseScores",
@@ -67,12 +69,6 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # Shared checks
 # ---------------------------------------------------------------------------
-
-
-def _positive(**sizes: int) -> None:
-    for name, size in sizes.items():
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ValueError(f"{name} must be a positive int, got {size!r}")
 
 
 def _lengths(query: Tensor, key: Tensor, max_len: int, who: str, d_model: int | None = None) -> tuple[int, int, int]:
@@ -117,12 +113,12 @@ class _DenseHidden(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, max_len: int, d_head: int | None, bias: bool) -> None:
         super().__init__()
-        _positive(d_model=d_model, num_heads=num_heads, max_len=max_len)
+        check_positive_int(d_model=d_model, num_heads=num_heads, max_len=max_len)
         if d_head is None:
             if d_model % num_heads != 0:
                 raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}; pass d_head explicitly")
             d_head = d_model // num_heads
-        _positive(d_head=d_head)
+        check_positive_int(d_head=d_head)
         self.d_model, self.num_heads, self.max_len, self.d_head = d_model, num_heads, max_len, d_head
         self.W_1 = nn.Linear(d_model, num_heads * d_head, bias=bias)  # the paper's W_1 (d x d when H * Dh = D)
 
@@ -216,7 +212,7 @@ class FactorizedDenseScores(_DenseHidden):
         bias: bool = True,
     ) -> None:
         a, b = _factor(max_len) if factors is None else factors
-        _positive(a=a, b=b)
+        check_positive_int(a=a, b=b)
         if a * b < max_len:
             raise ValueError(f"factors (a, b) = {(a, b)} give a * b = {a * b} < max_len = {max_len}")
         super().__init__(d_model, num_heads, max_len, d_head, bias)
@@ -270,7 +266,7 @@ class RandomScores(nn.Module):
 
     def __init__(self, num_heads: int, max_len: int, *, trainable: bool = True, init_std: float = 1.0) -> None:
         super().__init__()
-        _positive(num_heads=num_heads, max_len=max_len)
+        check_positive_int(num_heads=num_heads, max_len=max_len)
         if not init_std >= 0:
             raise ValueError(f"init_std must be non-negative, got {init_std!r}")
         self.num_heads, self.max_len, self.trainable = num_heads, max_len, trainable
@@ -312,7 +308,7 @@ class FactorizedRandomScores(nn.Module):
 
     def __init__(self, num_heads: int, max_len: int, rank: int = 8, *, trainable: bool = True) -> None:
         super().__init__()
-        _positive(num_heads=num_heads, max_len=max_len, rank=rank)
+        check_positive_int(num_heads=num_heads, max_len=max_len, rank=rank)
         self.num_heads, self.max_len, self.rank, self.trainable = num_heads, max_len, rank, trainable
         std = rank ** -0.25
         R_1 = torch.randn(num_heads, max_len, rank) * std  # (H, L, K)
@@ -366,7 +362,7 @@ class MixtureScores(nn.Module):
             raise ValueError(f"a mixture needs at least 2 scores modules, got {len(components)}")
         for i, c in enumerate(components):
             if not isinstance(c, nn.Module):
-                raise ValueError(f"component {i} must be an nn.Module called as scores(query, key), got {type(c).__name__}")
+                raise TypeError(f"component {i} must be an nn.Module called as scores(query, key), got {type(c).__name__}")
         self.components = nn.ModuleList(components)
         start = torch.zeros(len(components)) if init_logits is None else torch.tensor(list(init_logits), dtype=torch.float32)
         if start.shape != (len(components),):

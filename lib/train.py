@@ -17,18 +17,23 @@ class indices (``argmax`` of the scores) and for a single logit per example
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from lib.runtime import check_positive_int, eval_mode
 from lib.runtime import device as default_device
 
 __all__ = [
     "History", "fit", "evaluate", "accuracy_count", "SequenceCrossEntropy", "transformer_lr", "warmup_schedule",
+    "param_groups", "cosine_lr", "cosine_schedule", "clip_gradients", "RandomWindows", "lm_loss",
+    "autocast", "rng_states", "set_rng_states", "save_checkpoint", "load_checkpoint", "LMHistory", "train_lm",
 ]
 
 
@@ -118,10 +123,8 @@ def evaluate(
         ``(loss, accuracy)``; accuracy is NaN when it does not apply.
     """
     dev = device if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total_loss, correct, n, has_acc = 0.0, 0, 0, True
-    try:
+    with eval_mode(model):
         for batch in loader:
             inputs, target = _split(batch, dev)
             output = model(*inputs)
@@ -130,8 +133,6 @@ def evaluate(
             has_acc = has_acc and c is not None
             correct += c or 0
             n += len(target)
-    finally:
-        model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no examples")
     return total_loss / n, (correct / n if has_acc else math.nan)
@@ -184,8 +185,7 @@ def fit(
         TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, or ``loss_fn``
             is not callable.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    check_positive_int(epochs=epochs)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if not callable(loss_fn):
@@ -194,8 +194,8 @@ def fit(
         raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+    if max_steps is not None:
+        check_positive_int(max_steps=max_steps)
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be positive seconds or None, got {time_limit!r}")
     from tqdm.auto import tqdm
@@ -325,3 +325,334 @@ def warmup_schedule(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: scale * transformer_lr(i + 1, d_model, warmup_steps)
     )
+
+
+# ---------------------------------------------------------------------------
+# Language-model training (lesson 11): AdamW groups, cosine schedule, clipping,
+# random windows over a token stream, checkpoints that resume exactly
+# ---------------------------------------------------------------------------
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on the matrices only (Loshchilov and Hutter 2019).
+
+    Decay pulls weights towards zero; that regularises the weight matrices of Linear layers,
+    but a norm's gain pulled to 0 (instead of its neutral 1), a bias or an embedding row of a
+    rare token shrunk towards 0 only hurt (Devlin et al.'s BERT and most LLM recipes exclude
+    them).  So: every parameter of an embedding or a norm (any ``nn.LayerNorm`` or module with
+    "Norm" in its class name) and every bias go to the group without decay; a weight shared by
+    an embedding and an output layer (tied) counts as the embedding's.
+
+    Returns:
+        ``[{"params": decayed, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]``,
+        each parameter once, in ``model.parameters()`` order; pass it to ``torch.optim.AdamW``.
+    """
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    no_decay: set[int] = set()
+    for module in model.modules():
+        whole = isinstance(module, (nn.Embedding, nn.LayerNorm)) or "Norm" in type(module).__name__
+        for name, p in module.named_parameters(recurse=False):
+            if whole or name == "bias" or name.endswith("_bias"):
+                no_decay.add(id(p))
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def cosine_lr(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
+    """The learning-rate multiplier of step ``step`` (from 0): linear warm-up, then a cosine to ``min_ratio``.
+
+    ``(step + 1) / (warmup_steps + 1)`` for the first ``warmup_steps`` steps, then
+    ``min_ratio + (1 - min_ratio) * (1 + cos(pi * progress)) / 2`` with ``progress`` going from 0 to 1
+    over the remaining steps, and ``min_ratio`` after ``total_steps`` (Loshchilov and Hutter 2017's
+    SGDR without restarts; nanoGPT's ``get_lr`` with ``min_lr = min_ratio * lr``).
+    """
+    if warmup_steps < 0 or total_steps < 1 or warmup_steps > total_steps:
+        raise ValueError(f"need 0 <= warmup_steps <= total_steps and total_steps >= 1, got warmup_steps={warmup_steps}, "
+                         f"total_steps={total_steps}")
+    if not 0.0 <= min_ratio <= 1.0:
+        raise ValueError(f"min_ratio must be in [0, 1], got {min_ratio}")
+    if step < 0:
+        raise ValueError(f"step counts from 0, got {step}")
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if step >= total_steps:
+        return min_ratio
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)  # 0 .. 1
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int,
+                    min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """``cosine_lr`` as a ``LambdaLR`` to step after every optimizer step: each group's lr times the multiplier."""
+    cosine_lr(0, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio)  # checks the arguments
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_lr(s, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio))
+
+
+def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> Tensor:
+    """Scale all gradients together so that their total L2 norm is at most ``max_norm``; return the norm before.
+
+    The global norm ``sqrt(sum_p ||g_p||²)`` over every gradient (Pascanu et al. 2013): if it exceeds
+    ``max_norm`` every gradient is multiplied by ``max_norm / norm``, so the update keeps its direction
+    and only its length is capped.  What ``torch.nn.utils.clip_grad_norm_`` computes (it adds 1e-6 to
+    the norm in the ratio; so does this).
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm!r}")
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # 1 when the norm is already small enough
+    for g in grads:
+        g.detach().mul_(scale.to(g.device, g.dtype))
+    return norm
+
+
+class RandomWindows:
+    """Batches of random windows of a token stream: inputs and the same windows shifted by one.
+
+    Each batch picks ``batch_size`` start positions uniformly from a seeded generator and
+    returns ``x = tokens[s : s + T]`` and ``y = tokens[s + 1 : s + T + 1]`` (nanoGPT's
+    ``get_batch``): every position of a window is a next-token example.  The generator's state
+    travels in checkpoints (``state_dict``), so a resumed run draws the same batches.
+
+    Args:
+        tokens: 1-D integer tensor, the whole stream (e.g. the training text's ids).
+        block_size: T, the window length (the model's context).
+        batch_size: B, windows per batch.
+        seed: the generator's seed.
+
+    Shapes:
+        ``next(batches)`` -> x (B, T), y (B, T) int64.
+    """
+
+    def __init__(self, tokens: Tensor, *, block_size: int, batch_size: int, seed: int = 0) -> None:
+        if tokens.dim() != 1 or tokens.is_floating_point():
+            raise ValueError(f"tokens must be a 1-D integer tensor, got {tokens.dtype} {tuple(tokens.shape)}")
+        if block_size < 1 or batch_size < 1:
+            raise ValueError(f"block_size and batch_size must be positive, got {block_size}, {batch_size}")
+        if tokens.numel() < block_size + 1:
+            raise ValueError(f"a window needs block_size + 1 = {block_size + 1} tokens, the stream has {tokens.numel()}")
+        self.tokens, self.block_size, self.batch_size = tokens.long(), block_size, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> RandomWindows:
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        T = self.block_size
+        starts = torch.randint(self.tokens.numel() - T, (self.batch_size,), generator=self.generator)  # (B,)
+        idx = starts[:, None] + torch.arange(T + 1)  # (B, T + 1)
+        windows = self.tokens[idx]  # (B, T + 1)
+        return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@torch.no_grad()
+def lm_loss(model: nn.Module, tokens: Tensor, *, block_size: int, batch_size: int = 64,
+            max_windows: int | None = None) -> float:
+    """Mean next-token cross-entropy (nats) of ``model`` over consecutive windows of ``tokens``, in eval mode.
+
+    The stream is cut into non-overlapping windows of ``block_size + 1`` tokens (the last
+    partial one dropped), each scored as ``model(x)`` against ``y``; deterministic, unlike
+    nanoGPT's ``estimate_loss`` over random windows, which estimates the same quantity.
+    ``max_windows`` keeps the first windows only (quick mode).
+    """
+    T = block_size
+    n = (tokens.numel() - 1) // T
+    if n < 1:
+        raise ValueError(f"lm_loss needs at least block_size + 1 = {T + 1} tokens, got {tokens.numel()}")
+    if max_windows is not None:
+        n = min(n, max_windows)
+    dev = next(model.parameters()).device
+    x_all = tokens[: n * T].view(n, T)  # (N, T)
+    y_all = tokens[1 : n * T + 1].view(n, T)  # (N, T)
+    total = 0.0
+    with eval_mode(model):
+        for i in range(0, n, batch_size):
+            x, y = x_all[i : i + batch_size].to(dev), y_all[i : i + batch_size].to(dev)
+            logits = model(x)  # (b, T, V)
+            total += float(nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
+    return total / (n * T)
+
+
+def autocast(dev: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a CUDA device that supports it, else a context that changes nothing.
+
+    Mixed precision runs the matrix products in bfloat16 (half the bytes, tensor cores) and keeps
+    the weights, the optimizer and the reductions in float32; bfloat16 has float32's exponent range,
+    so no loss scaling is needed.  On the CPU it is usually slower than float32, so it stays off.
+    """
+    dev = torch.device(dev)
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rng_states() -> dict:
+    """Every random generator's state: Python's, NumPy's, torch's CPU one and every CUDA device's."""
+    import random
+
+    import numpy as np
+
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what ``rng_states`` returned."""
+    import random
+
+    import numpy as np
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    batches: RandomWindows | None = None, extra: dict | None = None) -> None:
+    """Write everything a run needs to go on exactly: weights, optimizer moments, schedule, step, every RNG state.
+
+    The file is written next to ``path`` and renamed over it, so a crash mid-write leaves the
+    previous checkpoint intact.  ``batches`` is the sampler whose generator state is saved.
+    """
+    path = Path(path)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "batches": None if batches is None else batches.state_dict(),
+        "step": step,
+        "rng": rng_states(),
+        "extra": extra or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    batches: RandomWindows | None = None) -> dict:
+    """Restore what ``save_checkpoint`` wrote into these objects (and the global RNGs); return the checkpoint.
+
+    The returned dict holds ``step`` (the number of steps done) and ``extra``.  Build the
+    objects as for a fresh run, then load: the run goes on as if it had never stopped.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        if state["scheduler"] is None:
+            raise ValueError(f"{path} holds no scheduler state, but a scheduler was given")
+        scheduler.load_state_dict(state["scheduler"])
+    if batches is not None:
+        if state["batches"] is None:
+            raise ValueError(f"{path} holds no batch sampler state, but batches were given")
+        batches.load_state_dict(state["batches"])
+    set_rng_states(state["rng"])
+    return state
+
+
+@dataclass
+class LMHistory:
+    """What ``train_lm`` records.
+
+    Attributes:
+        step_loss: the training loss of every step.
+        lr: the first group's learning rate of every step.
+        grad_norm: the gradient norm of every step (before clipping).
+        eval_steps, val_loss: the step after which each evaluation ran and its loss.
+        seconds: training time (evaluations excluded); tokens: tokens trained on.
+    """
+
+    step_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    tokens: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else math.nan
+
+
+def train_lm(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    start_step: int = 0,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    grad_clip: float | None = 1.0,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    eval_every: int | None = None,
+    progress: bool = True,
+    history: LMHistory | None = None,
+) -> LMHistory:
+    """Train a language model ``model(x) -> logits (B, T, V)`` on next-token cross-entropy, step by step.
+
+    Step s (from ``start_step`` to ``steps - 1``): a batch, forward under ``autocast``, loss,
+    backward, ``clip_gradients``, optimizer step, scheduler step.  ``evaluate(model)`` runs
+    after every ``eval_every`` steps and after the last (its time is not counted as training).
+    To resume, load a checkpoint into the same objects and pass its ``step`` as ``start_step``.
+    """
+    if steps < 1 or not 0 <= start_step <= steps:
+        raise ValueError(f"need steps >= 1 and 0 <= start_step <= steps, got steps={steps}, start_step={start_step}")
+    if eval_every is not None and (evaluate is None or eval_every < 1):
+        raise ValueError("eval_every needs an evaluate function and a positive number of steps")
+    from tqdm.auto import tqdm
+
+    history = history if history is not None else LMHistory()
+    dev = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    it = iter(batches)
+    bar = tqdm(range(start_step, steps), desc="steps", disable=not progress, leave=False)
+    for step in bar:
+        began = time.perf_counter()
+        x, y = (t.to(dev, non_blocking=True) for t in next(it))  # (B, T), (B, T)
+        with autocast(dev):
+            logits = model(x)  # (B, T, V)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        history.lr.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = clip_gradients(params, grad_clip) if grad_clip is not None else torch.nan
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        history.step_loss.append(loss.item())
+        history.grad_norm.append(float(norm))
+        history.tokens += y.numel()
+        history.seconds += time.perf_counter() - began
+        bar.set_postfix(loss=f"{history.step_loss[-1]:.3f}")
+        done = step + 1
+        if evaluate is not None and ((eval_every is not None and done % eval_every == 0) or done == steps):
+            history.eval_steps.append(done)
+            history.val_loss.append(float(evaluate(model)))
+            model.train()
+    bar.close()
+    return history

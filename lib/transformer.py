@@ -29,7 +29,7 @@ a causal mask), not a new class.
 Masks are boolean, ``True`` = may attend, broadcastable to (B, H, Tq, Tk);
 ``lib.attention.padding_mask(valid_lens, T)`` makes one from d2l's ``valid_lens``.
 Blocks and stacks return a Tensor; ``record=lib.attention.Record(...)`` collects
-the attention weights (per call, in order) and carries the ``lib.multihead.KVCache``
+the attention weights (per call, in order) and carries the ``lib.attention.KVCache``
 for incremental decoding (``Decoder`` / ``Transformer.decode`` feed only the new tokens).
 
 Imports: lib.attention (masks, Record), lib.multihead (MultiHeadAttention),
@@ -51,6 +51,9 @@ from lib.multihead import MultiHeadAttention
 from lib.positional import SCHEMES, AbsoluteEncoding, PositionalScheme, build
 
 __all__ = [
+    "RMSNorm",
+    "NORMS",
+    "make_norm",
     "Residual",
     "EncoderBlock",
     "DecoderBlock",
@@ -65,12 +68,76 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# The residual connection
+# Norms and the residual connection
 # ---------------------------------------------------------------------------
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm -- Zhang and Sennrich (2019), eq. (4): x / RMS(x) * g.
+
+    LayerNorm subtracts the mean and divides by the standard deviation, then adds a bias;
+    RMSNorm only divides by RMS(x) = sqrt(mean(x²) + eps) and scales: no centring, no bias,
+    one reduction instead of two.  Llama, Mistral and T5 use it.  The statistic is computed
+    in float32 whatever the input dtype (as Hugging Face's ``LlamaRMSNorm``), and the result
+    cast back before the gain, so bf16 inputs lose no precision in the sum of squares.
+
+    Args:
+        d_model: feature size D (the gain's size).
+        eps: added to the mean square (Llama: 1e-5 or 1e-6; ``torch.nn.RMSNorm``'s default
+            ``None`` means the dtype's machine epsilon).
+
+    Shapes:
+        x (..., D) -> (..., D).
+    """
+
+    def __init__(self, d_model: int, *, eps: float = 1e-5) -> None:
+        super().__init__()
+        if d_model < 1 or not eps >= 0:
+            raise ValueError(f"RMSNorm needs d_model >= 1 and eps >= 0, got d_model={d_model}, eps={eps}")
+        self.d_model, self.eps = d_model, eps
+        self.weight = nn.Parameter(torch.ones(d_model))  # the gain g, (D,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.d_model:
+            raise ValueError(f"RMSNorm expects input (..., d_model={self.d_model}), got shape {tuple(x.shape)}")
+        h = x.float()  # (..., D) in float32 for the statistic
+        h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., D) / RMS over D
+        return self.weight * h.to(x.dtype)  # (..., D)
+
+    def extra_repr(self) -> str:
+        return f"{self.d_model}, eps={self.eps}"
+
+
+NORMS: dict[str, Callable[..., nn.Module]] = {
+    "layer": nn.LayerNorm,  # the 2017 choice (Ba et al. 2016): centre, scale, gain and bias
+    "rms": RMSNorm,  # today's (Zhang and Sennrich 2019): scale and gain only
+}
+"""Norms known by name; each is built as ``NORMS[name](d_model, eps=eps)``."""
+
+Norm = str | Callable[[int], nn.Module]
+
+
+def make_norm(norm: Norm, d_model: int, eps: float = 1e-5) -> nn.Module:
+    """A norm over the last axis of size ``d_model``: a name of ``NORMS`` or a factory ``d_model -> module``.
+
+    A factory is called for every norm built (one module per place, never shared), e.g.
+    ``lambda d: nn.LayerNorm(d, bias=False)``.
+    """
+    if isinstance(norm, str):
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)} or pass a factory d_model -> module")
+        return NORMS[norm](d_model, eps=eps)
+    if not callable(norm) or isinstance(norm, nn.Module):
+        raise TypeError(f"norm must be a name of NORMS or a factory d_model -> module (a new module per call), "
+                        f"got {type(norm).__name__}")
+    module = norm(d_model)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"the norm factory must return an nn.Module, got {type(module).__name__}")
+    return module
+
+
 class Residual(nn.Module):
-    """A sub-layer's residual connection and layer norm, post-norm or pre-norm.
+    """A sub-layer's residual connection and norm, post-norm or pre-norm.
 
     ``Residual(d_model, norm_first=False)`` is d2l's ``AddNorm`` (called as
     ``residual(x, sublayer)`` instead of ``add_norm(x, sublayer(x))``), and
@@ -80,16 +147,19 @@ class Residual(nn.Module):
         d_model: feature size D.
         norm_first: pre-norm (True) or post-norm (False). No default: say which.
         dropout: dropout on the sub-layer's output (the paper's "residual dropout").
-        eps: LayerNorm epsilon.
+        eps: the norm's epsilon.
+        norm: "layer" (``nn.LayerNorm``, the paper), "rms" (``RMSNorm``), or a factory
+            ``d_model -> module`` (see ``make_norm``).
 
     Shapes:
         x (B, T, D); ``sublayer`` maps (B, T, D) to (B, T, D) -> (B, T, D).
     """
 
-    def __init__(self, d_model: int, *, norm_first: bool, dropout: float = 0.0, eps: float = 1e-5) -> None:
+    def __init__(self, d_model: int, *, norm_first: bool, dropout: float = 0.0, eps: float = 1e-5,
+                 norm: Norm = "layer") -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.norm = make_norm(norm, d_model, eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
@@ -105,14 +175,14 @@ class Residual(nn.Module):
         return f"norm_first={self.norm_first}"
 
 
-def _default_attention(d_model: int, num_heads: int | None, key_dim: int | None, bias: bool, dropout: float,
+def _default_attention(d_model: int, num_heads: int | None, d_head: int | None, bias: bool, dropout: float,
                        fast: bool, positional: PositionalScheme | None, who: str) -> MultiHeadAttention:
     if num_heads is None or num_heads < 1:
         raise ValueError(f"{who} builds its attention from num_heads: expected a positive number, got {num_heads}")
-    if key_dim is None and d_model % num_heads != 0:
+    if d_head is None and d_model % num_heads != 0:
         raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}; pick sizes that divide "
-                         "or give key_dim (the per-head size) explicitly")
-    return MultiHeadAttention(d_model, num_heads, key_dim=key_dim, bias=bias, dropout=dropout, fast=fast,
+                         "or give d_head (the per-head size) explicitly")
+    return MultiHeadAttention(d_model, num_heads, d_head=d_head, bias=bias, dropout=dropout, fast=fast,
                               positional=positional)
 
 
@@ -143,8 +213,9 @@ class EncoderBlock(nn.Module):
         ffn: the position-wise module (B, T, D) -> (B, T, D); default ``PositionWiseFFN``.
         dropout: residual dropout, and the default sublayers' dropout.
         norm_first: pre-norm (True) or post-norm (False, the paper).
-        key_dim, activation, bias, fast, positional: passed to the default sublayers.
-        eps: LayerNorm epsilon.
+        d_head, activation, bias, fast, positional: passed to the default sublayers.
+        eps: the norms' epsilon.
+        norm: the residual connections' norm: "layer", "rms" or a factory (``make_norm``).
 
     Shapes:
         x (B, T, D), mask bool broadcastable to (B, H, T, T) (True = may attend) -> (B, T, D).
@@ -152,16 +223,16 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int | None = None, d_ff: int | None = None, *,
                  attention: nn.Module | None = None, ffn: nn.Module | None = None, dropout: float = 0.0,
-                 norm_first: bool = False, key_dim: int | None = None, activation: Activation = "relu",
+                 norm_first: bool = False, d_head: int | None = None, activation: Activation = "relu",
                  eps: float = 1e-5, bias: bool = True, fast: bool = False,
-                 positional: PositionalScheme | None = None) -> None:
+                 positional: PositionalScheme | None = None, norm: Norm = "layer") -> None:
         super().__init__()
         self.d_model, self.norm_first = d_model, norm_first
         self.attention = attention if attention is not None else _default_attention(
-            d_model, num_heads, key_dim, bias, dropout, fast, positional, "EncoderBlock")
-        self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+            d_model, num_heads, d_head, bias, dropout, fast, positional, "EncoderBlock")
+        self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps, norm=norm)
         self.ffn = ffn if ffn is not None else _default_ffn(d_model, d_ff, activation, dropout, bias, "EncoderBlock")
-        self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+        self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps, norm=norm)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, *, record: Record | None = None) -> Tensor:
         check_sequence(x, self.d_model, "EncoderBlock")
@@ -182,7 +253,7 @@ class DecoderBlock(nn.Module):
         d_model, num_heads, d_ff: as ``EncoderBlock``.
         self_attention, cross_attention, ffn: the sublayers; defaults build
             ``MultiHeadAttention`` (``positional`` goes to self-attention only) and ``PositionWiseFFN``.
-        dropout, norm_first, key_dim, activation, eps, bias, fast, positional: as ``EncoderBlock``.
+        dropout, norm_first, d_head, activation, eps, bias, fast, positional, norm: as ``EncoderBlock``.
 
     Shapes:
         x (B, T, D), memory (B, S, D), self_mask broadcastable to (B, H, T, Tk) (Tk counts cached
@@ -192,18 +263,18 @@ class DecoderBlock(nn.Module):
     def __init__(self, d_model: int, num_heads: int | None = None, d_ff: int | None = None, *,
                  self_attention: nn.Module | None = None, cross_attention: nn.Module | None = None,
                  ffn: nn.Module | None = None, dropout: float = 0.0, norm_first: bool = False,
-                 key_dim: int | None = None, activation: Activation = "relu", eps: float = 1e-5, bias: bool = True,
-                 fast: bool = False, positional: PositionalScheme | None = None) -> None:
+                 d_head: int | None = None, activation: Activation = "relu", eps: float = 1e-5, bias: bool = True,
+                 fast: bool = False, positional: PositionalScheme | None = None, norm: Norm = "layer") -> None:
         super().__init__()
         self.d_model, self.norm_first = d_model, norm_first
         self.self_attention = self_attention if self_attention is not None else _default_attention(
-            d_model, num_heads, key_dim, bias, dropout, fast, positional, "DecoderBlock")
-        self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+            d_model, num_heads, d_head, bias, dropout, fast, positional, "DecoderBlock")
+        self.residual1 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps, norm=norm)
         self.cross_attention = cross_attention if cross_attention is not None else _default_attention(
-            d_model, num_heads, key_dim, bias, dropout, fast, None, "DecoderBlock")
-        self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+            d_model, num_heads, d_head, bias, dropout, fast, None, "DecoderBlock")
+        self.residual2 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps, norm=norm)
         self.ffn = ffn if ffn is not None else _default_ffn(d_model, d_ff, activation, dropout, bias, "DecoderBlock")
-        self.residual3 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps)
+        self.residual3 = Residual(d_model, norm_first=norm_first, dropout=dropout, eps=eps, norm=norm)
 
     def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None,
                 memory_mask: Tensor | None = None, *, record: Record | None = None) -> Tensor:
@@ -227,7 +298,7 @@ class EncoderConfig:
 
     vocab_size: int  # number of token ids V
     d_model: int = 512  # feature size D at every position
-    num_heads: int = 8  # attention heads H (d_model must divide by it unless key_dim is given)
+    num_heads: int = 8  # attention heads H (d_model must divide by it unless d_head is given)
     d_ff: int = 2048  # FFN hidden size F (4 D in the paper)
     num_layers: int = 6  # blocks L
     dropout: float = 0.1  # residual, attention and FFN dropout; also after embedding + positions
@@ -235,7 +306,7 @@ class EncoderConfig:
     norm_first: bool = False  # pre-norm (True) or post-norm (False, the paper)
     positional: str | None = "sinusoidal"  # a name of lib.positional.SCHEMES, or None
     activation: str = "relu"  # FFN activation: "relu" (the paper) or "gelu"
-    key_dim: int | None = None  # per-head query/key size; None = d_model // num_heads
+    d_head: int | None = None  # per-head query/key size; None = d_model // num_heads
     bias: bool = True  # biases in the attention projections and FFN
     eps: float = 1e-5  # LayerNorm epsilon
     scale_embedding: bool = True  # multiply token embeddings by sqrt(d_model) (section 3.4)
@@ -262,7 +333,7 @@ class _Stack(nn.Module):
             # N(0, 1/D) as in tensor2tensor: times sqrt(D), each embedding entry has unit
             # variance, the scale of the positional encoding (nn.Embedding's N(0, 1) would give D).
             nn.init.normal_(self.embedding.weight, std=c.d_model**-0.5)
-        sizes = dict(d_model=c.d_model, num_heads=c.num_heads, d_head=c.key_dim, max_len=c.max_len,
+        sizes = dict(d_model=c.d_model, num_heads=c.num_heads, d_head=c.d_head, max_len=c.max_len,
                      dropout=c.dropout, max_distance=c.max_distance)
         scheme = build(c.positional, **sizes)
         # An absolute encoding adds its table (then dropout) to the input; a relative scheme
@@ -306,7 +377,7 @@ class Encoder(_Stack):
         c = config
         self.blocks = nn.ModuleList(
             EncoderBlock(c.d_model, c.num_heads, c.d_ff, dropout=c.dropout, norm_first=c.norm_first,
-                         key_dim=c.key_dim, activation=c.activation, eps=c.eps, bias=c.bias, fast=c.fast,
+                         d_head=c.d_head, activation=c.activation, eps=c.eps, bias=c.bias, fast=c.fast,
                          positional=self._scheme())
             for _ in range(c.num_layers)
         )
@@ -353,7 +424,7 @@ class Decoder(_Stack):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__(config)
         c = config
-        kw = dict(dropout=c.dropout, norm_first=c.norm_first, key_dim=c.key_dim, activation=c.activation, eps=c.eps,
+        kw = dict(dropout=c.dropout, norm_first=c.norm_first, d_head=c.d_head, activation=c.activation, eps=c.eps,
                   bias=c.bias, fast=c.fast)
         block = DecoderBlock if c.cross_attention else EncoderBlock
         self.blocks = nn.ModuleList(block(c.d_model, c.num_heads, c.d_ff, positional=self._scheme(), **kw)
@@ -407,7 +478,7 @@ class TransformerConfig:
     norm_first: bool = False  # pre-norm (True) or post-norm (False, the paper)
     positional: str | None = "sinusoidal"  # a name of lib.positional.SCHEMES, or None
     activation: str = "relu"  # FFN activation
-    key_dim: int | None = None  # per-head query/key size; None = d_model // num_heads
+    d_head: int | None = None  # per-head query/key size; None = d_model // num_heads
     bias: bool = True  # biases in the attention projections and FFN
     eps: float = 1e-5  # LayerNorm epsilon
     scale_embedding: bool = True  # embeddings times sqrt(d_model) (section 3.4)
@@ -418,7 +489,7 @@ class TransformerConfig:
 
     def _shared(self) -> dict:
         names = ("d_model", "num_heads", "d_ff", "dropout", "max_len", "norm_first", "positional", "activation",
-                 "key_dim", "bias", "eps", "scale_embedding", "fast", "max_distance", "final_norm")
+                 "d_head", "bias", "eps", "scale_embedding", "fast", "max_distance", "final_norm")
         return {n: getattr(self, n) for n in names}
 
     def encoder(self) -> EncoderConfig:

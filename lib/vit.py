@@ -25,7 +25,7 @@ followed by an ``nn.Linear``, and the two convert into each other.
 (``lib.transformer.EncoderBlock`` with a fused-qkv ``MultiHeadAttention`` and a
 GELU ``PositionWiseFFN``) and classifies the class token's output or the mean
 of the patch tokens.  Parameter names and the computation follow timm's
-``VisionTransformer``; ``ViT.from_timm`` copies a timm model's weights.
+``VisionTransformer``; ``lib.interop.vit_from_timm`` copies a timm model's weights.
 
 References:
     Dosovitskiy et al. (2021), "An Image is Worth 16x16 Words", section 3.1, eqs. (1)-(4);
@@ -66,7 +66,9 @@ __all__ = [
 def _pair(x: int | tuple[int, int], name: str) -> tuple[int, int]:
     if isinstance(x, int):
         x = (x, x)
-    if len(x) != 2 or any(not isinstance(v, int) or v < 1 for v in x):
+    if not isinstance(x, (tuple, list)) or any(isinstance(v, bool) or not isinstance(v, int) for v in x):
+        raise TypeError(f"{name} must be a positive int or a pair of them, got {x!r}")
+    if len(x) != 2 or any(v < 1 for v in x):
         raise ValueError(f"{name} must be a positive int or a pair of them, got {x!r}")
     return int(x[0]), int(x[1])
 
@@ -184,6 +186,13 @@ class _PatchEmbedBase(nn.Module):
     def _projection(self, bias: bool) -> nn.Module:
         raise NotImplementedError
 
+    def _twin(self, cls: type[_PatchEmbedBase], proj: nn.Module) -> _PatchEmbedBase:
+        """A ``cls`` with these sizes and options, the projection ``proj`` and a copy of the norm."""
+        new = cls(**self.init_kwargs())
+        new.proj = proj
+        new.norm.load_state_dict(self.norm.state_dict())
+        return new.to(self.proj.weight.device)
+
     def _prepare(self, x: Tensor) -> Tensor:
         """Check (B, C, H, W) against the sizes; pad when asked."""
         name = type(self).__name__
@@ -261,21 +270,8 @@ class PatchEmbed(_PatchEmbedBase):
         return self._finish(self.proj(x))  # (B, D, Gh, Gw) -> (B, N, D)
 
     def to_linear(self) -> PatchEmbedLinear:
-        """The same map as ``patchify`` + ``nn.Linear`` (a copy of the weights)."""
-        return PatchEmbedLinear.from_conv(self)
-
-    @classmethod
-    def from_linear(cls, other: PatchEmbedLinear) -> PatchEmbed:
-        """A ``PatchEmbed`` computing what ``other`` computes."""
-        new = cls(
-            other.img_size, other.patch_size, other.in_chans, other.d_model,
-            norm=isinstance(other.norm, nn.LayerNorm), eps=getattr(other.norm, "eps", 1e-6), flatten=other.flatten,
-            bias=other.proj.bias is not None, strict_img_size=other.strict_img_size,
-            dynamic_img_pad=other.dynamic_img_pad,
-        )
-        new.proj = linear_to_conv(other.proj, other.in_chans, other.patch_size)
-        new.norm.load_state_dict(other.norm.state_dict())
-        return new.to(other.proj.weight.device)
+        """The same map as ``patchify`` + ``nn.Linear`` (a copy of the weights, same device)."""
+        return self._twin(PatchEmbedLinear, conv_to_linear(self.proj))
 
 
 class PatchEmbedLinear(_PatchEmbedBase):
@@ -300,23 +296,8 @@ class PatchEmbedLinear(_PatchEmbedBase):
         return self._finish(grid)  # (B, N, D) or (B, D, Gh, Gw)
 
     def to_conv(self) -> PatchEmbed:
-        """The same map as one strided ``Conv2d`` (a copy of the weights)."""
-        return PatchEmbed.from_linear(self)
-
-    @classmethod
-    def from_conv(cls, other: PatchEmbed) -> PatchEmbedLinear:
-        """A ``PatchEmbedLinear`` computing what ``other`` (a ``PatchEmbed``, ours or timm's) computes."""
-        norm = isinstance(other.norm, nn.LayerNorm)
-        new = cls(
-            other.img_size, other.patch_size, other.proj.in_channels, other.proj.out_channels,
-            norm=norm, eps=getattr(other.norm, "eps", 1e-6), flatten=other.flatten,
-            bias=other.proj.bias is not None, strict_img_size=other.strict_img_size,
-            dynamic_img_pad=other.dynamic_img_pad,
-        )
-        new.proj = conv_to_linear(other.proj)
-        if norm:
-            new.norm.load_state_dict(other.norm.state_dict())
-        return new.to(other.proj.weight.device)
+        """The same map as one strided ``Conv2d`` (a copy of the weights, same device)."""
+        return self._twin(PatchEmbed, linear_to_conv(self.proj, self.in_chans, self.patch_size))
 
 
 @torch.no_grad()
@@ -401,11 +382,6 @@ def vit_block(
         ffn=PositionWiseFFN(d_model, d_ff, activation="gelu", dropout=dropout),
         dropout=dropout, norm_first=True, eps=eps,
     )
-
-
-def _block_parts(block: EncoderBlock) -> tuple[nn.LayerNorm, MultiHeadAttention, nn.LayerNorm, PositionWiseFFN]:
-    """(norm before attention, attention, norm before the FFN, FFN) of a pre-norm block."""
-    return block.residual1.norm, block.attention, block.residual2.norm, block.ffn
 
 
 @dataclass(frozen=True)
@@ -562,49 +538,3 @@ class ViT(nn.Module):
         record = Record(need_weights=True)
         self.forward_features(images, record=record)
         return record.weights
-
-    # -- timm --------------------------------------------------------------------
-
-    @classmethod
-    def config_from_timm(cls, model: nn.Module) -> ViTConfig:
-        """The ``ViTConfig`` of a timm ``VisionTransformer`` (plain ViT: LayerNorm, GELU, no layer scale)."""
-        pe = model.patch_embed
-        blk = model.blocks[0]
-        has_pos = model.pos_embed is not None
-        if pe.img_size[0] != pe.img_size[1] or pe.patch_size[0] != pe.patch_size[1]:
-            raise ValueError(f"only square images and patches, got img_size {pe.img_size}, patch {pe.patch_size}")
-        if getattr(model, "reg_token", None) is not None or getattr(model, "no_embed_class", False):
-            raise ValueError("register tokens and no_embed_class are not supported")
-        if model.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {model.global_pool!r}")
-        return ViTConfig(
-            img_size=pe.img_size[0], patch_size=pe.patch_size[0], in_chans=pe.proj.in_channels,
-            num_classes=model.head.out_features, d_model=model.embed_dim, num_layers=len(model.blocks),
-            num_heads=blk.attn.num_heads, d_ff=blk.mlp.fc1.out_features, class_token=model.cls_token is not None,
-            global_pool=model.global_pool, pos_embed="learn" if has_pos else "none",
-            dropout=blk.attn.proj_drop.p, attn_dropout=blk.attn.attn_drop.p, pos_dropout=model.pos_drop.p,
-            eps=blk.norm1.eps,
-        )
-
-    @classmethod
-    @torch.no_grad()
-    def from_timm(cls, model: nn.Module) -> ViT:
-        """A ``ViT`` with the sizes and a copy of the weights of a timm ``VisionTransformer``."""
-        new = cls(cls.config_from_timm(model)).to(next(model.parameters()).device)
-        new.patch_embed.proj.load_state_dict(model.patch_embed.proj.state_dict())
-        if new.cls_token is not None:
-            new.cls_token.copy_(model.cls_token)
-        if new.pos_embed is not None:
-            new.pos_embed.copy_(model.pos_embed)
-        for ours, theirs in zip(new.blocks, model.blocks, strict=True):
-            norm1, attn, norm2, ffn = _block_parts(ours)
-            norm1.load_state_dict(theirs.norm1.state_dict())
-            attn.qkv.load_state_dict(theirs.attn.qkv.state_dict())
-            attn.W_o.load_state_dict(theirs.attn.proj.state_dict())
-            norm2.load_state_dict(theirs.norm2.state_dict())
-            ffn.fc1.load_state_dict(theirs.mlp.fc1.state_dict())
-            ffn.fc2.load_state_dict(theirs.mlp.fc2.state_dict())
-        new.norm.load_state_dict(model.norm.state_dict())
-        new.fc_norm.load_state_dict(model.fc_norm.state_dict())
-        new.head.load_state_dict(model.head.state_dict())
-        return new

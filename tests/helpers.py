@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lib.attention import Record
 
 
@@ -39,3 +41,16 @@ def randomise_norms_(module) -> None:
             if isinstance(m, nn.LayerNorm):
                 m.weight.normal_(1.0, 0.2)
                 m.bias.normal_(0.0, 0.2)
+
+
+def write_imdb(root: Path, reviews: dict[str, list[str]], movies: dict[str, list[str]] | None = None) -> None:
+    """A toy aclImdb tree: ``reviews["train/pos"]`` etc. as ``i_5.txt`` files; with ``movies``, the
+    ``urls_pos.txt`` / ``urls_neg.txt`` lists whose line ``i`` names review ``i``'s movie."""
+    for sub, texts in reviews.items():
+        (root / sub).mkdir(parents=True)
+        for i, t in enumerate(texts):
+            (root / sub / f"{i}_5.txt").write_text(t)
+    for sub, ids in (movies or {}).items():
+        split, label = sub.split("/")
+        (root / split / f"urls_{label}.txt").write_text(
+            "".join(f"http://www.imdb.com/title/{m}/usercomments\n" for m in ids))

@@ -14,7 +14,9 @@ from lib.attention import (
     AdditiveAttention,
     DotProductAttention,
     NadarayaWatson,
+    attend,
     causal_mask,
+    dot_product_scores,
     masked_softmax,
     nadaraya_watson,
     padding_mask,
@@ -209,6 +211,32 @@ def test_sdpa_errors():
         scaled_dot_product_attention(q, k, v, dropout_p=1.0)
     with pytest.raises(ValueError, match="does not broadcast"):
         scaled_dot_product_attention(q, k, v, mask=torch.ones(5, 5, dtype=torch.bool), fast=True)
+    with pytest.raises(ValueError, match="no value term"):
+        scaled_dot_product_attention(q, k, v, fast=True, value_term=lambda w: torch.zeros(()))
+
+
+def test_dot_product_scores_are_scaled_q_kT():
+    q, k, _ = qkv()
+    torch.testing.assert_close(dot_product_scores(q, k), q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]))
+    torch.testing.assert_close(dot_product_scores(q, k, 0.25), q @ k.transpose(-2, -1) * 0.25)
+
+
+def test_sdpa_value_term_sees_the_dropped_weights_and_adds_to_the_output():
+    q, k, v = qkv()
+    extra = torch.randn(q.shape[:-1] + (v.shape[-1],))  # (B, H, Tq, Dv)
+    seen = []
+
+    def value_term(attn):
+        seen.append(attn)
+        return extra
+
+    torch.manual_seed(1)
+    out, w = scaled_dot_product_attention(q, k, v, dropout_p=0.3, value_term=value_term)
+    torch.manual_seed(1)
+    ref_out, ref_w = attend(dot_product_scores(q, k), v, dropout_p=0.3)
+    torch.testing.assert_close(w, ref_w)
+    torch.testing.assert_close(out, ref_out + extra)
+    torch.testing.assert_close(seen[0] @ v + extra, out)
 
 
 # ---------------------------------------------------------------- scoring modules vs d2l

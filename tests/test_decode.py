@@ -237,8 +237,7 @@ def _sources():
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_cached_logits_equal_recomputing_the_prefix(norm_first):
-    from lib.attention import Record
-    from lib.multihead import KVCache
+    from lib.attention import KVCache, Record
 
     model = _transformer(norm_first).eval()
     src, lens = _sources()
@@ -280,3 +279,99 @@ def test_transformer_batch_with_padding_decodes_as_one_by_one_and_k1_is_greedy()
         alone = beam_search(model, one, None, bos=BOS, eos=EOS, max_len=8, beam_size=4, alpha=0.8)
         assert alone.tokens[0] == together.tokens[b]
         assert greedy_decode(model, one, None, bos=BOS, eos=EOS, max_len=8).tokens[0] == greedy.tokens[b]
+
+
+# ---------------------------------------------------------------------------
+# Sampling (lesson 11): top-k, top-p, temperature, generate with and without the cache
+# ---------------------------------------------------------------------------
+
+
+def _nucleus_by_definition(probs: list[float], p: float) -> set[int]:
+    """The smallest set of tokens whose mass reaches p, found by trying every size in order of probability."""
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])
+    for n in range(1, len(probs) + 1):
+        if sum(probs[i] for i in order[:n]) >= p - 1e-12:
+            return set(order[:n])
+    return set(order)
+
+
+def test_top_p_keeps_the_smallest_set_whose_mass_reaches_p():
+    from lib.decode import top_p_filter
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        V = int(torch.randint(2, 12, (1,), generator=g))
+        logits = torch.randn(V, generator=g, dtype=torch.float64) * 2
+        p = float(torch.rand(1, generator=g)) * 0.98 + 0.01
+        kept = set(torch.nonzero(top_p_filter(logits, p) > -torch.inf).flatten().tolist())
+        probs = torch.softmax(logits, -1).tolist()
+        assert kept == _nucleus_by_definition(probs, p), (probs, p)
+        assert sum(probs[i] for i in kept) >= p - 1e-12
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 0.0, 5.0]])
+    assert torch.equal(top_p_filter(logits, 1.0), logits)  # p = 1 keeps everything
+    assert (top_p_filter(logits, 1e-6) > -torch.inf).sum(-1).tolist() == [1, 1]  # the most probable always stays
+    with pytest.raises(ValueError, match="top_p"):
+        top_p_filter(logits, 0.0)
+
+
+def test_top_k_keeps_the_k_largest():
+    from lib.decode import top_k_filter
+
+    logits = torch.tensor([[0.5, 2.0, -1.0, 3.0], [1.0, 1.0, 0.0, -2.0]])
+    assert (top_k_filter(logits, 2) > -torch.inf).tolist() == [[False, True, False, True], [True, True, False, False]]
+    assert torch.equal(top_k_filter(logits, 9), logits)
+    with pytest.raises(ValueError, match="top_k"):
+        top_k_filter(logits, 0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sampled_frequencies_match_the_softmax(temperature):
+    """A chi-square goodness-of-fit test with a fixed seed: at temperature t the draws follow softmax(logits / t)."""
+    from scipy.stats import chisquare
+
+    from lib.decode import sample_next
+
+    logits = torch.tensor([1.0, 0.2, -0.5, 2.0, 0.0])
+    n = 20000
+    g = torch.Generator().manual_seed(0)
+    draws = sample_next(logits.expand(n, -1), temperature=temperature, generator=g)
+    counts = torch.bincount(draws, minlength=5).double()
+    expected = torch.softmax(logits.double() / temperature, -1) * n
+    assert chisquare(counts.numpy(), expected.numpy()).pvalue > 1e-3
+    wrong = torch.softmax(logits.double(), -1) * n if temperature != 1.0 else torch.full((5,), n / 5.0)
+    assert chisquare(counts.numpy(), wrong.numpy()).pvalue < 1e-6  # the test can tell distributions apart
+
+
+def test_sample_next_filters_before_drawing_and_is_greedy_at_zero():
+    from lib.decode import sample_next
+
+    logits = torch.tensor([[0.0, 3.0, 2.9, -1.0]]).expand(500, -1)
+    g = torch.Generator().manual_seed(1)
+    assert set(sample_next(logits, top_k=2, generator=g).tolist()) == {1, 2}
+    assert set(sample_next(logits, top_p=0.3, generator=g).tolist()) == {1}
+    assert sample_next(logits, temperature=0.0).tolist() == [1] * 500
+    a = sample_next(logits, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, sample_next(logits, generator=torch.Generator().manual_seed(4)))  # seeded
+    with pytest.raises(ValueError, match="temperature"):
+        sample_next(logits, temperature=-1.0)
+    with pytest.raises(ValueError, match=r"\(B, V\)"):
+        sample_next(logits[0])
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.0), dict(temperature=1.0), dict(temperature=0.8, top_k=5),
+                                dict(top_p=0.9)])
+def test_generate_with_the_cache_is_token_identical_to_recomputing(kw):
+    from lib.decode import generate
+    from lib.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=30, context_len=64, d_model=32, num_layers=2, num_heads=4, n_kv_heads=2))
+    prompt = torch.randint(0, 30, (3, 4))
+    out = {c: generate(model, prompt, 40, generator=torch.Generator().manual_seed(9), use_cache=c, **kw)
+           for c in (True, False)}
+    assert out[True].shape == (3, 44)
+    assert torch.equal(out[True], out[False])
+    with pytest.raises(ValueError, match="prompt"):
+        generate(model, torch.zeros(2, 0, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, prompt, -1)

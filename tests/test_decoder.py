@@ -16,9 +16,8 @@ import torch
 from helpers import copy_, randomise_norms_, with_all_weights
 from torch import nn
 
-from lib.attention import Record, causal_mask, padding_mask
+from lib.attention import KVCache, Record, causal_mask, padding_mask
 from lib.interop import mha_from_d2l, mha_from_torch
-from lib.multihead import KVCache
 from lib.transformer import (
     Decoder,
     DecoderBlock,

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import write_imdb
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -28,6 +29,7 @@ from lib import (
     checks,
     data,
     ffn,
+    imdb,
     interop,
     memory,
     multihead,
@@ -36,6 +38,7 @@ from lib import (
     text,
     train,
     transformer,
+    translation,
 )
 
 
@@ -69,9 +72,11 @@ DOCUMENTED = {
     text.Vocab.__init__: {"counter": None, "max_size": None, "min_freq": 1, "reserved": ()},
     text.Vocab.decode: {"skip_pad": True},
     text.pad_sequences: {"padding": "post", "truncating": "pre", "value": 0},
-    text.load_imdb_texts: {"root": None},
-    text.load_imdb: {"num_words": 10000, "maxlen": 256, "subset": None, "seed": 0, "padding": "post",
+    imdb.load_imdb_texts: {"root": None},
+    imdb.load_imdb: {"num_words": 10000, "maxlen": 256, "subset": None, "seed": 0, "padding": "post",
                      "truncating": "pre", "with_lengths": False},
+    imdb.imdb_movies: {"split": "train", "root": None},  # tested in tests/test_imdb.py
+    imdb.movie_disjoint_split: {"share": 0.1, "seed": 123, "order_seed": 0, "root": None},
     train.fit: {"val_loader": None, "device": None, "progress": True, "grad_clip": None, "scheduler": None,
                 "scheduler_interval": "epoch", "seed": None, "verbose": True, "max_steps": None, "time_limit": None},
     train.evaluate: {"device": None},
@@ -85,7 +90,7 @@ DOCUMENTED = {
     memory.activation_bytes: {"num_saved": 1, "dtype": torch.float32},
     memory.attention_matrix_bytes: {"num_saved": 1, "dtype": torch.float32, "key_len": None},
     memory.encoder_layer_saved_tensors: {"d_ff": None, "activation": "relu", "masked": False, "norm_first": False,
-                                         "dtype": torch.float32},
+                                         "dtype": torch.float32, "device": None},
     memory.encoder_layer_activation_bytes: {"d_ff": None},
     memory.measure_saved_tensors: {"exclude": ()},
     memory.cuda_peak_bytes: {"device": None},
@@ -94,20 +99,33 @@ DOCUMENTED = {
                                                "step_loss", "grad_norm", "lr")},
     train.History.curves: {"metric": "loss"},
     # Added with lesson 07's and lesson 10's modules; their behaviour is tested in
-    # tests/test_text.py, tests/test_train.py, tests/test_decode.py and tests/test_memory.py.
-    text.load_fra_eng_pairs: {"path": None},
-    text.load_fra_eng: {"num_test": 2000, "seed": 0, "min_freq": 3, "num_train": None, "pairs": None},
-    text.TranslationBatches.__init__: {"pad": 0, "seed": 0, "shuffle": True},
+    # tests/test_translation.py, tests/test_train.py, tests/test_decode.py and tests/test_memory.py.
+    translation.load_fra_eng_pairs: {"path": None},
+    translation.load_fra_eng: {"num_test": 2000, "seed": 0, "min_freq": 3, "num_train": None, "pairs": None},
+    translation.TranslationBatches.__init__: {"pad": 0, "seed": 0, "shuffle": True},
     train.SequenceCrossEntropy.__init__: {"label_smoothing": 0.0},
     train.warmup_schedule: {"scale": 1.0},
     memory.decoder_layer_saved_tensors: {"d_ff": None, "activation": "relu", "memory_masked": False,
-                                         "norm_first": False, "include_memory": True, "dtype": torch.float32},
-    memory.encoder_saved_tensors: {"masked": False, "dtype": torch.float32},
-    memory.decoder_saved_tensors: {"memory_masked": False, "dtype": torch.float32},
-    memory.transformer_saved_tensors: {"src_masked": False, "dtype": torch.float32},
+                                         "norm_first": False, "include_memory": True, "dtype": torch.float32,
+                                         "device": None},
+    memory.encoder_saved_tensors: {"masked": False, "dtype": torch.float32, "device": None},
+    memory.decoder_saved_tensors: {"memory_masked": False, "dtype": torch.float32, "device": None},
+    memory.transformer_saved_tensors: {"src_masked": False, "dtype": torch.float32, "device": None},
     memory.training_step_bytes: {"optimizer": "adam", "mixed_precision": False},
+    # Added with lesson 11 (tested in tests/test_ffn.py, tests/test_train.py and below).
+    ffn.SwiGLU.__init__: {"activation": "silu", "dropout": 0.0, "bias": False},
+    train.cosine_lr: {"min_ratio": 0.1},
+    train.cosine_schedule: {"min_ratio": 0.1},
+    train.RandomWindows.__init__: {"seed": 0},
+    train.lm_loss: {"batch_size": 64, "max_windows": None},
+    train.save_checkpoint: {"scheduler": None, "batches": None, "extra": None},
+    train.load_checkpoint: {"optimizer": None, "scheduler": None, "batches": None},
+    train.LMHistory.__init__: {"step_loss": None, "lr": None, "grad_norm": None, "eval_steps": None,
+                               "val_loss": None, "seconds": 0.0, "tokens": 0},
+    train.train_lm: {"start_step": 0, "scheduler": None, "grad_clip": 1.0, "evaluate": None, "eval_every": None,
+                     "progress": True, "history": None},
 }
-OUTSIDE_THE_CORE = (runtime, ffn, checks, data, text, train, memory)
+OUTSIDE_THE_CORE = (runtime, ffn, checks, data, text, imdb, translation, train, memory)
 
 
 def defaults_of(fn) -> dict:
@@ -141,7 +159,7 @@ def test_the_table_lists_every_default():
 
 
 # ---------------------------------------------------------------------------
-# lib.text: the padding side and everything load_imdb passes on
+# lib.text and lib.imdb: the padding side and everything load_imdb passes on
 # ---------------------------------------------------------------------------
 
 
@@ -168,16 +186,12 @@ def test_vocab_defaults():
 
 
 def _toy_imdb(root: Path) -> None:
-    reviews = {
+    write_imdb(root, {
         "train/pos": ["great film , great acting , a great great story !", "great fun"],
         "train/neg": ["awful film , boring", "awful awful"],
         "test/pos": ["great"],
         "test/neg": ["boring film , truly awful and long"],
-    }
-    for sub, texts in reviews.items():
-        (root / sub).mkdir(parents=True)
-        for i, t in enumerate(texts):
-            (root / sub / f"{i}_5.txt").write_text(t)
+    })
 
 
 @pytest.fixture
@@ -190,35 +204,35 @@ def toy_imdb(tmp_path, monkeypatch):
 
 
 def test_load_imdb_defaults_reach_the_padding_and_the_cache(toy_imdb):
-    train_ds, test_ds, vocab = text.load_imdb()
+    train_ds, test_ds, vocab = imdb.load_imdb()
     x = train_ds.tensors[0]
     assert x.shape == (4, 256) and len(train_ds.tensors) == 2  # maxlen 256, with_lengths False
     assert len(vocab) <= 10000  # num_words
     first = vocab.encode(text.tokenize("great film , great acting , a great great story !"))
     row = next(i for i in range(len(x)) if x[i, : len(first)].tolist() == first)  # the order is shuffled
     assert x[row, len(first):].eq(0).all()  # padding "post"
-    explicit = text.load_imdb(num_words=10000, maxlen=256, subset=None, seed=0, padding="post",
+    explicit = imdb.load_imdb(num_words=10000, maxlen=256, subset=None, seed=0, padding="post",
                               truncating="pre", with_lengths=False)
     assert equal(explicit[0].tensors, train_ds.tensors) and explicit[2].itos == vocab.itos
     # the other side: a separate cache entry, not the post-padded one
-    pre = text.load_imdb(padding="pre")[0].tensors[0]
+    pre = imdb.load_imdb(padding="pre")[0].tensors[0]
     assert pre[row, -len(first):].tolist() == first and pre[row, : -len(first)].eq(0).all()
     # truncating "pre" keeps the end of a long review; "post" its start
-    short = text.load_imdb(maxlen=3)[0].tensors[0]
+    short = imdb.load_imdb(maxlen=3)[0].tensors[0]
     assert short[row].tolist() == first[-3:]
-    assert text.load_imdb(maxlen=3, truncating="post")[0].tensors[0][row].tolist() == first[:3]
+    assert imdb.load_imdb(maxlen=3, truncating="post")[0].tensors[0][row].tolist() == first[:3]
     # lengths count real tokens on either padding side
     for side in ("post", "pre"):
-        lengths = text.load_imdb(padding=side, with_lengths=True)[0].tensors[2]
-        assert lengths.tolist() == (text.load_imdb(padding=side)[0].tensors[0] != 0).sum(1).tolist()
+        lengths = imdb.load_imdb(padding=side, with_lengths=True)[0].tensors[2]
+        assert lengths.tolist() == (imdb.load_imdb(padding=side)[0].tensors[0] != 0).sum(1).tolist()
 
 
 def test_load_imdb_subset_and_seed_defaults(toy_imdb):
-    a = text.load_imdb(maxlen=8, subset=2)[0].tensors[0]
-    assert equal(a, text.load_imdb(maxlen=8, subset=2, seed=0)[0].tensors[0])  # seed 0
-    seeds = {tuple(text.load_imdb(maxlen=8, subset=2, seed=s)[0].tensors[0].flatten().tolist()) for s in range(6)}
+    a = imdb.load_imdb(maxlen=8, subset=2)[0].tensors[0]
+    assert equal(a, imdb.load_imdb(maxlen=8, subset=2, seed=0)[0].tensors[0])  # seed 0
+    seeds = {tuple(imdb.load_imdb(maxlen=8, subset=2, seed=s)[0].tensors[0].flatten().tolist()) for s in range(6)}
     assert len(seeds) > 1  # the seed is used
-    assert len(text.load_imdb(maxlen=8)[0]) == 4  # subset None: everything
+    assert len(imdb.load_imdb(maxlen=8)[0]) == 4  # subset None: everything
 
 
 def test_load_imdb_texts_default_root_fetches_imdb(monkeypatch, tmp_path):
@@ -226,7 +240,7 @@ def test_load_imdb_texts_default_root_fetches_imdb(monkeypatch, tmp_path):
     _toy_imdb(root)
     asked = []
     monkeypatch.setattr("lib.data.fetch", lambda name, **kw: asked.append(name) or root)
-    assert text.load_imdb_texts() == text.load_imdb_texts(root) and asked == ["imdb"]
+    assert imdb.load_imdb_texts() == imdb.load_imdb_texts(root) and asked == ["imdb"]
 
 
 # ---------------------------------------------------------------------------
@@ -564,14 +578,14 @@ def test_mha_mask_and_bias_on_both_paths(fast):
 
 def test_mha_size_defaults():
     mha = multihead.MultiHeadAttention(12, 3)
-    assert (mha.key_dim, mha.value_dim, mha.out_dim, mha.kdim, mha.vdim) == (4, 4, 12, 12, 12)
+    assert (mha.d_head, mha.value_dim, mha.out_dim, mha.kdim, mha.vdim) == (4, 4, 12, 12, 12)
     assert mha.dropout == 0.0 and not mha.fast and not mha.fused_qkv
     assert all(p.numel() for p in mha.parameters())
     assert sum(p.numel() for p in mha.parameters()) == 4 * (12 * 12 + 12)  # bias True on all four projections
     torch_ref = nn.MultiheadAttention(12, 3)
     assert sum(p.numel() for p in mha.parameters()) == sum(p.numel() for p in torch_ref.parameters())
-    kv = multihead.MultiHeadAttention(12, 3, key_dim=5)
-    assert kv.value_dim == 5  # value_dim defaults to key_dim, not to D // H
+    kv = multihead.MultiHeadAttention(12, 3, d_head=5)
+    assert kv.value_dim == 5  # value_dim defaults to d_head, not to D // H
     assert interop.keras_parameter_count(16, 2, 2) == 284  # the docstring's Keras example
     assert interop.keras_parameter_count(16, 2, 2, 2, 16, kdim=16, vdim=16, bias=True) == 284
     assert interop.masks_from_torch() == (None, None)
@@ -646,7 +660,7 @@ def test_sinusoidal_defaults_are_the_paper_and_d2l(d2l):
     assert equal(enc(x), ref(x)) and equal(enc(x), enc(x))
     assert equal(positional.sinusoidal_table(7, 8), _table(7, 8, 10000.0))
     assert positional.sinusoidal_table(3, 4).dtype == torch.float32
-    learned = positional.LearnedPositionalEmbedding(10, 8).train()
+    learned = positional.LearnedPositionalEmbedding(8, max_len=10).train()
     assert equal(learned(x), learned(x))  # dropout 0
 
 
@@ -717,3 +731,32 @@ def test_encoder_config_defaults_are_the_papers_base_model():
     expected = enc.embedding(tokens) * math.sqrt(8) + positional.sinusoidal_table(4, 8)  # scaled, sinusoidal
     assert equal(enc.embed(tokens), expected)
     assert equal(enc(tokens), enc(tokens, mask=None, valid_lens=None))
+
+
+# ---------------------------------------------------------------------------
+# lib.train's language-model pieces (lesson 11)
+# ---------------------------------------------------------------------------
+
+
+def test_lm_training_defaults_clip_at_one_and_seed_zero():
+    from lib.gpt import GPT, GPTConfig
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=7, context_len=6, d_model=8, num_layers=1, num_heads=2))
+        opt = torch.optim.SGD(model.parameters(), lr=5.0)  # a large step, so that clipping shows
+        batches = train.RandomWindows(torch.arange(50) % 7, block_size=6, batch_size=2, **kw.pop("windows", {}))
+        return train.train_lm(model, batches, optimizer=opt, steps=4, progress=False, **kw)
+
+    default = run()
+    assert default.step_loss == run(grad_clip=1.0, windows={"seed": 0}).step_loss
+    assert default.step_loss != run(grad_clip=None).step_loss  # the default clips
+    assert default.step_loss != run(windows={"seed": 1}).step_loss  # the seed chooses the windows
+    assert max(default.grad_norm) > 1.0  # there was something to clip
+
+
+def test_lm_loss_batch_size_changes_nothing_but_the_batching():
+    model = nn.Sequential(nn.Embedding(5, 5))
+    tokens = torch.arange(40) % 5
+    assert train.lm_loss(model, tokens, block_size=4) == pytest.approx(
+        train.lm_loss(model, tokens, block_size=4, batch_size=1, max_windows=None))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -54,7 +56,7 @@ def test_round_trip_conv_to_linear(B, T, D, F):
     torch.manual_seed(1)
     conv = PositionWiseFFNConv(D, F, activation="gelu")
     ffn = conv.to_linear()
-    back = PositionWiseFFNConv.from_linear(ffn)
+    back = ffn.to_conv()
     x = torch.randn(B, T, D)
     torch.testing.assert_close(ffn(x), conv(x), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(back(x), conv(x), atol=1e-6, rtol=1e-6)
@@ -82,7 +84,7 @@ def test_conversion_keeps_dropout_and_names():
     ffn = PositionWiseFFN(4, 8, dropout=0.25)
     assert [n for n, _ in ffn.named_children()] == ["fc1", "act", "drop", "fc2"]  # timm's Mlp order
     assert ffn.to_conv().drop.p == 0.25
-    assert PositionWiseFFN.from_conv(ffn.to_conv()).drop.p == 0.25
+    assert ffn.to_conv().to_linear().drop.p == 0.25
 
 
 def test_layer_converters():
@@ -162,7 +164,7 @@ def test_bad_arguments():
         PositionWiseFFN(4, 8, dropout=1.0)
     with pytest.raises(ValueError, match="positive"):
         PositionWiseFFNConv(0, 8)
-    with pytest.raises(ValueError, match="callable"):
+    with pytest.raises(TypeError, match="callable"):
         make_activation(3)
 
 
@@ -171,3 +173,53 @@ def test_device_and_dtype_follow_the_source():
     conv = ffn.to_conv()
     assert all(p.dtype == torch.float64 for p in conv.parameters())
     assert all(p.dtype == torch.float64 for p in conv.to_linear().parameters())
+
+
+# ---------------------------------------------------------------------------
+# SwiGLU (lesson 11) and the activations by name
+# ---------------------------------------------------------------------------
+
+
+def test_swiglu_matches_the_formula_and_llamas_mlp():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from lib.ffn import SwiGLU
+
+    torch.manual_seed(0)
+    D, F_ = 16, 40
+    ffn = SwiGLU(D, F_)
+    x = torch.randn(2, 5, D)
+    g, u, d = ffn.gate_proj.weight, ffn.up_proj.weight, ffn.down_proj.weight
+    written = (torch.nn.functional.silu(x @ g.T) * (x @ u.T)) @ d.T  # Shazeer (2020), eq. (6)
+    torch.testing.assert_close(ffn(x), written, atol=1e-6, rtol=1e-5)
+    hf = LlamaMLP(LlamaConfig(hidden_size=D, intermediate_size=F_, num_attention_heads=2, num_key_value_heads=2,
+                                hidden_act="silu"))
+    hf.load_state_dict(ffn.state_dict())  # the same parameter names
+    torch.testing.assert_close(ffn(x), hf(x), atol=1e-6, rtol=1e-5)
+    assert sum(p.numel() for p in ffn.parameters()) == 3 * D * F_  # no biases by default
+
+
+def test_swiglu_bias_dropout_gelu_gate_and_errors():
+    from lib.ffn import SwiGLU
+
+    torch.manual_seed(0)
+    ffn = SwiGLU(8, 12, bias=True, activation="gelu", dropout=0.5)
+    assert ffn.gate_proj.bias is not None and isinstance(ffn.act, nn.GELU)  # GEGLU
+    x = torch.randn(3, 8)
+    ffn.eval()
+    torch.testing.assert_close(ffn(x), ffn.down_proj(nn.functional.gelu(ffn.gate_proj(x)) * ffn.up_proj(x)))
+    ffn.train()
+    assert not torch.allclose(ffn(x), ffn(x))  # dropout acts in training only
+    with pytest.raises(ValueError, match=r"d_model=8"):
+        ffn(torch.randn(3, 7))
+    with pytest.raises(ValueError, match="dropout"):
+        SwiGLU(8, 12, dropout=1.0)
+
+
+def test_silu_and_gelu_tanh_by_name():
+    x = torch.linspace(-4, 4, 41)
+    torch.testing.assert_close(make_activation("silu")(x), x * torch.sigmoid(x))
+    gpt2 = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))  # GPT-2's gelu_new
+    torch.testing.assert_close(make_activation("gelu_tanh")(x), gpt2)
+    assert not torch.allclose(make_activation("gelu")(x), gpt2)  # the erf form differs

@@ -7,11 +7,18 @@ import torch
 from helpers import with_weights
 from torch import nn
 
-from lib.attention import Record, causal_mask, padding_mask
+from lib.attention import KVCache, Record, causal_mask, padding_mask
 from lib.checks import check_causal, check_close, check_permutation_equivariance
-from lib.interop import copy_mha_weights, keras_parameter_count, masks_from_torch
+from lib.interop import (
+    copy_mha_weights,
+    keras_parameter_count,
+    masks_from_torch,
+    mha_from_d2l,
+    mha_from_keras,
+    mha_from_torch,
+)
 from lib.memory import count_parameters
-from lib.multihead import KVCache, MultiHeadAttention, PositionalScheme, merge_heads, split_heads
+from lib.multihead import MultiHeadAttention, PositionalScheme, merge_heads, split_heads
 
 ATOL = 1e-5
 
@@ -57,7 +64,7 @@ def test_split_merge_heads_roundtrip_and_layout() -> None:
 def test_from_torch_self_attention(batch_first: bool, fast: bool) -> None:
     B, T, E, H = 3, 7, 16, 4
     ref = torch_mha(E, H, batch_first=batch_first)
-    ours = MultiHeadAttention.from_torch(ref, fast=fast)
+    ours = mha_from_torch(ref, fast=fast)
     x = torch.randn(B, T, E)
     xt = x if batch_first else x.transpose(0, 1)  # torch's (T, B, E) when not batch_first
     expected, expected_w = ref(xt, xt, xt, need_weights=True, average_attn_weights=False)
@@ -74,7 +81,7 @@ def test_from_torch_self_attention(batch_first: bool, fast: bool) -> None:
 def test_from_torch_key_padding_and_bool_attn_mask(fast: bool) -> None:
     B, Tq, Tk, E, H = 3, 5, 6, 8, 2
     ref = torch_mha(E, H, batch_first=True)
-    ours = MultiHeadAttention.from_torch(ref, fast=fast)
+    ours = mha_from_torch(ref, fast=fast)
     q, kv = torch.randn(B, Tq, E), torch.randn(B, Tk, E)
     kpm = torch.arange(Tk) >= torch.tensor([6, 3, 1])[:, None]  # (B, Tk), True = ignore
     attn_mask = torch.rand(Tq, Tk) < 0.3  # True = not allowed
@@ -89,7 +96,7 @@ def test_from_torch_key_padding_and_bool_attn_mask(fast: bool) -> None:
 def test_from_torch_float_and_3d_attn_mask(fast: bool) -> None:
     B, T, E, H = 2, 5, 8, 2
     ref = torch_mha(E, H, batch_first=True)
-    ours = MultiHeadAttention.from_torch(ref, fast=fast)
+    ours = mha_from_torch(ref, fast=fast)
     x = torch.randn(B, T, E)
     # float additive mask with -inf above the diagonal (nn.Transformer's causal mask)
     float_mask = nn.Transformer.generate_square_subsequent_mask(T) + 0.3 * torch.randn(T, T)
@@ -120,12 +127,12 @@ def test_from_torch_kdim_vdim_and_no_bias() -> None:
     B, Tq, Tk, E, H = 2, 4, 6, 12, 3
     ref = torch_mha(E, H, kdim=5, vdim=7, batch_first=True)
     assert ref.in_proj_weight is None  # separate q/k/v_proj_weight
-    ours = MultiHeadAttention.from_torch(ref)
+    ours = mha_from_torch(ref)
     q, k, v = torch.randn(B, Tq, E), torch.randn(B, Tk, 5), torch.randn(B, Tk, 7)
     check_close(ours(q, k, v), ref(q, k, v)[0], "kdim/vdim", atol=ATOL)
 
     ref = torch_mha(E, H, bias=False, batch_first=True)
-    ours = MultiHeadAttention.from_torch(ref, fused_qkv=True)
+    ours = mha_from_torch(ref, fused_qkv=True)
     assert ours.qkv.bias is None and ours.W_o.bias is None
     x = torch.randn(B, Tq, E)
     check_close(ours(x), ref(x, x, x)[0], "bias=False, fused", atol=ATOL)
@@ -133,9 +140,9 @@ def test_from_torch_kdim_vdim_and_no_bias() -> None:
 
 def test_from_torch_refuses_bias_kv_and_zero_attn() -> None:
     with pytest.raises(NotImplementedError, match="add_bias_kv"):
-        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
+        mha_from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
     with pytest.raises(NotImplementedError, match="add_zero_attn"):
-        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_zero_attn=True))
+        mha_from_torch(nn.MultiheadAttention(8, 2, add_zero_attn=True))
 
 
 # ---------------------------------------------------------------------------
@@ -150,8 +157,8 @@ def test_from_d2l_with_valid_lens(per_query: bool, d2l) -> None:
     q, kv = torch.randn(B, Tq, 7), torch.randn(B, Tk, 9)
     valid = torch.tensor([[1, 2, 3, 6], [6, 5, 4, 2]]) if per_query else torch.tensor([3, 6])
     ref(q, kv, kv, valid)  # initialises the LazyLinear layers
-    ours = MultiHeadAttention.from_d2l(ref)
-    assert (ours.d_model, ours.kdim, ours.vdim, ours.key_dim, ours.out_dim) == (7, 9, 9, 4, hidden)
+    ours = mha_from_d2l(ref)
+    assert (ours.d_model, ours.kdim, ours.vdim, ours.d_head, ours.out_dim) == (7, 9, 9, 4, hidden)
     expected = ref(q, kv, kv, valid)
     for fast in (False, True):
         ours.fast = fast
@@ -160,7 +167,7 @@ def test_from_d2l_with_valid_lens(per_query: bool, d2l) -> None:
 
 def test_from_d2l_needs_initialised_layers(d2l) -> None:
     with pytest.raises(ValueError, match="LazyLinear"):
-        MultiHeadAttention.from_d2l(d2l.MultiHeadAttention(8, 2, dropout=0.0))
+        mha_from_d2l(d2l.MultiHeadAttention(8, 2, dropout=0.0))
 
 
 # ---------------------------------------------------------------------------
@@ -170,7 +177,7 @@ def test_from_d2l_needs_initialised_layers(d2l) -> None:
 
 def test_fast_path_matches_explicit_path_with_mask_and_bias() -> None:
     B, Tq, Tk, D, H = 3, 5, 7, 16, 4
-    mha = MultiHeadAttention(D, H, key_dim=3, value_dim=5, out_dim=10, kdim=6, vdim=9).eval()
+    mha = MultiHeadAttention(D, H, d_head=3, value_dim=5, out_dim=10, kdim=6, vdim=9).eval()
     q, k, v = torch.randn(B, Tq, D), torch.randn(B, Tk, 6), torch.randn(B, Tk, 9)
     mask = padding_mask(torch.tensor([7, 2, 0]), Tk)  # batch 2: nothing to attend
     bias = torch.randn(H, Tq, Tk)
@@ -226,18 +233,29 @@ def test_dropout_only_in_training() -> None:
 
 
 def test_keras_parameter_counts_284_and_304() -> None:
-    assert count_parameters(MultiHeadAttention(16, 2, key_dim=2)) == 284
-    assert count_parameters(MultiHeadAttention(16, 2, key_dim=2, out_dim=20)) == 304
+    assert count_parameters(MultiHeadAttention(16, 2, d_head=2)) == 284
+    assert count_parameters(MultiHeadAttention(16, 2, d_head=2, out_dim=20)) == 304
     assert keras_parameter_count(16, 2, 2) == 3 * (16 * 4 + 4) + (4 * 16 + 16) == 284
     assert keras_parameter_count(16, 2, 2, out_dim=20) == 284 - 80 + (4 * 20 + 20) == 304
+
+
+def test_mha_from_keras_takes_keras_names() -> None:
+    """Keras' key_dim is d_head; value_dim and out_dim pass through; other arguments reach the layer."""
+    keras = mha_from_keras(16, 2, key_dim=3, value_dim=5, out_dim=20, bias=False, fast=True)
+    ours = MultiHeadAttention(16, 2, d_head=3, value_dim=5, out_dim=20, bias=False, fast=True)
+    assert (keras.d_head, keras.value_dim, keras.out_dim, keras.fast) == (3, 5, 20, True)
+    assert {n: p.shape for n, p in keras.named_parameters()} == {n: p.shape for n, p in ours.named_parameters()}
+    assert count_parameters(mha_from_keras(16, 2, 2)) == keras_parameter_count(16, 2, 2) == 284
+    with pytest.raises(TypeError, match="key_dim"):
+        mha_from_keras(16, 2, d_head=2)  # Keras' helper speaks Keras only
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
         dict(d_model=512, num_heads=8),
-        dict(d_model=32, num_heads=4, key_dim=16, value_dim=5, out_dim=7),
-        dict(d_model=10, num_heads=3, key_dim=4, kdim=6, vdim=11),
+        dict(d_model=32, num_heads=4, d_head=16, value_dim=5, out_dim=7),
+        dict(d_model=10, num_heads=3, d_head=4, kdim=6, vdim=11),
         dict(d_model=12, num_heads=2, bias=False),
         dict(d_model=12, num_heads=2, fused_qkv=True),
     ],
@@ -247,7 +265,7 @@ def test_parameter_count_matches_keras_formula(kwargs: dict) -> None:
     expected = keras_parameter_count(
         kwargs["d_model"],
         kwargs["num_heads"],
-        mha.key_dim,
+        mha.d_head,
         kwargs.get("value_dim"),
         kwargs.get("out_dim"),
         kdim=kwargs.get("kdim"),
@@ -364,7 +382,7 @@ def test_positional_scheme_without_overrides_changes_nothing() -> None:
     mha = copy_mha_weights(MultiHeadAttention(8, 2, positional=PositionalScheme()).eval(), plain)
     x = torch.randn(2, 4, 8)
     check_close(mha(x), plain(x), "no hooks", atol=0)
-    with pytest.raises(ValueError, match="PositionalScheme.*got Identity"):
+    with pytest.raises(TypeError, match="PositionalScheme.*got Identity"):
         MultiHeadAttention(8, 2, positional=nn.Identity())
 
 

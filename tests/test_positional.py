@@ -79,7 +79,7 @@ def _pos(T):
 
 
 def test_learned_embedding_adds_trainable_rows():
-    emb = LearnedPositionalEmbedding(12, 6)
+    emb = LearnedPositionalEmbedding(6, max_len=12)
     x = torch.randn(2, 5, 6)
     out = emb(x)
     torch.testing.assert_close(out - x, emb.embedding.weight[:5].expand(2, 5, 6))
@@ -89,13 +89,22 @@ def test_learned_embedding_adds_trainable_rows():
 
 
 def test_learned_embedding_errors():
-    emb = LearnedPositionalEmbedding(4, 6)
+    emb = LearnedPositionalEmbedding(6, max_len=4)
     with pytest.raises(ValueError, match="max_len=4"):
         emb(torch.randn(1, 5, 6))
     with pytest.raises(ValueError, match=r"\(B, T, D=6\)"):
         emb(torch.randn(1, 3, 5))
     with pytest.raises(ValueError, match="max_len"):
-        LearnedPositionalEmbedding(0, 6)
+        LearnedPositionalEmbedding(6, max_len=0)
+
+
+def test_absolute_encodings_take_d_model_first_and_max_len_by_name():
+    """The two siblings agree: (d_model, *, max_len); the old (max_len, d_model) order cannot slip through."""
+    for cls in (SinusoidalEncoding, LearnedPositionalEmbedding):
+        enc = cls(6, max_len=12)
+        assert (enc.d_model, enc.max_len) == (6, 12)
+        with pytest.raises(TypeError):
+            cls(12, 6)
 
 
 # ---------------------------------------------------------------- Shaw et al. relative positions
@@ -366,8 +375,8 @@ def test_mha_with_alibi_and_fast_path():
 @pytest.mark.parametrize("fast", [False, True])
 def test_relative_schemes_cached_equals_uncached(name, fast):
     """Keys are rotated/biased by their own positions once: cached decoding gives the full causal result."""
-    from lib.attention import Record
-    from lib.multihead import KVCache, MultiHeadAttention
+    from lib.attention import KVCache, Record
+    from lib.multihead import MultiHeadAttention
 
     torch.manual_seed(0)
     scheme = build(name, d_model=16, num_heads=4, max_distance=3)
@@ -397,7 +406,7 @@ def test_registry_builds_every_scheme_and_refuses_unknown_names():
 
 @pytest.mark.parametrize("cls", [SinusoidalEncoding, LearnedPositionalEmbedding])
 def test_absolute_offset_continues_the_table(cls):
-    enc = cls(16, 12) if cls is SinusoidalEncoding else cls(12, 16)
+    enc = cls(16, max_len=12)
     x = torch.randn(2, 7, 16)
     full = enc(x)
     torch.testing.assert_close(torch.cat([enc(x[:, :3]), enc(x[:, 3:], offset=3)], 1), full)

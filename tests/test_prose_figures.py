@@ -69,7 +69,7 @@ NOT_FROM_A_RUN: dict[str, dict[str, str]] = {
         "0.029": "arithmetic: 0.05 / sqrt(3)",
         "88.4": "the source's Keras run after one epoch, quoted",
         "85.7": "the source's Keras run after three epochs, quoted",
-        "2,540": "the validation split of tools/imdb_search.py (its printed size)",
+        "2,540": "the validation split of bench/imdb_search.py (its printed size)",
     },
     "07_transformer_decoder": {
         "167,130": "the size of d2l's fra-eng (lib.data's registry entry)",

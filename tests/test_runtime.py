@@ -94,3 +94,25 @@ def test_the_committed_lock_names_the_course_stack():
     recorded = recorded_versions(LOCK_FILE)
     for package in ("torch", "torchvision", "numpy", "matplotlib", "nbval", "nbgrader", "d2l"):
         assert package in recorded, f"{LOCK_FILE.name} does not record {package}: run `make lock`"
+
+
+def test_check_positive_int_separates_types_from_values() -> None:
+    runtime.check_positive_int(a=1, b=7)
+    for bad in (2.0, True, "3", None):
+        with pytest.raises(TypeError, match=r"num_heads must be a positive int, got \w+"):
+            runtime.check_positive_int(num_heads=bad)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=rf"max_len must be a positive int, got {bad}"):
+            runtime.check_positive_int(ok=2, max_len=bad)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_restores_the_previous_mode_even_on_error(training: bool) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).train(training)
+    with runtime.eval_mode(model) as inside:
+        assert inside is model and not model.training and not model[1].training
+    assert model.training is training and model[1].training is training
+    with pytest.raises(RuntimeError, match="boom"), runtime.eval_mode(model):
+        assert not model.training
+        raise RuntimeError("boom")
+    assert model.training is training and model[1].training is training

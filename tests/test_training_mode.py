@@ -28,7 +28,7 @@ from lib.attention import (
     scaled_dot_product_attention,
 )
 from lib.ffn import PositionWiseFFN, PositionWiseFFNConv, conv1d_to_linear, linear_to_conv1d
-from lib.multihead import MultiHeadAttention
+from lib.interop import mha_from_d2l, mha_from_torch
 from lib.positional import LearnedPositionalEmbedding, SinusoidalEncoding, sinusoidal_table
 from lib.transformer import EncoderBlock, Residual
 
@@ -79,8 +79,8 @@ def test_conv_ffn_dropout_sits_between_the_activation_and_conv2():
 def test_ffn_converters_carry_dropout_and_mode(training):
     linear = PositionWiseFFN(8, 16, activation="gelu", dropout=P).train(training)
     conv = linear.to_conv()
-    back = PositionWiseFFN.from_conv(conv)
-    for twin in (conv, back, PositionWiseFFNConv.from_linear(linear), conv.to_linear()):
+    back = conv.to_linear()
+    for twin in (conv, back):
         assert twin.training is training, type(twin).__name__
         assert all(m.training is training for m in twin.modules())
         assert twin.drop.p == P
@@ -178,7 +178,7 @@ def _torch_mha(D: int, H: int, **kw) -> nn.MultiheadAttention:
 def test_mha_matches_torch_in_training(fast, need_weights, fused_qkv):
     B, T, D, H = 2, 5, 12, 3
     ref = _torch_mha(D, H).train()
-    ours = MultiHeadAttention.from_torch(ref, fused_qkv=fused_qkv, fast=fast)
+    ours = mha_from_torch(ref, fused_qkv=fused_qkv, fast=fast)
     assert ours.training
     x = torch.randn(B, T, D)
     valid = torch.tensor([5, 2])
@@ -193,7 +193,7 @@ def test_mha_matches_torch_in_training(fast, need_weights, fused_qkv):
 def test_mha_cross_attention_matches_torch_in_training():
     B, Tq, Tk, D, H = 2, 3, 6, 8, 2
     ref = _torch_mha(D, H, kdim=5, vdim=7).train()
-    ours = MultiHeadAttention.from_torch(ref)
+    ours = mha_from_torch(ref)
     q, k, v = torch.randn(B, Tq, D), torch.randn(B, Tk, 5), torch.randn(B, Tk, 7)
     assert_same(seeded(lambda: ours(q, k, v)), seeded(lambda: ref(q, k, v)[0]))
 
@@ -202,7 +202,7 @@ def test_mha_cross_attention_matches_torch_in_training():
 def test_mha_converters_carry_the_mode_and_dropout(d2l, training):
     ref = _torch_mha(8, 2).train(training)
     for fast in (False, True):
-        ours = MultiHeadAttention.from_torch(ref, fast=fast)
+        ours = mha_from_torch(ref, fast=fast)
         assert ours.training is training and all(m.training is training for m in ours.modules())
         x = torch.randn(2, 4, 8)
         assert_same(seeded(ours, x), seeded(ref, x, x, x)[0])
@@ -210,7 +210,7 @@ def test_mha_converters_carry_the_mode_and_dropout(d2l, training):
     x = torch.randn(2, 4, 8)
     d2l_mha(x, x, x, None)  # materialise the lazy layers
     d2l_mha.train(training)
-    ours = MultiHeadAttention.from_d2l(d2l_mha)
+    ours = mha_from_d2l(d2l_mha)
     assert ours.training is training
     vl = torch.tensor([4, 2])
     assert_same(seeded(lambda: ours(x, mask=padding_mask(vl, 4))), seeded(lambda: d2l_mha(x, x, x, vl)))
@@ -230,7 +230,7 @@ def _copy_(dst: nn.Module, src: nn.Module) -> None:
 def _block_like(layer: nn.TransformerEncoderLayer, H: int, fast: bool) -> EncoderBlock:
     D, Fh = layer.linear1.in_features, layer.linear1.out_features
     block = EncoderBlock(D, H, Fh, dropout=P, norm_first=layer.norm_first, activation="gelu", fast=fast)
-    block.attention = MultiHeadAttention.from_torch(layer.self_attn, fast=fast)
+    block.attention = mha_from_torch(layer.self_attn, fast=fast)
     _copy_(block.ffn.fc1, layer.linear1)
     _copy_(block.ffn.fc2, layer.linear2)
     _copy_(block.residual1.norm, layer.norm1)
@@ -301,7 +301,7 @@ def test_sinusoidal_encoding_matches_d2l_in_training(d2l):
 
 def test_learned_positions_dropout_is_on_the_sum():
     B, T, D = 2, 5, 8
-    pos = LearnedPositionalEmbedding(10, D, dropout=P).train()
+    pos = LearnedPositionalEmbedding(D, max_len=10, dropout=P).train()
     x = torch.randn(B, T, D)
     assert_same(seeded(lambda: pos(x)), seeded(lambda: F.dropout(x + pos.table(T), P)))
     assert_dropout_active(pos, x)
@@ -365,8 +365,8 @@ def test_decoder_block_matches_torch_in_training(norm_first):
     ).train()
     block = DecoderBlock(
         D, H, Fh, dropout=P, norm_first=norm_first, activation="gelu",
-        self_attention=MultiHeadAttention.from_torch(layer.self_attn),
-        cross_attention=MultiHeadAttention.from_torch(layer.multihead_attn),
+        self_attention=mha_from_torch(layer.self_attn),
+        cross_attention=mha_from_torch(layer.multihead_attn),
     ).train()
     _copy_(block.ffn.fc1, layer.linear1)
     _copy_(block.ffn.fc2, layer.linear2)

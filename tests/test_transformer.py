@@ -16,7 +16,7 @@ from torch import nn
 
 from lib.attention import padding_mask
 from lib.checks import check_permutation_equivariance
-from lib.multihead import MultiHeadAttention
+from lib.interop import mha_from_d2l, mha_from_torch
 from lib.positional import sinusoidal_table
 from lib.transformer import (
     Encoder,
@@ -97,7 +97,7 @@ def test_encoder_block_matches_d2l(use_bias, B, T, D, H, F):
     randomise_norms_(ref)
 
     ours = EncoderBlock(D, H, F).eval()
-    ours.attention = MultiHeadAttention.from_d2l(ref.attention).eval()  # d2l's W_q, W_k, W_v, W_o
+    ours.attention = mha_from_d2l(ref.attention).eval()  # d2l's W_q, W_k, W_v, W_o
     copy_(ours.ffn.fc1, ref.ffn.dense1)
     copy_(ours.ffn.fc2, ref.ffn.dense2)
     copy_(ours.residual1.norm, ref.addnorm1.ln)
@@ -120,7 +120,7 @@ def _block_from_torch(layer: nn.TransformerEncoderLayer, num_heads: int, activat
         D, num_heads, layer.linear1.out_features, norm_first=layer.norm_first,
         activation=activation, eps=layer.norm1.eps,
     )
-    block.attention = MultiHeadAttention.from_torch(layer.self_attn)  # splits the fused in_proj_weight
+    block.attention = mha_from_torch(layer.self_attn)  # splits the fused in_proj_weight
     copy_(block.ffn.fc1, layer.linear1)
     copy_(block.ffn.fc2, layer.linear2)
     copy_(block.residual1.norm, layer.norm1)
@@ -214,11 +214,11 @@ def test_block_errors():
         block(torch.randn(5, 16))
     with pytest.raises(ValueError, match="divisible"):
         EncoderBlock(10, 4, 32)
-    EncoderBlock(10, 4, 32, key_dim=8)  # an explicit per-head size lifts the constraint
+    EncoderBlock(10, 4, 32, d_head=8)  # an explicit per-head size lifts the constraint
 
 
 def test_block_key_dim_and_no_bias():
-    block = EncoderBlock(16, 2, 32, key_dim=4, bias=False)
+    block = EncoderBlock(16, 2, 32, d_head=4, bias=False)
     assert block(torch.randn(1, 3, 16)).shape == (1, 3, 16)
     assert block.ffn.fc1.bias is None
 
@@ -344,3 +344,67 @@ def test_masked_mean_pool_averages_the_real_positions_only():
         masked_mean_pool(x, keep.float())
     with pytest.raises(ValueError, match=r"\(4, 7\)"):
         masked_mean_pool(x, keep[:, :5])
+
+
+# ---------------------------------------------------------------------------
+# RMSNorm and the norm as a choice (lesson 11)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_matches_torch_and_the_written_out_formula(dtype):
+    from lib.transformer import RMSNorm
+
+    torch.manual_seed(0)
+    D = 24
+    norm = RMSNorm(D, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    ref = nn.RMSNorm(D, eps=1e-6)
+    ref.weight.data.copy_(norm.weight)
+    x = (torch.randn(3, 5, D) * 3 + 1).to(dtype)
+    x64 = x.double()
+    written = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight.double()  # Zhang & Sennrich eq. 4
+    out = norm.to(dtype)(x)
+    assert out.dtype == dtype
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.double(), written, **tol)
+    torch.testing.assert_close(out, ref.to(dtype)(x), **tol)
+    # bf16: the statistic is taken in float32, so the error is two roundings (the normalised x, the product)
+    if dtype == torch.bfloat16:
+        assert (out.double() - written).abs().max() <= (written.abs().max() * 2**-7).item()
+
+
+def test_rmsnorm_is_scale_invariant_and_has_no_bias():
+    from lib.transformer import RMSNorm
+
+    norm = RMSNorm(8, eps=0.0)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(norm(x), norm(7.5 * x))  # RMS(c x) = |c| RMS(x)
+    assert [n for n, _ in norm.named_parameters()] == ["weight"]
+    assert not torch.allclose(norm(x), nn.LayerNorm(8, elementwise_affine=False, eps=0.0)(x))  # no centring
+    with pytest.raises(ValueError, match=r"d_model=8"):
+        norm(torch.randn(2, 9))
+
+
+def test_residual_and_blocks_take_the_norm_by_name_or_factory():
+    from lib.transformer import RMSNorm, make_norm
+
+    assert isinstance(Residual(8, norm_first=True).norm, nn.LayerNorm)
+    assert isinstance(Residual(8, norm_first=True, norm="rms", eps=1e-6).norm, RMSNorm)
+    assert Residual(8, norm_first=True, norm="rms", eps=1e-6).norm.eps == 1e-6
+    block = EncoderBlock(8, 2, 16, norm_first=True, norm="rms")
+    assert isinstance(block.residual1.norm, RMSNorm) and isinstance(block.residual2.norm, RMSNorm)
+    assert block.residual1.norm is not block.residual2.norm
+    no_bias = EncoderBlock(8, 2, 16, norm_first=True, norm=lambda d: nn.LayerNorm(d, bias=False))
+    assert no_bias.residual1.norm.bias is None
+    # the norm really is the one used: the block computes with RMSNorm what the written-out pre-norm block computes
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    expected = x + block.attention(block.residual1.norm(x))
+    expected = expected + block.ffn(block.residual2.norm(expected))
+    torch.testing.assert_close(block(x), expected)
+    with pytest.raises(ValueError, match="unknown norm"):
+        make_norm("batch", 8)
+    with pytest.raises(TypeError, match="factory"):
+        Residual(8, norm_first=True, norm=nn.LayerNorm(8))  # a module would be shared: a factory is asked for

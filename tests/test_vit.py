@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib.interop import vit_from_timm
 from lib.vit import (
     PatchEmbed,
-    PatchEmbedLinear,
     ViT,
     ViTConfig,
     conv_to_linear,
@@ -117,7 +117,7 @@ def test_conv_and_linear_twins_agree_in_outputs_and_gradients(img, P, C, D, norm
 
 def test_twins_without_flatten_return_the_grid():
     conv = PatchEmbed(8, 2, 3, 5, flatten=False)
-    lin = PatchEmbedLinear.from_conv(conv)
+    lin = conv.to_linear()
     x = torch.randn(2, 3, 8, 8)
     assert conv(x).shape == (2, 5, 4, 4)
     close(conv(x), lin(x), "flatten=False")
@@ -160,7 +160,7 @@ def test_patch_embed_norm_matches_timm(timm):
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(4, 3, 8, 8)
     close(ours(x), ref(x), "PatchEmbed(norm=True) vs timm's norm_layer=LayerNorm")
-    close(PatchEmbedLinear.from_conv(ref)(x), ref(x), "the Linear twin of timm's PatchEmbed")
+    close(ours.to_linear()(x), ref(x), "the Linear twin of timm's PatchEmbed")
 
 
 @pytest.mark.parametrize("H,W", [(10, 10), (9, 13), (8, 8)])
@@ -283,7 +283,7 @@ def _compare_with_timm(ref: nn.Module, ours: ViT, x: torch.Tensor, seed: int | N
 @pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_vit_matches_timm_in_eval_mode(timm, kw):
     ref = timm_vit(timm, **kw).eval()
-    ours = ViT.from_timm(ref).eval()
+    ours = vit_from_timm(ref).eval()
     c = ours.config
     assert (c.global_pool, c.class_token) == (ref.global_pool, ref.cls_token is not None)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
@@ -294,7 +294,7 @@ def test_vit_matches_timm_in_eval_mode(timm, kw):
 @pytest.mark.parametrize("kw", VARIANTS[:3], ids=["token", "avg", "avg-with-class-token"])
 def test_vit_matches_timm_in_training_mode_with_dropout(timm, kw):
     ref = timm_vit(timm, proj_drop_rate=0.2, attn_drop_rate=0.3, pos_drop_rate=0.1, **kw).train()
-    ours = ViT.from_timm(ref).train()
+    ours = vit_from_timm(ref).train()
     assert (ours.config.dropout, ours.config.attn_dropout, ours.config.pos_dropout) == (0.2, 0.3, 0.1)
     x = torch.randn(4, 1, 8, 8)
     _compare_with_timm(ref, ours, x, seed=7)
@@ -305,7 +305,7 @@ def test_vit_matches_timm_in_training_mode_with_dropout(timm, kw):
 
 def test_from_timm_rejects_what_it_cannot_express(timm):
     with pytest.raises(ValueError, match="register tokens"):
-        ViT.from_timm(timm_vit(timm, reg_tokens=2))
+        vit_from_timm(timm_vit(timm, reg_tokens=2))
 
 
 # ---------------------------------------------------------------------------

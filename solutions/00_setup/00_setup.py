@@ -19,7 +19,17 @@
 #   instructors; it is the single source from which `notebooks/` is generated.
 #
 # This first notebook checks your environment, shows how the exercises work, and
-# walks through a warm-up exercise. **Points in this lesson: 3** (one exercise).
+# walks through a warm-up exercise. In this lesson you will
+#
+# 1. see which versions of the course's packages you run and check the device that computes,
+# 2. see what quick mode changes,
+# 3. learn how an exercise works: your code, a check cell that answers at once, hidden tests
+#    when it is graded,
+# 4. write a numerically stable softmax (exercise 1).
+#
+# **Points in this lesson: 3** (one exercise).
+#
+# *Run time:* a few seconds on a 2-core CPU.
 
 # %%
 import platform

@@ -14,12 +14,22 @@
 # (Bahdanau et al., 2015) and **scaled dot-product** attention (Vaswani et al., 2017,
 # §3.2.1), and the machinery every real model needs around them: **masks** that hide
 # padding and the future. It ends by mapping Keras' `Attention` layer onto the same
-# pieces.
+# pieces. In this lesson you will
+#
+# 1. mask padded keys so that their weights are exactly zero, and write the masked softmax
+#    (exercise 1),
+# 2. build additive attention,
+# 3. build scaled dot-product attention and see why the scores are divided by $\sqrt{d}$,
+# 4. hide the future with a causal mask, test for leaks with gradients, and write causal
+#    self-attention (exercise 2),
+# 5. map Keras' `Attention` layer onto `lib`.
 #
 # Shapes used throughout: `B` batch, `H` heads, `Tq`/`Tk` numbers of queries and keys,
 # `Dk` query/key size, `Dv` value size.
 #
 # **Points in this lesson: 10** (exercise 1: 5, exercise 2: 5).
+#
+# *Run time:* about fifteen seconds on a 2-core CPU.
 
 # %%
 import math

@@ -31,6 +31,9 @@
 # 7. look at what different heads attend to.
 #
 # **Points in this lesson: 8** (exercise 1: 3, exercise 2: 5).
+#
+# *Run time:* about ten seconds on a 2-core CPU in full mode; `COURSE_QUICK=1` times a smaller
+# batch.
 
 # %%
 import copy
@@ -41,7 +44,7 @@ from torch import nn
 
 from lib.attention import Record, causal_mask, padding_mask, scaled_dot_product_attention
 from lib.checks import check_causal, check_close, check_permutation_equivariance, check_shape, passed
-from lib.interop import keras_parameter_count, masks_from_torch
+from lib.interop import keras_parameter_count, masks_from_torch, mha_from_keras, mha_from_torch
 from lib.memory import count_parameters, cuda_peak_bytes
 from lib.multihead import MultiHeadAttention
 from lib.plot import show_heatmaps
@@ -355,7 +358,7 @@ def _weights_of(m: MultiHeadAttention):
 
 
 _g = torch.Generator().manual_seed(321)
-_cases = [  # (B, Tq, Tk, D, H, key_dim, value_dim, out_dim, kdim, vdim)
+_cases = [  # (B, Tq, Tk, D, H, d_head, value_dim, out_dim, kdim, vdim)
     (1, 1, 1, 4, 1, 4, 4, 4, 4, 4),
     (3, 4, 7, 12, 3, 4, 4, 12, 12, 12),
     (2, 5, 3, 10, 2, 3, 6, 7, 5, 9),
@@ -364,7 +367,7 @@ _cases = [  # (B, Tq, Tk, D, H, key_dim, value_dim, out_dim, kdim, vdim)
 _forbidden = ("lib.multihead.MultiHeadAttention", "torch.nn.MultiheadAttention",
               "torch.nn.functional.multi_head_attention_forward")
 for _B, _Tq, _Tk, _D, _H, _kd, _vd, _od, _ki, _vi in _cases:
-    _ref = MultiHeadAttention(_D, _H, key_dim=_kd, value_dim=_vd, out_dim=_od, kdim=_ki, vdim=_vi, bias=False).eval()
+    _ref = MultiHeadAttention(_D, _H, d_head=_kd, value_dim=_vd, out_dim=_od, kdim=_ki, vdim=_vi, bias=False).eval()
     _W = _weights_of(_ref)
     _q = torch.randn(_B, _Tq, _D, generator=_g)
     _k = torch.randn(_B, _Tk, _ki, generator=_g)
@@ -401,7 +404,7 @@ passed("hidden tests of mha_forward")
 #
 # `lib.multihead.MultiHeadAttention` is the layer you just wrote, with biases,
 # dropout on the attention weights, and a `fast=True` switch to PyTorch's fused kernel.
-# `MultiHeadAttention.from_torch` copies the weights of a `torch.nn.MultiheadAttention`
+# `lib.interop.mha_from_torch` copies the weights of a `torch.nn.MultiheadAttention`
 # (whose `in_proj_weight` is the stacked `qkv` of section 3). Two conventions differ:
 #
 # * `torch.nn.MultiheadAttention` is **sequence-first** (T, B, D) unless built with
@@ -411,7 +414,7 @@ passed("hidden tests of mha_forward")
 
 # %%
 torch_mha = nn.MultiheadAttention(16, 4)  # sequence-first, the default
-ours = MultiHeadAttention.from_torch(torch_mha)
+ours = mha_from_torch(torch_mha)
 x = torch.randn(3, 6, 16)  # (B, T, D)
 pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2, [False] * 2 + [True] * 4])  # (B, T): True = padding
 
@@ -439,11 +442,12 @@ print("fast path too:", (ours(x, mask=mask) - expected).abs().max().item() < 1e-
 #   **284**.
 # * the same with output size 20: the output layer becomes $4 \cdot 20 + 20 = 100$: **304**.
 #
-# `lib`'s `key_dim`, `value_dim` and `out_dim` mirror Keras' arguments.
+# `lib.interop.mha_from_keras` takes Keras' arguments (`MultiHeadAttention` itself calls
+# `key_dim` `d_head`).
 
 # %%
 for kwargs in (dict(key_dim=2), dict(key_dim=2, out_dim=20)):
-    m = MultiHeadAttention(16, 2, **kwargs)
+    m = mha_from_keras(16, 2, **kwargs)
     sizes = {name: p.numel() for name, p in m.named_parameters()}
     print(kwargs, "->", count_parameters(m), "parameters:", sizes)
 print("Keras formula:", keras_parameter_count(16, 2, 2), keras_parameter_count(16, 2, 2, out_dim=20))
@@ -561,8 +565,8 @@ import time
 Bt, Tt = pick(full=(8, 256), quick=(2, 32))
 ref_mha = nn.MultiheadAttention(256, 8, batch_first=True).to(dev)
 candidates = {
-    "lib explicit": MultiHeadAttention.from_torch(ref_mha).to(dev),
-    "lib fast": MultiHeadAttention.from_torch(ref_mha, fast=True).to(dev),
+    "lib explicit": mha_from_torch(ref_mha).to(dev),
+    "lib fast": mha_from_torch(ref_mha, fast=True).to(dev),
     "torch.nn.MultiheadAttention": lambda t: ref_mha(t, t, t, need_weights=False)[0],
 }
 xt = torch.randn(Bt, Tt, 256, device=dev, requires_grad=True)

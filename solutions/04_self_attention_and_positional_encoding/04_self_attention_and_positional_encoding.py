@@ -33,6 +33,9 @@
 #
 # **Points in this lesson: 12** (exercise 1: 4, of which 2 for a written answer;
 # exercise 2: 4; exercise 3: 4). The stretch part of exercise 3 is ungraded.
+#
+# *Run time:* a little over a minute on a 2-core CPU in full mode;
+# `COURSE_QUICK=1` times fewer sequence lengths and trains the length-extrapolation models for a few steps.
 
 # %%
 import contextlib
@@ -638,7 +641,7 @@ with forbid("lib.positional.LearnedPositionalEmbedding", "lib.positional.Sinusoi
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# `pos.LearnedPositionalEmbedding(max_len, d_model)` is the library's version. Learned
+# `pos.LearnedPositionalEmbedding(d_model, max_len=...)` is the library's version. Learned
 # positions are as good as sinusoidal ones on the lengths seen in training (Vaswani et al.
 # 2017, table 3, row E), but they say nothing about positions beyond `max_len`, and rows
 # that training never reached stay at their random initial values. Section 8 measures
@@ -889,8 +892,8 @@ class TinyCausalLM(nn.Module):
         d_head = d_model // num_heads
         self.embed = nn.Embedding(vocab, d_model)
         self.absolute = {
-            "sinusoidal": lambda: pos.SinusoidalEncoding(d_model, max_len),
-            "learned": lambda: pos.LearnedPositionalEmbedding(max_len, d_model),
+            "sinusoidal": lambda: pos.SinusoidalEncoding(d_model, max_len=max_len),
+            "learned": lambda: pos.LearnedPositionalEmbedding(d_model, max_len=max_len),
         }.get(scheme, nn.Identity)()
 
         def relative() -> nn.Module | None:  # one per layer (Shaw's tables are learned per layer)

@@ -29,6 +29,9 @@
 #    attention matrix, and check every number against a measurement (exercise 3).
 #
 # **Points in this lesson: 15** (exercise 1: 5, exercise 2: 5, exercise 3: 5).
+#
+# *Run time:* about twenty seconds on a 2-core CPU in full mode; `COURSE_QUICK=1` times a
+# smaller layer, fewer times.
 
 # %%
 import matplotlib.pyplot as plt
@@ -239,7 +242,7 @@ print(conv)
 print("fc1.weight", tuple(ffn.fc1.weight.shape), "-> conv1.weight", tuple(conv.conv1.weight.shape))
 print("same numbers:", torch.equal(conv.conv1.weight.squeeze(-1), ffn.fc1.weight))
 print("Conv1d FFN == Linear FFN:", torch.allclose(conv(x), ffn(x), atol=1e-6))
-back = PositionWiseFFN.from_conv(conv)
+back = conv.to_linear()
 print("round trip Linear -> Conv1d -> Linear gives the same weights:", torch.equal(back.fc2.weight, ffn.fc2.weight))
 
 # %% [markdown]
@@ -331,8 +334,7 @@ linears += [ffn_ref.fc1, ffn_ref.fc2]
 references = (lib.ffn.linear_to_conv1d, lib.ffn.conv1d_to_linear, lib.ffn.PositionWiseFFNConv)
 aliases = {name: _refuse_conv for name, value in list(globals().items()) if any(value is r for r in references)}
 convs = []
-with mock.patch.object(lib.ffn.PositionWiseFFNConv, "from_linear", _refuse_conv), \
-        mock.patch.object(lib.ffn.PositionWiseFFN, "to_conv", _refuse_conv), \
+with mock.patch.object(lib.ffn.PositionWiseFFN, "to_conv", _refuse_conv), \
         forbid("lib.ffn.linear_to_conv1d", "lib.ffn.conv1d_to_linear", "lib.ffn.PositionWiseFFNConv"), \
         mock.patch.dict(globals(), aliases):
     convs.extend(my_linear_to_conv1d(lin) for lin in linears)
@@ -539,7 +541,7 @@ for t in encoder_layer_saved_tensors(2, 6, 16, 4, 64):
 #
 # ### A table for a few model sizes
 #
-# One layer, fp16 activations, a batch of 8 sequences of 512 tokens:
+# One layer, fp16 activations on a GPU (`device="cuda"`, where LayerNorm keeps its statistics in fp32; the CPU keeps them in fp16), a batch of 8 sequences of 512 tokens:
 
 # %%
 def layer_table(B: int, T: int) -> None:
@@ -548,7 +550,7 @@ def layer_table(B: int, T: int) -> None:
     for model, d, h in [("Transformer base", 512, 8), ("BERT base", 768, 12), ("BERT large", 1024, 16),
                         ("GPT-3 2.7B", 2560, 32)]:
         P = layer_parameters(d)
-        act = encoder_layer_activation_bytes(B, T, d, h, dtype=torch.float16)
+        act = encoder_layer_activation_bytes(B, T, d, h, dtype=torch.float16, device="cuda")
         print(f"{model:<16} {d:>5} {h:>3} {P:>13,} {12 * d * d:>12,} {format_bytes(20 * P):>14} "
               f"{format_bytes(act['total']):>12} {format_bytes(act['attention']):>14}")
 
@@ -566,7 +568,7 @@ layer_table(B=8, T=512)
 lengths = [128, 256, 512, 1024, 2048, 4096]
 linear_part, attn_part = [], []
 for Tn in lengths:
-    act = encoder_layer_activation_bytes(8, Tn, 768, 12, dtype=torch.float16)
+    act = encoder_layer_activation_bytes(8, Tn, 768, 12, dtype=torch.float16, device="cuda")
     linear_part.append((act["total"] - act["attention"]) / 2**20)
     attn_part.append(act["attention"] / 2**20)
 fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -722,7 +724,7 @@ passed("hidden tests passed")
 # * The FFN is $\max(0, xW_1 + b_1)W_2 + b_2$ at every position, with the same weights:
 #   permuting positions commutes with it, and each position can be computed alone.
 # * A Conv1d with kernel size 1 is the same map (weight `(out, in, 1)` = Linear weight
-#   `(out, in)` with an extra axis); `PositionWiseFFN.to_conv()` / `from_conv()` convert.
+#   `(out, in)` with an extra axis); `PositionWiseFFN.to_conv()` / `PositionWiseFFNConv.to_linear()` convert.
 #   `nn.Linear` is the simpler and usually faster choice (one GEMM, no transposes).
 # * timm's `Mlp` is the same sub-layer: `fc1`, `act`, `drop`, `fc2`.
 # * A layer has $12d^2 + 13d$ parameters; mixed-precision Adam needs 20 bytes for each.

@@ -8,7 +8,7 @@
 #
 # 1. read the encoder block in its two variants, **post-norm** (the paper) and **pre-norm**
 #    (GPT-2, ViT), and count its parameters the way Keras does,
-# 2. load the IMDB movie-review dataset through `lib.data` / `lib.text`
+# 2. load the IMDB movie-review dataset through `lib.data` / `lib.imdb`
 #    (25,000 training and 25,000 test reviews, a 10,000-word vocabulary, 256 tokens per review),
 # 3. write **masked mean pooling** (exercise 1), which averages only the real tokens,
 # 4. rebuild four Keras sentiment models in PyTorch with *exactly* Keras' parameter counts,
@@ -35,12 +35,13 @@ from torch.utils.data import DataLoader
 
 from lib.attention import DotProductAttention
 from lib.checks import call_explained, check_close, check_shape, passed
+from lib.imdb import load_imdb
 from lib.interop import keras_parameter_count
 from lib.multihead import MultiHeadAttention
 from lib.plot import plot_curves
 from lib.positional import LearnedPositionalEmbedding
 from lib.runtime import device, pick, seed_everything
-from lib.text import load_imdb, tokenize
+from lib.text import tokenize
 from lib.train import evaluate, fit
 from lib.transformer import EncoderBlock
 from lib.transformer import masked_mean_pool as _masked_mean_pool_reference
@@ -73,7 +74,7 @@ dev = device()
 _ = torch.manual_seed(0)
 x = torch.randn(2, 7, 16)  # (B, T, D)
 for norm_first in (False, True):
-    block = EncoderBlock(16, 2, 64, norm_first=norm_first, key_dim=16).eval()
+    block = EncoderBlock(16, 2, 64, norm_first=norm_first, d_head=16).eval()
     y = block(x)  # (B, T, D)
     print(f"norm_first={norm_first!s:5}: {tuple(x.shape)} -> {tuple(y.shape)}, "
           f"output mean/std per position {y.mean(-1).abs().max().item():.3f} / {y.std(-1).mean().item():.3f}")
@@ -89,7 +90,7 @@ for norm_first in (False, True):
 # %%
 from lib.checks import check_permutation_equivariance
 
-block = EncoderBlock(16, 2, 64, key_dim=16).eval()
+block = EncoderBlock(16, 2, 64, d_head=16).eval()
 check_permutation_equivariance(block, torch.randn(3, 9, 16), "EncoderBlock")
 
 keep = torch.tensor([[True] * 5 + [False] * 4])  # (B, T): 5 real tokens, 4 padding
@@ -110,7 +111,7 @@ passed("permutation equivariant; padded positions do not reach the real ones")
 # size, so with 2 heads the projections have $2 \cdot 16 = 32$ outputs: wider than $D$.
 
 # %%
-block = EncoderBlock(16, 2, 64, key_dim=16, eps=1e-6, dropout=0.1)
+block = EncoderBlock(16, 2, 64, d_head=16, eps=1e-6, dropout=0.1)
 count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
 parts = {
     "attention (q, k, v: 3 x (16*32 + 32); out: 32*16 + 16)": count(block.attention),
@@ -126,7 +127,7 @@ assert list(parts.values()) == [2160, 2128, 64] and count(block) == 4352
 # %% [markdown]
 # ## 2. The IMDB reviews
 #
-# `lib.text.load_imdb` reads the reviews through `lib.data.fetch("imdb")` (the cache in
+# `lib.imdb.load_imdb` reads the reviews through `lib.data.fetch("imdb")` (the cache in
 # `data/`, a read-only mirror named by `COURSE_DATA_MIRROR`, or a download with a checksum),
 # tokenizes them (lower case, `<br />` removed, words and punctuation marks), keeps the
 # 10,000 most frequent tokens of the training set and pads or truncates every review to
@@ -326,7 +327,7 @@ class IMDBClassifier(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.uniform_(self.embedding.weight, -0.05, 0.05)  # Keras' default initialiser
-        self.positional = LearnedPositionalEmbedding(max_len, d_model) if positions else None
+        self.positional = LearnedPositionalEmbedding(d_model, max_len=max_len) if positions else None
         self.body = body
         self.classifier = nn.Linear(d_out, 2)
 
@@ -358,8 +359,8 @@ class TwoMultiHeads(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.mha1 = MultiHeadAttention(16, 2, key_dim=2, fast=True)
-        self.mha2 = MultiHeadAttention(16, 2, key_dim=2, out_dim=20, fast=True)
+        self.mha1 = MultiHeadAttention(16, 2, d_head=2, fast=True)
+        self.mha2 = MultiHeadAttention(16, 2, d_head=2, out_dim=20, fast=True)
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         mask = keep[:, None, None, :]  # (B, 1, 1, Tk) broadcasts over heads and queries
@@ -371,7 +372,7 @@ class KerasTransformerBlock(nn.Module):
 
     def __init__(self, dropout: float = 0.1) -> None:
         super().__init__()
-        self.block = EncoderBlock(16, 2, 64, key_dim=16, eps=1e-6, dropout=dropout, fast=True)
+        self.block = EncoderBlock(16, 2, 64, d_head=16, eps=1e-6, dropout=dropout, fast=True)
         self.block.attention.dropout = 0.0  # Keras: dropout after the sub-layers, not on the weights
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
@@ -422,7 +423,7 @@ passed("every model has exactly Keras' parameter count")
 # compared $5 \cdot 10^{-3}$ and $10^{-2}$, one and two epochs, with and without dropout on the
 # embeddings. One epoch at $10^{-2}$ had the best mean over the four models: it lifted (a) by 1.7
 # points over $5 \cdot 10^{-3}$, and no other setting beat it by more than the noise of 2,540
-# validation reviews (about ±0.7 points). `tools/imdb_search.py` repeats the search.
+# validation reviews (about ±0.7 points). `bench/imdb_search.py` repeats the search.
 #
 # One run says little when two models differ by a few tenths of a point, so each model trains
 # from three seeds (initialisation and batch order); the table gives seed 0, the mean and the
@@ -442,7 +443,7 @@ results, histories = {}, {}
 def train_once(name: str, seed: int, *, data=train_ds, lr: float = LR, epochs: int = EPOCHS, batch: int = BATCH):
     """Train model ``name`` from ``seed`` (initialisation and batch order); return it and its history.
 
-    The keywords default to this section's recipe; ``tools/imdb_search.py`` varies them.
+    The keywords default to this section's recipe; ``bench/imdb_search.py`` varies them.
     """
     seed_everything(seed)
     model = build(name)

@@ -42,9 +42,10 @@ from lib.attention import Record, causal_mask, padding_mask
 from lib.checks import call_explained, check_causal, check_close, check_shape, passed
 from lib.decode import BeamStep, beam_search, beam_step, greedy_decode
 from lib.runtime import device, pick, seed_everything
-from lib.text import TranslationBatches, corpus_bleu, load_fra_eng, pad_sequences
+from lib.text import pad_sequences
 from lib.train import SequenceCrossEntropy, fit, transformer_lr, warmup_schedule
 from lib.transformer import DecoderBlock, Transformer, TransformerConfig
+from lib.translation import TranslationBatches, corpus_bleu, load_fra_eng
 
 seed_everything(0)
 dev = device()
@@ -229,7 +230,7 @@ passed("hidden tests passed")
 # test sequence must then come back exactly.
 
 # %%
-PAD, UNK, BOS, EOS = 0, 1, 2, 3  # the same special ids as lib.text's vocabularies
+PAD, UNK, BOS, EOS = 0, 1, 2, 3  # the same special ids as lib.translation's vocabularies
 
 
 def copy_task(n: int, g: torch.Generator) -> list[tuple[list[int], list[int]]]:
@@ -437,7 +438,7 @@ passed("hidden tests passed")
 #
 # **Data.** d2l's `fra-eng` (Tatoeba sentence pairs), read through `lib.data` (cache, mirrors,
 # checksum) and preprocessed as d2l does: lower case, a space before `, . ! ?`, words split on
-# spaces (`lib.text.preprocess_nmt`). We keep d2l's word-level tokens rather than a subword
+# spaces (`lib.translation.preprocess_nmt`). We keep d2l's word-level tokens rather than a subword
 # tokenizer: these sentences are short and plain (7 words on average), a word vocabulary of
 # words seen at least 5 times covers them (5,982 English and 9,351 French entries, `<pad>`,
 # `<unk>`, `<bos>` and `<eos>` included; 2 % of the test sentences' English words and 3 % of their
@@ -445,7 +446,7 @@ passed("hidden tests passed")
 #
 # **The split is by English sentence.** Many English sentences occur several times with different
 # French translations (`you're the teacher .` has 26). Splitting *pairs* at random would put
-# some English test sentences into training. `lib.text.load_fra_eng` shuffles the distinct English sentences with a
+# some English test sentences into training. `lib.translation.load_fra_eng` shuffles the distinct English sentences with a
 # fixed seed and keeps 2,000 for testing, none of which occurs in training; **all** their French
 # translations are references for BLEU. The digest of the test sentences identifies the split.
 

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lib.checks import call_explained, check_close, check_shape, passed, yours_or_reference
 from lib.data import DatasetNotFoundError, FASHION_MNIST_CLASSES, load_digits_split, load_fashion_mnist
+from lib.interop import vit_from_timm
 from lib.runtime import device, pick, seed_everything
 from lib.train import evaluate, fit
 from lib.vit import PatchEmbed, ViT, ViTConfig, patchify, unpatchify
@@ -426,8 +427,8 @@ for _pool in ("token", "avg"):
 # blocks (lesson 06's `EncoderBlock` with `norm_first=True`, a fused-qkv attention and a GELU FFN, layer
 # norm $\epsilon = 10^{-6}$), a final layer norm and a linear head. Its config is a frozen dataclass. The
 # parameter names and the computation follow timm's `VisionTransformer`; with "avg" pooling timm (and
-# `lib`) normalise the pooled vector (`fc_norm`) instead of every token. The unit tests copy the weights of
-# randomly initialised timm models into `ViT.from_timm` and match logits and gradients, in eval mode and in
+# `lib`) normalise the pooled vector (`fc_norm`) instead of every token. The unit tests convert randomly
+# initialised timm models with `lib.interop.vit_from_timm` and match logits and gradients, in eval mode and in
 # training mode with dropout; here is one such check (timm is a development extra).
 
 # %% tags=["nbval-ignore-output"]
@@ -436,7 +437,7 @@ try:
 
     _ref = VisionTransformer(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=2,
                              num_heads=4, mlp_ratio=2.0).eval()
-    _ours = ViT.from_timm(_ref).eval()
+    _ours = vit_from_timm(_ref).eval()
     _x = torch.randn(4, 1, 8, 8)
     print(f"timm VisionTransformer vs lib.vit.ViT: max |logit difference| = {(_ref(_x) - _ours(_x)).abs().max():.1e}")
 except ImportError:

@@ -57,7 +57,7 @@ from lib.synthesizer import (
     SourceDenseSynthesizer,
     paper_parameter_count,
 )
-from lib.text import load_imdb
+from lib.imdb import load_imdb
 from lib.train import evaluate, fit
 from lib.ffn import PositionWiseFFN
 from lib.transformer import Residual, masked_mean_pool
@@ -505,8 +505,8 @@ for _H, _L, _B, _T in [(1, 1, 1, 1), (3, 9, 2, 9), (4, 20, 5, 6)]:
     check_close(_out, _mine.R.detach()[:, :_T, :_T].expand(_B, -1, -1, -1), f"logits, H, L, B, T = {(_H, _L, _B, _T)}")
     check_close(_out_fixed, _fixed.R[:, :_T, :_T].expand(_B, -1, -1, -1), "fixed logits")
     # trainable R learns inside the layer, a fixed one does not move
-    _layer = MultiHeadAttention(8, _H, key_dim=2, scores=_mine)
-    _layer_fixed = MultiHeadAttention(8, _H, key_dim=2, scores=_fixed)
+    _layer = MultiHeadAttention(8, _H, d_head=2, scores=_mine)
+    _layer_fixed = MultiHeadAttention(8, _H, d_head=2, scores=_fixed)
     with forbid(*_forbidden):
         (_layer(_x, mask=causal_mask(_T)) ** 2).sum().backward()
         _before = _fixed.R.clone()
@@ -608,9 +608,9 @@ class RecallModel(nn.Module):
         return self.readout(self.block(x, record=record)[:, -1])  # (B, num_values) at the query
 
 
-def make_attention(kind: str, d_model: int, num_heads: int, max_len: int, key_dim: int | None = None) -> MultiHeadAttention:
+def make_attention(kind: str, d_model: int, num_heads: int, max_len: int, d_head: int | None = None) -> MultiHeadAttention:
     """The same multi-head layer with seven ways to make its scores."""
-    kd = key_dim or d_model // num_heads
+    kd = d_head or d_model // num_heads
     scores = {
         "dot product": lambda: None,
         "Dense": lambda: DenseScores(d_model, num_heads, max_len, d_head=kd),
@@ -619,9 +619,9 @@ def make_attention(kind: str, d_model: int, num_heads: int, max_len: int, key_di
         "Random (fixed)": lambda: RandomScores(num_heads, max_len, trainable=False),
         "factorized Random": lambda: FactorizedRandomScores(num_heads, max_len, 8),
         "Random + dot product": lambda: MixtureScores(
-            [RandomScores(num_heads, max_len), DotProductScores(d_model, num_heads, key_dim=kd)]),
+            [RandomScores(num_heads, max_len), DotProductScores(d_model, num_heads, d_head=kd)]),
     }[kind]()
-    return MultiHeadAttention(d_model, num_heads, key_dim=kd, scores=scores)
+    return MultiHeadAttention(d_model, num_heads, d_head=kd, scores=scores)
 
 
 KINDS = ["dot product", "Dense", "factorized Dense", "Random (learned)", "Random (fixed)", "factorized Random",
@@ -668,7 +668,7 @@ table: dict[str, dict[str, float]] = {}
 
 def train_imdb(kind: str) -> None:
     seed_everything(0)
-    attention = make_attention(kind, 16, 2, 256, key_dim=16)
+    attention = make_attention(kind, 16, 2, 256, d_head=16)
     model = SentimentClassifier(attention)
     loader = DataLoader(train_ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)

@@ -23,6 +23,9 @@
 # 5. write the memory formula of one layer yourself (exercise 2).
 #
 # **Points in this lesson: 10** (exercise 1: 5, exercise 2: 5).
+#
+# *Run time:* under a minute on a 2-core CPU in full mode; `COURSE_QUICK=1` measures fewer
+# sequence lengths.
 
 # %%
 import math
