@@ -29,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "check_shape",
     "check_close",
+    "call_explained",
     "check_causal",
     "check_permutation_equivariance",
     "check_not_reference",
@@ -50,14 +51,17 @@ def yours_or_reference(
     *,
     exercise: str,
     probe: Callable[[object], object],
+    check: Callable[[object], object] | None = None,
 ) -> object:
-    """Your function (or class) if it is written, else the course's reference, with a notice.
+    """Your function (or class) if it is written and passes its check, else the course's reference, with a notice.
 
     Cells after an exercise use it so that a student who has not finished the
-    exercise can still run the rest of the lesson::
+    exercise, or whose answer runs but is wrong, can still run the rest of the
+    lesson instead of meeting a traceback deep inside torch three cells later::
 
         pool = yours_or_reference(attention_pool, nadaraya_watson_pool, "attention_pool",
-                                  exercise="exercise 2", probe=lambda f: f(q, k, v, kernel, 1.0))
+                                  exercise="exercise 2", probe=lambda f: f(q, k, v, kernel, 1.0),
+                                  check=lambda f: check_close(f(q, k, v, kernel, 1.0), reference_out))
 
     Args:
         yours: the student's function or class.
@@ -66,10 +70,15 @@ def yours_or_reference(
         exercise: which exercise to finish ("exercise 2").
         probe: calls its argument once on a small input; ``yours`` counts as
             unwritten when this raises ``NotImplementedError`` (the exercise's
-            placeholder). Any other error is the student's to see, so it propagates.
+            placeholder). Without ``check``, any other error is the student's
+            to see, so it propagates.
+        check: the exercise's check, called with ``yours`` after the probe; it
+            raises (``AssertionError`` from ``lib.checks``, or whatever the
+            student's code raises) when the answer is wrong. Then the notice
+            quotes the check's first line and the reference is used.
 
     Returns:
-        ``yours``, or ``reference`` after printing which exercise to finish.
+        ``yours``, or ``reference`` after printing why.
     """
     try:
         probe(yours)
@@ -79,7 +88,47 @@ def yours_or_reference(
             f"Until then this lesson uses the course's reference."
         )
         return reference
+    except Exception:
+        if check is None:
+            raise
+        # the check below meets the same error and names it
+    if check is not None:
+        try:
+            check(yours)
+        except Exception as err:  # noqa: BLE001 - any failure of the student's code means: use the reference
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            if not isinstance(err, AssertionError):
+                first = f"{type(err).__name__}: {first}"
+            print(
+                f"⚠ your {name} does not pass {exercise}'s check yet ({first}). "
+                f"Until it does, this lesson uses the course's reference; fix it and rerun this cell."
+            )
+            return reference
     return yours
+
+
+def call_explained(fn: Callable[..., object], *args: object, name: str, hint: str, **kwargs: object) -> object:
+    """``fn(*args, **kwargs)``, with an error of the student's code turned into a check failure that explains it.
+
+    A shape mistake usually surfaces as a raw broadcast or matmul error raised on the
+    student's own line; the check cell says what that error means instead::
+
+        out = call_explained(masked_mean_pool, x, keep, name="masked_mean_pool(x, keep)",
+                             hint="keep is (B, T): give it a feature axis, keep[..., None]")
+
+    ``NotImplementedError`` (an unwritten exercise) and ``AssertionError`` (a check
+    inside) pass through unchanged.
+
+    Raises:
+        AssertionError: ``"{name} raised {error}. {hint}"``.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except (NotImplementedError, AssertionError):
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the student's code raised, explained
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise AssertionError(f"{name} raised {type(err).__name__}: {first}. {hint}") from None
 
 
 def check_shape(t: Tensor, expected: Sequence[int], name: str = "tensor") -> None:

@@ -32,6 +32,7 @@ def show_heatmaps(
     figsize: tuple[float, float] = (2.5, 2.5),
     cmap: str = "Reds",
     colorbar: bool = True,
+    share_scale: bool = True,
 ) -> Figure:
     """Draw a grid of heatmaps, as d2l's ``show_heatmaps``.
 
@@ -42,7 +43,10 @@ def show_heatmaps(
         titles: one title per column.
         figsize: size of one panel in inches.
         cmap: colour map.
-        colorbar: draw one shared colour bar.
+        colorbar: draw one shared colour bar (one per panel without ``share_scale``).
+        share_scale: one colour scale for all panels, from the smallest to the largest value
+            of all; ``False`` scales each panel to its own range (for panels whose ranges
+            differ a lot, e.g. a peaked and a flat attention map), each with its colour bar.
     """
     m = _as_numpy(matrices)
     if m.ndim == 2:
@@ -62,7 +66,10 @@ def show_heatmaps(
     for i in range(rows):
         for j in range(cols):
             ax = axes[i, j]
-            image = ax.imshow(m[i, j], cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+            lo, hi = (vmin, vmax) if share_scale else (float(np.nanmin(m[i, j])), float(np.nanmax(m[i, j])))
+            image = ax.imshow(m[i, j], cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+            if colorbar and not share_scale:
+                fig.colorbar(image, ax=ax, shrink=0.8)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # positions are integers: no 0.5 ticks
             ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             if i == rows - 1:
@@ -71,7 +78,7 @@ def show_heatmaps(
                 ax.set_ylabel(ylabel)
             if titles is not None and i == 0:
                 ax.set_title(titles[j])
-    if colorbar and image is not None:
+    if colorbar and share_scale and image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6)
     return fig
 

@@ -226,3 +226,59 @@ def test_yours_or_reference_falls_back_only_for_unwritten_code(capsys):
     assert "my_f is not written yet" in out and "finish exercise 3" in out and "reference" in out
     with pytest.raises(IndexError, match="off by one"):  # a bug is the student's to see, not hidden
         yours_or_reference(buggy, torch.neg, "f", exercise="exercise 1", probe=probe)
+
+
+def test_yours_or_reference_falls_back_when_the_check_fails(capsys):
+    from lib.checks import check_close, yours_or_reference
+
+    x = torch.randn(3)
+    check = lambda f: check_close(f(x), torch.neg(x), "my_f(x)")  # noqa: E731
+    probe = lambda f: f(x)  # noqa: E731
+    wrong = lambda t: t  # runs, but is wrong  # noqa: E731
+    assert yours_or_reference(wrong, torch.neg, "my_f", exercise="exercise 2", probe=probe, check=check) is torch.neg
+    out = capsys.readouterr().out
+    assert "your my_f does not pass exercise 2's check yet (my_f(x): values differ" in out and "reference" in out
+    right = lambda t: -t  # noqa: E731
+    assert yours_or_reference(right, torch.neg, "my_f", exercise="exercise 2", probe=probe, check=check) is right
+    assert capsys.readouterr().out == ""
+
+    def crashes(t):
+        return t @ torch.ones(5)  # a shape mistake: a raw torch error
+
+    assert yours_or_reference(crashes, torch.neg, "my_f", exercise="exercise 2", probe=probe, check=check) is torch.neg
+    assert "(RuntimeError: " in capsys.readouterr().out
+
+    def unwritten(t):
+        raise NotImplementedError
+
+    assert yours_or_reference(unwritten, torch.neg, "my_f", exercise="exercise 2", probe=probe, check=check) is torch.neg
+    assert "is not written yet" in capsys.readouterr().out
+
+
+def test_call_explained_turns_a_raw_error_into_an_explanation():
+    from lib.checks import call_explained
+
+    x, keep = torch.randn(3, 6, 4), torch.ones(3, 6, dtype=torch.bool)
+    assert torch.equal(call_explained(torch.mul, x, 2, name="f", hint="h"), x * 2)
+    with pytest.raises(AssertionError, match=r"^pool\(x, keep\) raised RuntimeError: The size of tensor a .*\. keep is \(B, T\)"):
+        call_explained(lambda a, b: a * b, x, keep, name="pool(x, keep)", hint="keep is (B, T)")
+
+    def unwritten():
+        raise NotImplementedError
+
+    with pytest.raises(NotImplementedError):
+        call_explained(unwritten, name="f", hint="h")
+
+
+def test_show_heatmaps_scales_each_panel_on_request():
+    from lib.plot import show_heatmaps
+
+    peaked, flat = torch.eye(4), torch.full((4, 4), 0.25) + 0.01 * torch.arange(4.0)
+    shared = show_heatmaps(torch.stack([peaked, flat]))
+    assert [im.get_clim() for ax in shared.axes[:2] for im in ax.get_images()] == [(0.0, 1.0), (0.0, 1.0)]
+    own = show_heatmaps(torch.stack([peaked, flat]), share_scale=False)
+    panels = [ax for ax in own.axes if ax.get_images()]
+    lows_highs = [ax.get_images()[0].get_clim() for ax in panels]
+    assert lows_highs[0] == (0.0, 1.0) and lows_highs[1] == pytest.approx((0.25, 0.28))
+    assert len(own.axes) == 4  # two panels, each with its colour bar
+    matplotlib.pyplot.close("all")

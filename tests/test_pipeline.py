@@ -105,6 +105,29 @@ def test_pair_check_sees_an_edit(tmp_path, monkeypatch):
     assert nbtool.pair_differences(lesson), "an edit of the .py alone went unnoticed"
 
 
+def test_sync_carry_keeps_an_edited_cells_outputs_only_where_nbval_compares_them(tmp_path, monkeypatch):
+    lesson = "06_transformer_encoder"
+    copy = tmp_path / lesson
+    copy.mkdir()
+    for suffix in (".py", ".ipynb"):
+        (copy / f"{lesson}{suffix}").write_bytes((ROOT / "solutions" / lesson / f"{lesson}{suffix}").read_bytes())
+    monkeypatch.setattr(nbtool, "SOLUTIONS", tmp_path)
+    before = [c for c in _load(copy / f"{lesson}.ipynb")["cells"] if c["cell_type"] == "code"]
+    compared = next(i for i, c in enumerate(before) if c["outputs"] and "nbval-ignore-output" not in c["metadata"].get("tags", []))
+    ignored = next(i for i, c in enumerate(before) if c["outputs"] and "nbval-ignore-output" in c["metadata"].get("tags", []))
+    text = (copy / f"{lesson}.py").read_text()
+    for i in (compared, ignored):
+        source = "".join(before[i]["source"])
+        assert source in text
+        text = text.replace(source, source + "\npass  # edited", 1)
+    (copy / f"{lesson}.py").write_text(text)
+    for carry, kept in ((False, set()), (True, {compared})):
+        nbtool.cmd_sync(lesson, carry=carry)
+        after = [c for c in _load(copy / f"{lesson}.ipynb")["cells"] if c["cell_type"] == "code"]
+        assert {i for i in (compared, ignored) if after[i]["outputs"] == before[i]["outputs"]} == kept
+        (copy / f"{lesson}.ipynb").write_bytes((ROOT / "solutions" / lesson / f"{lesson}.ipynb").read_bytes())
+
+
 @pytest.mark.parametrize("lesson", LESSONS)
 def test_student_notebook_has_no_solutions_and_no_outputs(lesson):
     path = ROOT / "notebooks" / lesson / f"{lesson}.ipynb"

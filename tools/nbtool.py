@@ -133,8 +133,15 @@ def cmd_export(name: str) -> None:
     print(f"wrote {dst.relative_to(ROOT)}")
 
 
-def cmd_sync(name: str) -> None:
-    """Write the .py's cells into the .ipynb; a cell whose source is unchanged keeps its outputs."""
+def cmd_sync(name: str, carry: bool = False) -> None:
+    """Write the .py's cells into the .ipynb; a cell whose source is unchanged keeps its outputs.
+
+    With ``carry``, an *edited* code cell also keeps the outputs of the old code cell at the same
+    position (when the notebook has as many code cells as before), unless it is tagged
+    ``nbval-ignore-output``: for edits that do not change what a cell prints (a check cell's
+    messages for wrong answers, say). Strict nbval compares those outputs on the next run, so a
+    carried output that the cell no longer prints fails the tests rather than going stale.
+    """
     src = source_path(name)
     if not src.exists():
         sys.exit(f"{src} not found: write it (jupytext percent format) or `export` the notebook first")
@@ -145,6 +152,9 @@ def cmd_sync(name: str) -> None:
     for cell in old_cells:
         by_source.setdefault((cell.cell_type, cell.source), []).append(cell)
     used: set[str] = set()
+    old_code = [c for c in old_cells if c.cell_type == "code"]
+    new_code = [c for c in new.cells if c.cell_type == "code"]
+    position = {id(c): i for i, c in enumerate(new_code)} if carry and len(old_code) == len(new_code) else {}
     for cell in new.cells:
         previous = by_source.get((cell.cell_type, cell.source))
         if previous:
@@ -154,12 +164,15 @@ def cmd_sync(name: str) -> None:
                 cell.outputs, cell.execution_count = match.outputs, match.execution_count
         else:  # a new or edited cell: an id derived from its text, so syncing twice changes nothing
             cell.id = hashlib.sha1(cell.source.encode()).hexdigest()[:8]
+            if id(cell) in position and "nbval-ignore-output" not in cell.metadata.get("tags", []):
+                match = old_code[position[id(cell)]]
+                cell.outputs, cell.execution_count = match.outputs, match.execution_count
         while cell.id in used:
             cell.id = hashlib.sha1(cell.id.encode()).hexdigest()[:8]
         used.add(cell.id)
     dst.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(normalise(new), dst)
-    print(f"wrote {dst.relative_to(ROOT)}")
+    print(f"wrote {dst.relative_to(ROOT) if dst.is_relative_to(ROOT) else dst}")
 
 
 def cmd_build(name: str, run: bool, quick: bool) -> None:
@@ -182,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("name")
     p = sub.add_parser("sync", help=".py -> .ipynb, keeping the outputs of unchanged code cells")
     p.add_argument("name")
+    p.add_argument("--carry", action="store_true",
+                   help="edited code cells keep the old outputs at their position (strict nbval checks them)")
     p = sub.add_parser("build", help=".py -> .ipynb, executed (full mode unless --quick)")
     p.add_argument("name")
     p.add_argument("--no-run", action="store_true", help="convert only, do not execute")
@@ -195,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "export":
         cmd_export(args.name)
     elif args.cmd == "sync":
-        cmd_sync(args.name)
+        cmd_sync(args.name, carry=args.carry)
     elif args.cmd == "build":
         cmd_build(args.name, run=not args.no_run, quick=args.quick)
     elif args.cmd == "run":
