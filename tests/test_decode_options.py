@@ -141,7 +141,7 @@ def test_decoding_does_not_record_gradients():
     for search in SEARCHES.values():
         seen = []
         original = model.decode
-        model.decode = lambda *a, _o=original, **kw: seen.append(torch.is_grad_enabled()) or _o(*a, **kw)
+        model.decode = lambda *a, _o=original, _seen=seen, **kw: _seen.append(torch.is_grad_enabled()) or _o(*a, **kw)
         search(model, torch.randint(3, 11, (1, 4)))
         model.decode = original
         assert seen and not any(seen)

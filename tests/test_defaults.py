@@ -64,6 +64,7 @@ DOCUMENTED = {
     ffn.PositionWiseFFNConv.__init__: {"activation": "relu", "dropout": 0.0, "bias": True},
     checks.check_shape: {"name": "tensor"},
     checks.check_close: {"name": "result", "atol": 1e-05, "rtol": 1e-04, "variants": None},
+    checks.yours_or_reference: {"check": None},  # a non-default check: tests/test_checks_and_plot.py
     checks.check_causal: {"name": "model"},
     checks.check_permutation_equivariance: {"name": "model", "atol": 1e-05, "seed": 0},
     data.fetch: {"verify": "fast", "download": True, "progress": True, "registry": None},

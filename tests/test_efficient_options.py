@@ -13,7 +13,12 @@ import math
 import pytest
 import torch
 
-from lib.efficient import online_softmax_finish, online_softmax_init, online_softmax_update, tiled_attention
+from lib.efficient import (
+    online_softmax_finish,
+    online_softmax_init,
+    online_softmax_update,
+    tiled_attention,
+)
 
 EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 

@@ -154,7 +154,7 @@ def test_16_bit_attention_with_each_scheme_follows_float32(dtype, name):
     """A whole attention layer: the 16-bit output is the float32 output up to 16-bit rounding, and the
     cached path agrees with the uncached one in 16 bits too."""
     from lib.attention import KVCache, Record, causal_mask
-    
+
     torch.manual_seed(3)
     D, H, T = 16, 2, 6
     scheme = build(name, d_model=D, num_heads=H, max_distance=3)

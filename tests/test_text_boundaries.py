@@ -10,7 +10,6 @@ such as ``max_size``, ``num_words``, ``num_train`` and ``maxlen`` at their exact
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
