@@ -27,19 +27,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from chromium import launch, require_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSON = Path(os.environ.get("COURSE_BROWSER_LESSON", ROOT / "solutions" / "00_setup" / "00_setup.ipynb"))
 LAB_SETTINGS = ROOT / "jupyter" / "lab-settings"
 SHOTS = ROOT / "build" / "browser-test"
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-
-def _browser() -> str | None:
-    explicit = os.environ.get("COURSE_CHROMIUM", "").strip()
-    if explicit:
-        return explicit
-    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
 def _free_port() -> int:
@@ -65,12 +58,7 @@ def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab server on a free loopback port, rooted in a scratch course folder."""
-    browser = _browser()
-    if browser is None:
-        pytest.skip("no Chromium on this machine, so the browser test cannot run: install Debian's "
-                    "`chromium` (apt-get install -y chromium; .ci/run does it when run as root) "
-                    "or name a Chromium binary in COURSE_CHROMIUM")
-    pytest.importorskip("playwright", reason="playwright is a dev extra: `make env` installs it")
+    browser = require_chromium()
     work = tmp_path_factory.mktemp("lab")
     nb = json.loads(LESSON.read_text())
     for cell in nb["cells"]:  # a fresh notebook: no stored outputs to mistake for this run's
@@ -108,8 +96,7 @@ def page(lab, request):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=lab["browser"], headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        browser = launch(p, lab["browser"])
         page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
         page.set_default_timeout(60_000)
         try:
