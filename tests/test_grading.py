@@ -800,7 +800,7 @@ def test_a_flood_of_the_trusted_process_is_bounded(run):
 @pytest.mark.slow
 @needs_sandbox
 def test_printing_while_the_tests_call_costs_no_marks(run):
-    """Attack (#29.7): an honest answer that prints 5,000 lines per call (output lags behind each reply)."""
+    """Attack (#29.7): an honest answer that prints 2,000 lines per call (output lags behind each reply)."""
     _, report = run
     rows = report.by_student()
     assert rows["chatty"].total == rows["correct"].total, f"{rows['chatty'].total}: {rows['chatty'].reason}"
