@@ -313,7 +313,7 @@ for name, hf, convert in (("GPT2LMHeadModel", hf_gpt2, gpt_from_hf_gpt2),
 # %%
 BLOCK = 128  # context length T
 BATCH = 32
-STEPS = pick(full=2200, quick=20)
+STEPS = pick(full=1800, quick=20)
 cfg = GPTConfig(vocab_size=V, context_len=BLOCK, d_model=128, num_layers=4, num_heads=4, n_kv_heads=2)
 
 
@@ -414,7 +414,7 @@ def train_pass(m: GPT):
 
 
 ms = time_steps({name: train_pass(m) for name, m in trained.items()}, dev, warmup=1, repeats=pick(full=7, quick=1))
-ablation["tokens/s"] = [round(BATCH * BLOCK / (ms[name] / 1e3), -2) for name in ablation.index]
+ablation["tokens/s"] = [int(round(BATCH * BLOCK / (ms[name] / 1e3), -2)) for name in ablation.index]
 print(f"{len(recipes)} runs of {ABL_STEPS} steps in {(time.perf_counter() - abl_start) / 60:.1f} min; "
       f"tokens/s: one forward and backward pass of {BATCH} x {BLOCK} tokens, the median of the rounds")
 print(ablation.to_string())
