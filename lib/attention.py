@@ -137,10 +137,10 @@ class KVCache:
         if buffers is None or tk > buffers[0].shape[-2] or buffers[0].dtype != k.dtype or buffers[0].device != k.device:
             capacity = max(tk, 2 * t_old)  # doubling: appending N positions one by one copies O(N) in all
             buffers = tuple(t.new_empty((*t.shape[:-2], capacity, t.shape[-1])) for t in (k_old, v_old))
-            for buf, old in zip(buffers, (k_old, v_old)):
+            for buf, old in zip(buffers, (k_old, v_old), strict=True):
                 buf[..., :t_old, :].copy_(old)
             self._buffers[layer] = buffers
-        for buf, new in zip(buffers, (k, v)):
+        for buf, new in zip(buffers, (k, v), strict=True):
             buf[..., t_old:tk, :].copy_(new)
         return buffers[0][..., :tk, :], buffers[1][..., :tk, :]  # (B, H, Tk, Dh), (B, H, Tk, Dv)
 

@@ -292,7 +292,7 @@ def test_rope_table_equals_the_angles_computed_on_the_fly():
         table = RotaryEmbedding(8, base=500.0, interleaved=interleaved, max_len=64)
         fly = RotaryEmbedding(8, base=500.0, interleaved=interleaved)
         pos = torch.tensor([63, 0, 17, 5])
-        for a, b in zip(table.cos_sin(pos), fly.cos_sin(pos)):
+        for a, b in zip(table.cos_sin(pos), fly.cos_sin(pos), strict=True):
             assert torch.equal(a, b)
         x = torch.randn(2, 3, 4, 8)
         assert torch.equal(table.rotate(x, pos), fly.rotate(x, pos))

@@ -86,6 +86,7 @@ NOT_FROM_A_RUN: dict[str, dict[str, str]] = {
     },
     "11_gpt": {
         "2,000": "nanoGPT's baby CPU model's step count (its README), quoted",
+        "13": "the whole lesson's wall time in minutes, from the build's log (nbtool build printed 751.3 s)",
     },
 }
 
@@ -107,7 +108,7 @@ DERIVED: dict[str, dict[str, str]] = {
         "3.5": "(0.817 - 0.782) * 100",  # the best synthesizer's distance to the dot product, in points
     },
     "11_gpt": {
-        "9.0": "2200 * 32 * 128 / 1e6",  # training tokens, in millions: steps x batch x context
+        "7.4": "1800 * 32 * 128 / 1e6",  # training tokens, in millions: steps x batch x context
         "0.007": "1.978 - 1.971",  # the ablation: grouped-query (G = 2) against multi-head
         "0.75": "746752 / 1e6",  # the lesson's model's parameters, in millions
         "1,040": "16 + 1024",  # the prompt plus the longest generation

@@ -21,9 +21,9 @@
 #
 # **Points in this lesson: 15** (exercise 1: 4, exercise 2: 4, exercise 3: 5, exercise 4: 2, graded by hand).
 #
-# *Run time:* full mode trains the lesson's model for a fixed 2,200 steps (31 minutes in the stored run, on a
-# 2-core CPU that other jobs shared during the build; a GPU takes a fraction of that), then four models for the
-# ablation (4.1 minutes), and times generation; the whole lesson took 37 minutes. `COURSE_QUICK=1` trains each
+# *Run time:* full mode trains the lesson's model for a fixed 1,800 steps (7.5 minutes in the stored run, on a
+# 2-core CPU; a GPU takes a fraction of that), then four models for the ablation (3.4 minutes), and times
+# generation; the whole lesson took about 13 minutes. `COURSE_QUICK=1` trains each
 # model for a few steps only, to run every cell.
 
 # %%
@@ -355,10 +355,10 @@ _ = ax.set(xlabel="step", ylabel="cross-entropy (nats)", title="Training the GPT
 _ = ax.legend()
 
 # %% [markdown]
-# In the stored run the validation loss fell to **1.500** nats after 2,200 steps (9.0 million tokens, about nine
+# In the stored run the validation loss fell to **1.512** nats after 1,800 steps (7.4 million tokens, about seven
 # passes over the training text): well below the bigram's 2.482 and nanoGPT's CPU model's 1.88, at the size of
-# that model. The training took 31.1 minutes at 4,931 tokens per second, because the 2-core machine was shared
-# with other jobs while this lesson was built; the number of steps, not the clock, fixes the result.
+# that model. The training took 7.5 minutes at 16,885 tokens per second on the 2-core CPU; the number of steps,
+# not the clock, fixes the result, so a busier machine takes longer and ends at the same loss.
 
 # %% [markdown]
 # ## 8. Ablation: the 2019 recipe against today's, multi-head against grouped-query
@@ -423,9 +423,10 @@ print(ablation.to_string())
 # At equal steps (200, early in training) today's recipe is far ahead: validation loss 1.971 against 2.368 for
 # GPT-2's choices, with 0.7 % fewer parameters. Grouped-query attention with 2 key/value heads costs 0.007 nats
 # (1.978) for 8 % fewer parameters and half the cache; multi-query attention costs 0.012 (1.983) for a quarter of
-# the cache. The tokens per second of this stored run were measured on a shared machine and vary by almost a
-# factor 2 between runs of nearly the same size: they say nothing reliable here (on a GPU, where decoding reads
-# the cache from memory at every step, the smaller cache is what makes generation faster).
+# the cache. Timed side by side, the four train at 17,000 to 18,700 tokens per second: at this size the
+# recipe changes the speed of a training step little, and fewer key/value heads save a few per cent of the
+# work (fewer keys and values to compute). The cache is where grouped-query attention pays: on a GPU, where
+# each decoding step reads the whole cache from memory, the smaller cache is what makes generation faster.
 
 # %% [markdown]
 # ## 9. Sampling: temperature, top-k, top-p
@@ -763,11 +764,14 @@ print(f"4 prompts of 16 characters, greedy, on {dev.type}; the three outputs ide
 print(pd.DataFrame(gen_rows).set_index("new tokens").to_string())
 
 # %% [markdown]
-# In the stored run (4 prompts, greedy, the shared 2-core CPU) the cache made generation **4.4 times** faster at
-# 256 new tokens (0.97 s against 4.31 s) and **16 times** at 1,024 (4.30 s against 68.84 s): recomputing grows
-# with the square of the length, the cache linearly. Hugging Face's `generate` on the same weights took 0.86 s
-# and 3.79 s, 0.88 of lib's cached time: the same algorithm, with less Python per step. At 256 tokens the
-# per-step overhead that both paths share still weighs: on a busy machine the ratio there is below 5.
+# In the stored run (4 prompts, greedy, the 2-core CPU, each timed once) the cache made generation **4.2 times**
+# faster at 256 new tokens (0.87 s against 3.67 s) and **22.1 times** at 1,024 (3.15 s against 69.66 s):
+# recomputing grows with the square of the length, the cache linearly. Hugging Face's `generate` on the same
+# weights took 0.93 s and 3.68 s, 1.07 and 1.17 times lib's cached time: the same algorithm. At 256 tokens the
+# per-step overhead that both paths share (Python, the output layer, the sampling) still weighs, so the ratio
+# there depends on the machine's state more than at 1,024; `bench/bench_generate.py` repeats the comparison.
+# What keeps lib's cached step cheap: `KVCache` writes each new key into a buffer with room to spare (doubled
+# when full) instead of concatenating, which would copy the whole history at every step.
 #
 # ## 11. Exercise 4: what grouped-query attention saves, and what it may cost (2 points, graded by hand)
 #
