@@ -26,6 +26,7 @@ Shapes: **B** the global batch (all ranks together), **N** the world size, B / N
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import tempfile
@@ -219,7 +220,8 @@ def wrap(model: nn.Module, strategy: str = "ddp", *, bucket_cap_mb: float | None
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` (an FSDP-sharded model is its own module)."""
-    from torch.nn.parallel import DistributedDataParallel
+    # the class itself, from where it is defined: a lesson's forbid() may patch torch.nn.parallel's name
+    from torch.nn.parallel.distributed import DistributedDataParallel
 
     return model.module if isinstance(model, DistributedDataParallel) else model
 
@@ -241,7 +243,7 @@ def no_sync(model: nn.Module, skip: bool = True) -> Iterator[None]:
     gradients are averaged across ranks once per optimizer step (DDP's ``no_sync``, FSDP2's
     ``set_requires_gradient_sync(False)``).  In one process, or with ``skip=False``, it does nothing.
     """
-    from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.parallel.distributed import DistributedDataParallel
 
     if not skip or not _dist_ready():
         yield
@@ -313,11 +315,16 @@ def load_full_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | No
 
 
 class RankFailed(RuntimeError):
-    """A rank of ``launch`` raised or died; the other ranks were stopped.  ``rank`` says which."""
+    """A rank of ``launch`` raised or died; the other ranks were stopped.
 
-    def __init__(self, message: str, rank: int) -> None:
+    Attributes:
+        rank: the rank that failed first (-1 when the run timed out).
+        error: the name of its exception type ("" when it died without one).
+    """
+
+    def __init__(self, message: str, rank: int, error: str = "") -> None:
         super().__init__(message)
-        self.rank = rank
+        self.rank, self.error = rank, error
 
 
 def free_port() -> int:
@@ -332,15 +339,33 @@ def _worker(rank: int, fn: Callable, args: tuple, world: int, port: int, out: st
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
-    setup(device)
     try:
+        setup(device)
         result = fn(*args)
         torch.save(result, Path(out) / f"{rank}.pt")
-    except BaseException:
-        # the traceback as text: the exception object may not pickle back to the parent
-        raise RuntimeError(f"rank {rank} of {world} raised:\n{traceback.format_exc()}") from None
+    except BaseException as e:
+        # what failed and when, as text (the exception may not pickle); the parent reports the first failure, not
+        # the other ranks' "connection closed" that follows it
+        record = {"time": time.time(), "type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
+        (Path(out) / f"{rank}.err").write_text(json.dumps(record))
+        raise RuntimeError(f"rank {rank} of {world} raised {type(e).__name__}") from None
     finally:
         teardown()
+
+
+def _first_failure(out: str, nprocs: int, fallback: tuple[int, str]) -> RankFailed:
+    """The earliest error any rank recorded (the cause; later ones are its consequences)."""
+    records = []
+    for r in range(nprocs):
+        path = Path(out) / f"{r}.err"
+        if path.exists():
+            records.append((json.loads(path.read_text()), r))
+    if not records:
+        rank, what = fallback
+        return RankFailed(f"rank {rank} of {nprocs} {what}; the other ranks were stopped", rank)
+    record, rank = min(records, key=lambda x: x[0]["time"])
+    return RankFailed(f"rank {rank} of {nprocs} raised {record['type']}: {record['message']}; the other ranks were "
+                      f"stopped.\n\n{record['traceback']}", rank, record["type"])
 
 
 def launch(fn: Callable, nprocs: int, *args: object, start_method: str = "fork", device: str | None = "cpu",
@@ -370,24 +395,27 @@ def launch(fn: Callable, nprocs: int, *args: object, start_method: str = "fork",
     if start_method not in mp.get_all_start_methods():
         raise ValueError(f"start_method {start_method!r} is not available here; use one of "
                          f"{mp.get_all_start_methods()}")
+    if start_method == "fork":
+        import torch._dynamo  # noqa: F401  (the first optimizer imports it: once here, not once in every child)
     with tempfile.TemporaryDirectory(prefix="lib-launch-") as out:
         ctx = mp.start_processes(_worker, args=(fn, args, nprocs, free_port(), out, device, threads),
                                  nprocs=nprocs, join=False, start_method=start_method)
         deadline = None if timeout is None else time.monotonic() + timeout
+        failure: tuple[int, str] | None = None
         try:
             while not ctx.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise RankFailed(f"the {nprocs} processes did not finish within {timeout} s; all were stopped",
                                      -1)
-        except mp.ProcessRaisedException as e:
-            raise RankFailed(f"rank {e.error_index} failed, so the other ranks were stopped.\n{e}",
-                             e.error_index) from None
+        except mp.ProcessRaisedException as e:  # torch has stopped the other ranks
+            failure = (e.error_index, "raised")
         except mp.ProcessExitedException as e:
-            raise RankFailed(f"rank {e.error_index} died (exit code {e.exit_code}), so the other ranks were "
-                             "stopped", e.error_index) from None
+            failure = (e.error_index, f"died (exit code {e.exit_code})")
         finally:
             for p in ctx.processes:
                 if p.is_alive():
                     p.kill()
                 p.join()
+        if failure is not None:
+            raise _first_failure(out, nprocs, failure)
         return [torch.load(Path(out) / f"{r}.pt", weights_only=False) for r in range(nprocs)]
