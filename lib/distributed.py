@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -353,16 +354,21 @@ def _worker(rank: int, fn: Callable, args: tuple, world: int, port: int, out: st
         teardown()
 
 
-def _first_failure(out: str, nprocs: int, fallback: tuple[int, str]) -> RankFailed:
-    """The earliest error any rank recorded (the cause; later ones are its consequences)."""
-    records = []
-    for r in range(nprocs):
+def _first_failure(out: str, exit_codes: list[int | None]) -> RankFailed:
+    """The failure that caused the others: a rank that died without an error, else the earliest error recorded.
+
+    When one rank fails, the others fail next ("connection closed" in their collectives) or are stopped by the
+    launcher (SIGTERM); neither is the cause.
+    """
+    nprocs, records = len(exit_codes), []
+    for r, code in enumerate(exit_codes):
         path = Path(out) / f"{r}.err"
         if path.exists():
             records.append((json.loads(path.read_text()), r))
+        elif code not in (0, None, -signal.SIGTERM):  # died without raising: killed, or os._exit
+            return RankFailed(f"rank {r} of {nprocs} died (exit code {code}); the other ranks were stopped", r)
     if not records:
-        rank, what = fallback
-        return RankFailed(f"rank {rank} of {nprocs} {what}; the other ranks were stopped", rank)
+        return RankFailed(f"the {nprocs} processes were stopped (exit codes {exit_codes})", -1)
     record, rank = min(records, key=lambda x: x[0]["time"])
     return RankFailed(f"rank {rank} of {nprocs} raised {record['type']}: {record['message']}; the other ranks were "
                       f"stopped.\n\n{record['traceback']}", rank, record["type"])
@@ -401,21 +407,19 @@ def launch(fn: Callable, nprocs: int, *args: object, start_method: str = "fork",
         ctx = mp.start_processes(_worker, args=(fn, args, nprocs, free_port(), out, device, threads),
                                  nprocs=nprocs, join=False, start_method=start_method)
         deadline = None if timeout is None else time.monotonic() + timeout
-        failure: tuple[int, str] | None = None
+        failed = False
         try:
             while not ctx.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise RankFailed(f"the {nprocs} processes did not finish within {timeout} s; all were stopped",
                                      -1)
-        except mp.ProcessRaisedException as e:  # torch has stopped the other ranks
-            failure = (e.error_index, "raised")
-        except mp.ProcessExitedException as e:
-            failure = (e.error_index, f"died (exit code {e.exit_code})")
+        except (mp.ProcessRaisedException, mp.ProcessExitedException):  # torch has stopped the other ranks
+            failed = True
         finally:
             for p in ctx.processes:
                 if p.is_alive():
                     p.kill()
                 p.join()
-        if failure is not None:
-            raise _first_failure(out, nprocs, failure)
+        if failed:
+            raise _first_failure(out, [p.exitcode for p in ctx.processes])
         return [torch.load(Path(out) / f"{r}.pt", weights_only=False) for r in range(nprocs)]

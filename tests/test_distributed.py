@@ -136,6 +136,18 @@ def test_a_rank_that_raises_stops_the_others_with_its_error(tmp_path):
     assert len(pids) == 2 and not any(_alive(p) for p in pids), "a rank was left running"
 
 
+def _vanishes() -> None:
+    if distributed.context().rank == 1:
+        os._exit(3)  # no exception, no message: the process just ends
+    torch.distributed.all_reduce(torch.ones(1))
+
+
+def test_a_rank_that_dies_without_an_error_is_named_too():
+    with pytest.raises(RankFailed, match=r"rank 1 of 2 died \(exit code 3\)") as info:
+        launch(_vanishes, 2, timeout=300)
+    assert info.value.rank == 1 and info.value.error == ""
+
+
 SCRIPT = """
 import os, sys, torch
 from lib import distributed
