@@ -26,7 +26,9 @@ Shapes: **B** the global batch (all ranks together), **N** the world size, B / N
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -219,7 +221,8 @@ def wrap(model: nn.Module, strategy: str = "ddp", *, bucket_cap_mb: float | None
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` (an FSDP-sharded model is its own module)."""
-    from torch.nn.parallel import DistributedDataParallel
+    # the class itself, from where it is defined: a lesson's forbid() may patch torch.nn.parallel's name
+    from torch.nn.parallel.distributed import DistributedDataParallel
 
     return model.module if isinstance(model, DistributedDataParallel) else model
 
@@ -241,7 +244,7 @@ def no_sync(model: nn.Module, skip: bool = True) -> Iterator[None]:
     gradients are averaged across ranks once per optimizer step (DDP's ``no_sync``, FSDP2's
     ``set_requires_gradient_sync(False)``).  In one process, or with ``skip=False``, it does nothing.
     """
-    from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.parallel.distributed import DistributedDataParallel
 
     if not skip or not _dist_ready():
         yield
@@ -313,11 +316,16 @@ def load_full_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | No
 
 
 class RankFailed(RuntimeError):
-    """A rank of ``launch`` raised or died; the other ranks were stopped.  ``rank`` says which."""
+    """A rank of ``launch`` raised or died; the other ranks were stopped.
 
-    def __init__(self, message: str, rank: int) -> None:
+    Attributes:
+        rank: the rank that failed first (-1 when the run timed out).
+        error: the name of its exception type ("" when it died without one).
+    """
+
+    def __init__(self, message: str, rank: int, error: str = "") -> None:
         super().__init__(message)
-        self.rank = rank
+        self.rank, self.error = rank, error
 
 
 def free_port() -> int:
@@ -332,15 +340,38 @@ def _worker(rank: int, fn: Callable, args: tuple, world: int, port: int, out: st
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
-    setup(device)
     try:
+        setup(device)
         result = fn(*args)
         torch.save(result, Path(out) / f"{rank}.pt")
-    except BaseException:
-        # the traceback as text: the exception object may not pickle back to the parent
-        raise RuntimeError(f"rank {rank} of {world} raised:\n{traceback.format_exc()}") from None
+    except BaseException as e:
+        # what failed and when, as text (the exception may not pickle); the parent reports the first failure, not
+        # the other ranks' "connection closed" that follows it
+        record = {"time": time.time(), "type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
+        (Path(out) / f"{rank}.err").write_text(json.dumps(record))
+        raise RuntimeError(f"rank {rank} of {world} raised {type(e).__name__}") from None
     finally:
         teardown()
+
+
+def _first_failure(out: str, exit_codes: list[int | None]) -> RankFailed:
+    """The failure that caused the others: a rank that died without an error, else the earliest error recorded.
+
+    When one rank fails, the others fail next ("connection closed" in their collectives) or are stopped by the
+    launcher (SIGTERM); neither is the cause.
+    """
+    nprocs, records = len(exit_codes), []
+    for r, code in enumerate(exit_codes):
+        path = Path(out) / f"{r}.err"
+        if path.exists():
+            records.append((json.loads(path.read_text()), r))
+        elif code not in (0, None, -signal.SIGTERM):  # died without raising: killed, or os._exit
+            return RankFailed(f"rank {r} of {nprocs} died (exit code {code}); the other ranks were stopped", r)
+    if not records:
+        return RankFailed(f"the {nprocs} processes were stopped (exit codes {exit_codes})", -1)
+    record, rank = min(records, key=lambda x: x[0]["time"])
+    return RankFailed(f"rank {rank} of {nprocs} raised {record['type']}: {record['message']}; the other ranks were "
+                      f"stopped.\n\n{record['traceback']}", rank, record["type"])
 
 
 def launch(fn: Callable, nprocs: int, *args: object, start_method: str = "fork", device: str | None = "cpu",
@@ -370,24 +401,25 @@ def launch(fn: Callable, nprocs: int, *args: object, start_method: str = "fork",
     if start_method not in mp.get_all_start_methods():
         raise ValueError(f"start_method {start_method!r} is not available here; use one of "
                          f"{mp.get_all_start_methods()}")
+    if start_method == "fork":
+        import torch._dynamo  # noqa: F401  (the first optimizer imports it: once here, not once in every child)
     with tempfile.TemporaryDirectory(prefix="lib-launch-") as out:
         ctx = mp.start_processes(_worker, args=(fn, args, nprocs, free_port(), out, device, threads),
                                  nprocs=nprocs, join=False, start_method=start_method)
         deadline = None if timeout is None else time.monotonic() + timeout
+        failed = False
         try:
             while not ctx.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise RankFailed(f"the {nprocs} processes did not finish within {timeout} s; all were stopped",
                                      -1)
-        except mp.ProcessRaisedException as e:
-            raise RankFailed(f"rank {e.error_index} failed, so the other ranks were stopped.\n{e}",
-                             e.error_index) from None
-        except mp.ProcessExitedException as e:
-            raise RankFailed(f"rank {e.error_index} died (exit code {e.exit_code}), so the other ranks were "
-                             "stopped", e.error_index) from None
+        except (mp.ProcessRaisedException, mp.ProcessExitedException):  # torch has stopped the other ranks
+            failed = True
         finally:
             for p in ctx.processes:
                 if p.is_alive():
                     p.kill()
                 p.join()
+        if failed:
+            raise _first_failure(out, [p.exitcode for p in ctx.processes])
         return [torch.load(Path(out) / f"{r}.pt", weights_only=False) for r in range(nprocs)]

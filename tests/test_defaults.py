@@ -136,6 +136,7 @@ DOCUMENTED = {
     distributed.full_state_dict: {"optimizer": None},
     distributed.load_full_state_dict: {"optimizer_state": None},
     distributed.launch: {"start_method": "fork", "device": "cpu", "threads": 1, "timeout": None},
+    distributed.RankFailed.__init__: {"error": ""},
 }
 OUTSIDE_THE_CORE = (runtime, ffn, checks, data, text, imdb, translation, train, memory, distributed)
 

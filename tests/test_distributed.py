@@ -130,9 +130,22 @@ def _alive(pid: int) -> bool:
 def test_a_rank_that_raises_stops_the_others_with_its_error(tmp_path):
     with pytest.raises(RankFailed, match="rank 1 ran out of data") as info:
         launch(_dies, 2, tmp_path, timeout=300)
-    assert info.value.rank == 1 and "ValueError" in str(info.value)
+    assert info.value.rank == 1 and info.value.error == "ValueError"
+    assert str(info.value).startswith("rank 1 of 2 raised ValueError: rank 1 ran out of data")
     pids = [int(p.name) for p in tmp_path.iterdir()]
     assert len(pids) == 2 and not any(_alive(p) for p in pids), "a rank was left running"
+
+
+def _vanishes() -> None:
+    if distributed.context().rank == 1:
+        os._exit(3)  # no exception, no message: the process just ends
+    torch.distributed.all_reduce(torch.ones(1))
+
+
+def test_a_rank_that_dies_without_an_error_is_named_too():
+    with pytest.raises(RankFailed, match=r"rank 1 of 2 died \(exit code 3\)") as info:
+        launch(_vanishes, 2, timeout=300)
+    assert info.value.rank == 1 and info.value.error == ""
 
 
 SCRIPT = """
