@@ -15,6 +15,7 @@ Modules, in the order of the course (each imports only from modules above it in 
     vit          PatchEmbed and its Linear twin, ViT (lesson 08)
     synthesizer  Dense, Random, factorized and mixture scores for MultiHeadAttention (lesson 09)
     efficient    tiled attention with an online softmax (lesson 10)
+    distributed  process group from torchrun's environment, DDP/FSDP wrapping, full state dicts, launch() (lesson 12)
 
 Beside them (tools the lessons use, not concepts they build):
 
@@ -22,7 +23,7 @@ Beside them (tools the lessons use, not concepts they build):
     text         tokenizer, vocabulary, padding (shared by lessons 06 and 07)
     imdb         the IMDB reviews as tensors, a validation split by movie (lesson 06)
     translation  English-French pairs, length-grouped batches, BLEU (lesson 07)
-    train        fit / evaluate loops; language-model training and exact checkpoints (lesson 11)
+    train        fit / evaluate loops; language-model training and exact checkpoints, on 1 or N processes (lessons 11, 12)
     interop      converters from other codebases: mha_from_torch/_d2l/_keras, vit_from_timm
     checks       exercise feedback
     plot         heatmaps and curves
@@ -51,6 +52,7 @@ _SUBMODULES = (
     "vit",
     "synthesizer",
     "efficient",
+    "distributed",
     "data",
     "text",
     "imdb",

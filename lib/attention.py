@@ -91,10 +91,17 @@ class KVCache:
     Pass it as ``record=Record(cache=cache)``; each ``lib.multihead.MultiHeadAttention``
     keeps its slot under its own identity.  Self-attention appends the new
     (B, H, T_new, Dh) keys and values; cross-attention stores the memory's once and reuses them.
+
+    Appending does not copy what is cached: outside autograd each slot lives in a buffer with
+    room to spare (doubled when full, as a Python list grows), the new keys are written after
+    the old ones and a view of the filled part is returned, so a decoding step costs the new
+    token's keys, not the whole history (``torch.cat`` would copy all of it at every step).
+    When the keys need gradients, appending concatenates (a differentiable copy).
     """
 
     def __init__(self) -> None:
-        self._slots: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+        self._slots: dict[nn.Module, tuple[Tensor, Tensor]] = {}  # the filled part of each layer's buffers
+        self._buffers: dict[nn.Module, tuple[Tensor, Tensor]] = {}  # (B, H, capacity, D) each, where preallocated
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -108,13 +115,34 @@ class KVCache:
 
     def append(self, layer: nn.Module, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add new keys/values (B, H, T_new, Dh) to ``layer``'s slot; return all of them (B, H, Tk, Dh)."""
-        if layer in self._slots:
-            k_old, v_old = self._slots[layer]
-            if k_old.shape[:2] != k.shape[:2]:
-                raise ValueError(f"cached keys {tuple(k_old.shape)} and new keys {tuple(k.shape)} differ in (B, H)")
+        if layer not in self._slots:
+            self._slots[layer] = (k, v)
+            self._buffers.pop(layer, None)
+            return k, v
+        k_old, v_old = self._slots[layer]
+        if k_old.shape[:2] != k.shape[:2]:
+            raise ValueError(f"cached keys {tuple(k_old.shape)} and new keys {tuple(k.shape)} differ in (B, H)")
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or k_old.requires_grad):
+            self._buffers.pop(layer, None)
             k, v = torch.cat([k_old, k], dim=-2), torch.cat([v_old, v], dim=-2)  # (B, H, Tk, Dh), (B, H, Tk, Dv)
+        else:
+            k, v = self._write(layer, k_old, v_old, k, v)
         self._slots[layer] = (k, v)
         return k, v
+
+    def _write(self, layer: nn.Module, k_old: Tensor, v_old: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v after the ``T_old`` cached positions in the layer's buffers (grown if full); views of [0, Tk)."""
+        t_old, tk = k_old.shape[-2], k_old.shape[-2] + k.shape[-2]
+        buffers = self._buffers.get(layer)
+        if buffers is None or tk > buffers[0].shape[-2] or buffers[0].dtype != k.dtype or buffers[0].device != k.device:
+            capacity = max(tk, 2 * t_old)  # doubling: appending N positions one by one copies O(N) in all
+            buffers = tuple(t.new_empty((*t.shape[:-2], capacity, t.shape[-1])) for t in (k_old, v_old))
+            for buf, old in zip(buffers, (k_old, v_old)):
+                buf[..., :t_old, :].copy_(old)
+            self._buffers[layer] = buffers
+        for buf, new in zip(buffers, (k, v)):
+            buf[..., t_old:tk, :].copy_(new)
+        return buffers[0][..., :tk, :], buffers[1][..., :tk, :]  # (B, H, Tk, Dh), (B, H, Tk, Dv)
 
     def get(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
         """``layer``'s cached keys and values (B, H, Tk, Dh), (B, H, Tk, Dv)."""
@@ -131,6 +159,7 @@ class KVCache:
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows ``index`` (B_new,) in every slot, e.g. the surviving beams of a beam search."""
         self._slots = {m: (k.index_select(0, index), v.index_select(0, index)) for m, (k, v) in self._slots.items()}
+        self._buffers = {}  # the selected rows are new tensors: the next append starts new buffers
 
 
 # ---------------------------------------------------------------------------
@@ -388,22 +417,40 @@ def scaled_dot_product_attention(
     return attend(scores, v, mask, bias, dropout_p, value_term=value_term)  # (..., Tq, Dv), (..., Tq, Tk)
 
 
+_SDPA_GROUPS = torch.__version__ >= (2, 5)  # F.scaled_dot_product_attention(..., enable_gqa=) exists
+
+
 def _sdpa_fast(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None, dropout_p: float, scale: float
 ) -> Tensor:
-    """PyTorch's fused attention with this module's mask and bias semantics."""
-    scores_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
+    """PyTorch's fused attention with this module's mask and bias semantics.
+
+    Keys and values with fewer heads than the queries (grouped-query attention, (B, G, Tk, D)
+    with G dividing H) go to the kernel as they are, ``enable_gqa=True`` (torch >= 2.5), so the
+    G heads are never copied H/G times.
+    """
+    grouped = q.dim() >= 3 and k.dim() >= 3 and k.shape[-3] != q.shape[-3]
     attn_mask: Tensor | None = None
-    if mask is not None:
-        _check_mask(mask, torch.empty(scores_shape, device="meta"))
+    if mask is not None or bias is not None:  # (validation only: nothing to check on the cached one-token step)
+        lead = q.shape[:-2] if grouped else torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+        scores = torch.empty((*lead, q.shape[-2], k.shape[-2]), device="meta")  # (..., Tq, Tk)
+        if mask is not None:
+            _check_mask(mask, scores)
+        if bias is not None:
+            _check_bias(bias, scores)
     if bias is not None:
-        _check_bias(bias, torch.empty(scores_shape, device="meta", dtype=bias.dtype))
         attn_mask = bias.to(q.dtype)
         if mask is not None:
             attn_mask = attn_mask.masked_fill(~mask, torch.finfo(q.dtype).min)
     elif mask is not None:
         attn_mask = mask
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    extra = {}
+    if grouped and _SDPA_GROUPS:
+        extra = {"enable_gqa": True}
+    elif grouped:  # torch 2.4: no enable_gqa, repeat each key/value head for its H/G query heads
+        rep = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)  # (..., H, Tk, D)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, **extra)
     if mask is not None:
         # PyTorch returns NaN (or garbage) for rows with nothing to attend;
         # the course's contract is a zero output there.

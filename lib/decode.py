@@ -378,7 +378,6 @@ def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None =
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
 
 
-@torch.no_grad()
 def generate(model: nn.Module, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              use_cache: bool = True) -> Tensor:
@@ -413,7 +412,9 @@ def generate(model: nn.Module, prompt: Tensor, max_new_tokens: int, *, temperatu
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     ctx = model.config.context_len
     tokens = prompt.long()
-    with eval_mode(model):
+    # inference mode: no autograd bookkeeping at all (less per-step overhead than no_grad); the result is
+    # cloned outside it, so the caller gets an ordinary tensor (one that may enter a training step)
+    with eval_mode(model), torch.inference_mode():
         record = None
         for _ in range(max_new_tokens):
             if not use_cache:
@@ -425,4 +426,4 @@ def generate(model: nn.Module, prompt: Tensor, max_new_tokens: int, *, temperatu
                 logits = model(tokens[:, -1:], record=record)  # (B, 1, V): only the newest token
             nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)  # (B, T + 1)
-    return tokens
+    return tokens.clone()

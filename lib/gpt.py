@@ -150,7 +150,8 @@ class GPT(nn.Module):
                            if c.positional == "learned" else nn.Dropout(c.dropout))
         blocks = []
         for _ in range(c.num_layers):
-            rope = RotaryEmbedding(d_head=Dh, base=c.rope_base, interleaved=c.rope_interleaved) if c.positional == "rope" else None
+            rope = (RotaryEmbedding(d_head=Dh, base=c.rope_base, interleaved=c.rope_interleaved, max_len=c.context_len)
+                    if c.positional == "rope" else None)
             attention = MultiHeadAttention(D, H, d_head=Dh, bias=c.bias, dropout=c.dropout, fast=c.fast,
                                            positional=rope, n_kv_heads=G)
             ffn = (SwiGLU(D, c.hidden_size, dropout=c.dropout, bias=c.bias) if c.ffn == "swiglu"

@@ -86,10 +86,24 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, H*Dh)
 
 
-def _packed_linear(x: Tensor, lins: tuple[nn.Linear, ...]) -> tuple[Tensor, ...]:
-    """``tuple(lin(x) for lin in lins)`` as one GEMM on the stacked weights, as torch's packed ``in_proj_weight``."""
-    w = torch.cat([lin.weight for lin in lins])  # (sum of out_features, D)
-    b = None if lins[0].bias is None else torch.cat([lin.bias for lin in lins])  # (sum of out_features,)
+def _packed_linear(x: Tensor, lins: tuple[nn.Linear, ...], memo: dict | None = None) -> tuple[Tensor, ...]:
+    """``tuple(lin(x) for lin in lins)`` as one GEMM on the stacked weights, as torch's packed ``in_proj_weight``.
+
+    Stacking copies the weights, which costs more than the GEMM itself when ``x`` is one token per
+    row (a decoding step).  Outside autograd the stacked weights are kept in ``memo`` and reused
+    until a weight changes (its version counter or its storage: an optimizer step, ``load_state_dict``,
+    a move to another device).
+    """
+    params = [p for lin in lins for p in (lin.weight, lin.bias) if p is not None]
+    reuse = memo is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+    key = tuple((p.data_ptr(), p._version, p.dtype) for p in params) if reuse else None
+    if reuse and memo.get("key") == key:
+        w, b = memo["w"], memo["b"]
+    else:
+        w = torch.cat([lin.weight for lin in lins])  # (sum of out_features, D)
+        b = None if lins[0].bias is None else torch.cat([lin.bias for lin in lins])  # (sum of out_features,)
+        if reuse:
+            memo.update(key=key, w=w, b=b)
     return F.linear(x, w, b).split([lin.out_features for lin in lins], dim=-1)  # each (B, T, out_features)
 
 
@@ -245,6 +259,7 @@ class MultiHeadAttention(nn.Module):
         self.d_model, self.num_heads, self.d_head, self.value_dim = d_model, num_heads, d_head, value_dim
         self.out_dim, self.kdim, self.vdim, self.dropout = out_dim, kdim, vdim, dropout
         self.fused_qkv, self.fast, self.positional, self.scores = fused_qkv, fast, positional, scores
+        self._packed: dict = {}  # the stacked W_q, W_k, W_v of the fast path, kept while no weight changes
         self.n_kv_heads = n_kv_heads
         H, G = num_heads, n_kv_heads
         if fused_qkv:
@@ -290,7 +305,8 @@ class MultiHeadAttention(nn.Module):
         if self.fused_qkv:
             return tuple(split_heads(t, H) for t in self.qkv(query).chunk(3, dim=-1))  # 3 x (B, H, Tq, Dh)
         if self.fast and key is query and value is query:  # one GEMM instead of three (bench_encoder.py)
-            q, k, v = _packed_linear(query, (self.W_q, self.W_k, self.W_v))  # (B, T, H*Dh), 2 x (B, T, G*Dh)
+            memo = getattr(self, "_packed", None)
+            q, k, v = _packed_linear(query, (self.W_q, self.W_k, self.W_v), memo)  # (B, T, H*Dh), 2 x (B, T, G*Dh)
             return split_heads(q, H), split_heads(k, G), split_heads(v, G)
         return split_heads(self.W_q(query), H), split_heads(self.W_k(key), G), split_heads(self.W_v(value), G)
 
@@ -337,11 +353,12 @@ class MultiHeadAttention(nn.Module):
         past = cache.length(self) if cache is not None and self_attention else 0
         q_pos = torch.arange(past, past + query.shape[1], device=query.device)  # (Tq,)
         q, k, v = self._queries_keys_values(query, key, value, cache, self_attention, q_pos)
-        k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, Tk, Dh): each of the G heads serves H/G queries
         value_term = None
         if self.positional is not None:
             q, bias, value_term = self._apply_positions(q, k, q_pos, bias)
         fast = self.fast and value_term is None and not (record is not None and record.need_weights)
+        if not fast:  # the fused kernel takes the G key/value heads as they are (grouped-query)
+            k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, Tk, Dh): each of the G heads serves H/G queries
         return scaled_dot_product_attention(q, k, v, mask, bias, self._dropout_p(), fast=fast, value_term=value_term)
 
     # -- its steps ------------------------------------------------------------------

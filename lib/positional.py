@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from lib.attention import check_sequence
 from lib.multihead import PositionalScheme
+from lib.runtime import check_positive_int
 
 __all__ = [
     "AbsoluteEncoding",
@@ -436,20 +437,35 @@ class RotaryEmbedding(PositionalScheme):
         positions, so keys in a cache are rotated once.
     """
 
-    def __init__(self, d_head: int, base: float = 10000.0, interleaved: bool = False) -> None:
+    def __init__(self, d_head: int, base: float = 10000.0, interleaved: bool = False, *,
+                 max_len: int | None = None) -> None:
         super().__init__()
         if d_head < 2 or d_head % 2:
             raise ValueError(f"RotaryEmbedding needs an even d_head >= 2, got {d_head}")
         self.d_head, self.base, self.interleaved = d_head, base, interleaved
         theta = base ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)  # (Dh/2,)
         self.register_buffer("theta", theta, persistent=False)
+        self.max_len = max_len
+        if max_len is not None:
+            check_positive_int(max_len=max_len)  # cos and sin of every position once, looked up after (a decoding step is short)
+            cos, sin = self.cos_sin(torch.arange(max_len))  # (max_len, Dh) each, float32
+            self.register_buffer("cos_table", cos, persistent=False)
+            self.register_buffer("sin_table", sin, persistent=False)
 
     def cos_sin(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """cos and sin of the angles m·θ_p, each (T, Dh) in this module's pairing layout.
 
-        Computed in ``dtype`` (float32 at least: half precision cannot hold large angles).
+        Computed in ``dtype`` (float32 at least: half precision cannot hold large angles); with
+        ``max_len`` float32 values are read from the table built at construction.
         """
         dtype = torch.promote_types(dtype, torch.float32)
+        table = getattr(self, "cos_table", None)
+        if table is not None and table.dtype == dtype == torch.float32:  # (a model cast to bf16 casts the table)
+            try:
+                return table[positions], self.sin_table[positions]  # (T, Dh) each
+            except IndexError:
+                raise ValueError(f"RotaryEmbedding(max_len={self.max_len}) got position {int(positions.max())}; "
+                                 "build it with a larger max_len (or none: angles computed on the fly)") from None
         angles = positions.to(dtype).unsqueeze(-1) * self.theta.to(dtype)  # (T, Dh/2)
         if self.interleaved:
             angles = angles.repeat_interleave(2, dim=-1)  # (T, Dh): θ0 θ0 θ1 θ1 ...
@@ -468,7 +484,8 @@ class RotaryEmbedding(PositionalScheme):
         return apply_rotary(x.to(cos.dtype), cos, sin, interleaved=self.interleaved).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"d_head={self.d_head}, base={self.base:g}, interleaved={self.interleaved}"
+        table = "" if self.max_len is None else f", max_len={self.max_len}"
+        return f"d_head={self.d_head}, base={self.base:g}, interleaved={self.interleaved}{table}"
 
 
 # ---------------------------------------------------------------------------

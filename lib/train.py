@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lib import distributed
 from lib.runtime import check_positive_int, eval_mode
 from lib.runtime import device as default_device
 
@@ -421,17 +422,28 @@ class RandomWindows:
     ``get_batch``): every position of a window is a next-token example.  The generator's state
     travels in checkpoints (``state_dict``), so a resumed run draws the same batches.
 
+    On N processes (``lib.distributed``) every rank draws the same ``batch_size`` starts from the same
+    generator and keeps its own slice of B / N windows: together the ranks train on exactly the
+    batch one process would, so N processes and one give the same run, and a checkpoint resumes on
+    any number of processes (a per-rank seed would give independent batches, equally valid but not
+    comparable with one process).
+
     Args:
         tokens: 1-D integer tensor, the whole stream (e.g. the training text's ids).
         block_size: T, the window length (the model's context).
-        batch_size: B, windows per batch.
+        batch_size: B, windows per batch, all ranks together (the global batch).
         seed: the generator's seed.
+        rank, world_size: this process's slice; default the current process group's (0 of 1 without one).
 
     Shapes:
-        ``next(batches)`` -> x (B, T), y (B, T) int64.
+        ``next(batches)`` -> x (B / N, T), y (B / N, T) int64.
+
+    Raises:
+        ValueError: ``batch_size`` is not divisible by the number of processes.
     """
 
-    def __init__(self, tokens: Tensor, *, block_size: int, batch_size: int, seed: int = 0) -> None:
+    def __init__(self, tokens: Tensor, *, block_size: int, batch_size: int, seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None) -> None:
         if tokens.dim() != 1 or tokens.is_floating_point():
             raise ValueError(f"tokens must be a 1-D integer tensor, got {tokens.dtype} {tuple(tokens.shape)}")
         if block_size < 1 or batch_size < 1:
@@ -439,6 +451,12 @@ class RandomWindows:
         if tokens.numel() < block_size + 1:
             raise ValueError(f"a window needs block_size + 1 = {block_size + 1} tokens, the stream has {tokens.numel()}")
         self.tokens, self.block_size, self.batch_size = tokens.long(), block_size, batch_size
+        ctx = distributed.context()
+        self.rank = ctx.rank if rank is None else rank
+        self.world_size = ctx.world_size if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
+        self.local_batch = distributed.per_rank(batch_size, self.world_size)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __iter__(self) -> RandomWindows:
@@ -447,9 +465,10 @@ class RandomWindows:
     def __next__(self) -> tuple[Tensor, Tensor]:
         T = self.block_size
         starts = torch.randint(self.tokens.numel() - T, (self.batch_size,), generator=self.generator)  # (B,)
-        idx = starts[:, None] + torch.arange(T + 1)  # (B, T + 1)
-        windows = self.tokens[idx]  # (B, T + 1)
-        return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
+        starts = starts[self.rank * self.local_batch : (self.rank + 1) * self.local_batch]  # (B / N,) this rank's
+        idx = starts[:, None] + torch.arange(T + 1)  # (B / N, T + 1)
+        windows = self.tokens[idx]  # (B / N, T + 1)
+        return windows[:, :-1], windows[:, 1:]  # (B / N, T), (B / N, T)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -533,20 +552,35 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
 
     The file is written next to ``path`` and renamed over it, so a crash mid-write leaves the
     previous checkpoint intact.  ``batches`` is the sampler whose generator state is saved.
+
+    The weights and optimizer state are saved whole and keyed by parameter name
+    (``lib.distributed.full_state_dict``), so a checkpoint written by one process, by DDP or by FSDP on
+    N processes loads on any number of them.  On N processes every rank calls this (the shards are
+    gathered, each rank's RNG states recorded) and rank 0 alone writes.
     """
     path = Path(path)
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": None if scheduler is None else scheduler.state_dict(),
-        "batches": None if batches is None else batches.state_dict(),
-        "step": step,
-        "rng": rng_states(),
-        "extra": extra or {},
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    model_state, optimizer_state = distributed.full_state_dict(model, optimizer)
+    rng = rng_states()
+    rng_per_rank = [rng]
+    if distributed.context().distributed:
+        rng_per_rank = [None] * distributed.context().world_size
+        torch.distributed.all_gather_object(rng_per_rank, rng)
+    if distributed.context().is_main:
+        state = {
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "batches": None if batches is None else batches.state_dict(),
+            "step": step,
+            "rng": rng,
+            "rng_per_rank": rng_per_rank,
+            "extra": extra or {},
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+    if distributed.context().distributed:
+        torch.distributed.barrier()  # the file exists for every rank once this returns
 
 
 def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -555,12 +589,12 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     """Restore what ``save_checkpoint`` wrote into these objects (and the global RNGs); return the checkpoint.
 
     The returned dict holds ``step`` (the number of steps done) and ``extra``.  Build the
-    objects as for a fresh run, then load: the run goes on as if it had never stopped.
+    objects as for a fresh run, then load: the run goes on as if it had never stopped.  On N
+    processes every rank loads (an FSDP rank keeps its shard) and restores the RNG states the same
+    rank saved; a rank the saving run did not have keeps its own.
     """
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
+    distributed.load_full_state_dict(model, optimizer, state["model"], state["optimizer"])
     if scheduler is not None:
         if state["scheduler"] is None:
             raise ValueError(f"{path} holds no scheduler state, but a scheduler was given")
@@ -569,7 +603,9 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         if state["batches"] is None:
             raise ValueError(f"{path} holds no batch sampler state, but batches were given")
         batches.load_state_dict(state["batches"])
-    set_rng_states(state["rng"])
+    rank, saved = distributed.context().rank, state.get("rng_per_rank") or [state["rng"]]
+    if rank < len(saved):
+        set_rng_states(saved[rank])
     return state
 
 
@@ -611,48 +647,70 @@ def train_lm(
     eval_every: int | None = None,
     progress: bool = True,
     history: LMHistory | None = None,
+    accum_steps: int = 1,
 ) -> LMHistory:
     """Train a language model ``model(x) -> logits (B, T, V)`` on next-token cross-entropy, step by step.
 
-    Step s (from ``start_step`` to ``steps - 1``): a batch, forward under ``autocast``, loss,
-    backward, ``clip_gradients``, optimizer step, scheduler step.  ``evaluate(model)`` runs
-    after every ``eval_every`` steps and after the last (its time is not counted as training).
-    To resume, load a checkpoint into the same objects and pass its ``step`` as ``start_step``.
+    Step s (from ``start_step`` to ``steps - 1``): ``accum_steps`` micro-batches, each a forward under
+    ``autocast``, its loss divided by ``accum_steps`` and a backward (the gradients add up to those of
+    the mean loss over all of them), then ``clip_gradients``, optimizer step, scheduler step.
+    ``evaluate(model)`` runs after every ``eval_every`` steps and after the last (its time is not
+    counted as training).  To resume, load a checkpoint into the same objects and pass its ``step`` as
+    ``start_step``.
+
+    On N processes (``lib.distributed``: the model wrapped by ``wrap``, the batches sharded by rank)
+    the loop is the same: the gradients are averaged across ranks during the last micro-batch's
+    backward only (``no_sync`` on the inner ones), the recorded loss is the mean over all ranks,
+    ``evaluate`` runs on every rank (on the unwrapped model) and its mean is recorded, ``tokens``
+    counts every rank's, and only rank 0 shows progress.
     """
     if steps < 1 or not 0 <= start_step <= steps:
         raise ValueError(f"need steps >= 1 and 0 <= start_step <= steps, got steps={steps}, start_step={start_step}")
     if eval_every is not None and (evaluate is None or eval_every < 1):
         raise ValueError("eval_every needs an evaluate function and a positive number of steps")
+    check_positive_int(accum_steps=accum_steps)
     from tqdm.auto import tqdm
 
     history = history if history is not None else LMHistory()
+    ctx = distributed.context()
     dev = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
+    sharded = distributed.is_sharded(model)
     model.train()
     it = iter(batches)
-    bar = tqdm(range(start_step, steps), desc="steps", disable=not progress, leave=False)
+    bar = tqdm(range(start_step, steps), desc="steps", disable=not progress or not ctx.is_main, leave=False)
     for step in bar:
         began = time.perf_counter()
-        x, y = (t.to(dev, non_blocking=True) for t in next(it))  # (B, T), (B, T)
-        with autocast(dev):
-            logits = model(x)  # (B, T, V)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         history.lr.append(float(optimizer.param_groups[0]["lr"]))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = clip_gradients(params, grad_clip) if grad_clip is not None else torch.nan
+        step_loss = 0.0
+        for micro in range(accum_steps):
+            x, y = (t.to(dev, non_blocking=True) for t in next(it))  # (B, T), (B, T)
+            with distributed.no_sync(model, skip=micro < accum_steps - 1):  # average across ranks once, at the end
+                with autocast(dev):
+                    logits = model(x)  # (B, T, V)
+                loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+                (loss / accum_steps).backward()
+            step_loss += loss.item() / accum_steps
+            history.tokens += y.numel() * ctx.world_size
+        if grad_clip is None:
+            norm = torch.nan
+        elif sharded:  # FSDP: the gradients are DTensor shards; torch's clip takes the norm over all of them
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        else:
+            norm = clip_gradients(params, grad_clip)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        history.step_loss.append(loss.item())
+        history.step_loss.append(distributed.all_reduce_mean(step_loss))
         history.grad_norm.append(float(norm))
-        history.tokens += y.numel()
         history.seconds += time.perf_counter() - began
         bar.set_postfix(loss=f"{history.step_loss[-1]:.3f}")
         done = step + 1
         if evaluate is not None and ((eval_every is not None and done % eval_every == 0) or done == steps):
             history.eval_steps.append(done)
-            history.val_loss.append(float(evaluate(model)))
+            history.val_loss.append(distributed.all_reduce_mean(float(evaluate(distributed.unwrap(model)))))
             model.train()
     bar.close()
     return history

@@ -337,3 +337,45 @@ def test_parametric_nadaraya_watson_learns_and_masks():
     # batched queries with their own keys: (B, Tq) against (B, Tk)
     out_b = model(torch.rand(4, 3), torch.rand(4, 5), torch.rand(4, 5))
     assert out_b.shape == (4, 3)
+
+
+def test_kv_cache_appends_in_place_without_changing_what_it_returned():
+    """Outside autograd the cache writes into a buffer that doubles when full: each step's view holds exactly
+    the keys appended so far, later appends do not change earlier views, and reorder starts afresh."""
+    from torch import nn
+
+    from lib.attention import KVCache
+
+    layer, cache = nn.Identity(), KVCache()
+    torch.manual_seed(0)
+    chunks = [torch.randn(2, 3, n, 4) for n in (5, 1, 1, 3, 1, 9, 1)]
+    views, capacities = [], []
+    with torch.no_grad():
+        for i, c in enumerate(chunks):
+            k, v = cache.append(layer, c, -c)
+            want = torch.cat(chunks[: i + 1], dim=-2)
+            assert torch.equal(k, want) and torch.equal(v, -want) and cache.length(layer) == want.shape[-2]
+            views.append((k, want))
+            if layer in cache._buffers:
+                capacities.append(cache._buffers[layer][0].shape[-2])
+    assert all(torch.equal(k, want) for k, want in views)  # nothing returned earlier was overwritten
+    assert capacities == [10, 10, 10, 20, 20, 40]  # lengths 6 7 10 11 20 21: doubled when full, not per step
+    with pytest.raises(ValueError, match="differ in"):
+        cache.append(layer, torch.randn(1, 3, 1, 4), torch.randn(1, 3, 1, 4))
+    cache.reorder(torch.tensor([1, 1]))
+    k, _ = cache.append(layer, chunks[0][:, :, :1], chunks[0][:, :, :1])
+    full = torch.cat(chunks, dim=-2)
+    assert torch.equal(k, torch.cat([full[[1, 1]], chunks[0][:, :, :1]], dim=-2))
+
+
+def test_kv_cache_appends_differentiably_when_keys_need_gradients():
+    from torch import nn
+
+    from lib.attention import KVCache
+
+    layer, cache = nn.Identity(), KVCache()
+    a, b = torch.randn(1, 2, 3, 4, requires_grad=True), torch.randn(1, 2, 1, 4, requires_grad=True)
+    cache.append(layer, a, a)
+    k, v = cache.append(layer, b, b)
+    (k.sum() + 2 * v.sum()).backward()
+    assert torch.equal(a.grad, torch.full_like(a, 3.0)) and torch.equal(b.grad, torch.full_like(b, 3.0))

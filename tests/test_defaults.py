@@ -28,6 +28,7 @@ from lib import (
     attention,
     checks,
     data,
+    distributed,
     ffn,
     imdb,
     interop,
@@ -117,16 +118,27 @@ DOCUMENTED = {
     ffn.SwiGLU.__init__: {"activation": "silu", "dropout": 0.0, "bias": False},
     train.cosine_lr: {"min_ratio": 0.1},
     train.cosine_schedule: {"min_ratio": 0.1},
-    train.RandomWindows.__init__: {"seed": 0},
+    train.RandomWindows.__init__: {"seed": 0, "rank": None, "world_size": None},
     train.lm_loss: {"batch_size": 64, "max_windows": None},
     train.save_checkpoint: {"scheduler": None, "batches": None, "extra": None},
     train.load_checkpoint: {"optimizer": None, "scheduler": None, "batches": None},
     train.LMHistory.__init__: {"step_loss": None, "lr": None, "grad_norm": None, "eval_steps": None,
                                "val_loss": None, "seconds": 0.0, "tokens": 0},
     train.train_lm: {"start_step": 0, "scheduler": None, "grad_clip": 1.0, "evaluate": None, "eval_every": None,
-                     "progress": True, "history": None},
+                     "progress": True, "history": None, "accum_steps": 1},
+    # Added with lesson 12 (tested in tests/test_distributed.py).
+    distributed.Context.__init__: {"rank": 0, "world_size": 1, "local_rank": 0, "device": torch.device("cpu"),
+                                   "backend": None},
+    distributed.setup: {"device": None, "timeout": None},
+    distributed.wrap: {"strategy": "ddp", "bucket_cap_mb": None},
+    distributed.per_rank: {"world_size": None},
+    distributed.no_sync: {"skip": True},
+    distributed.full_state_dict: {"optimizer": None},
+    distributed.load_full_state_dict: {"optimizer_state": None},
+    distributed.launch: {"start_method": "fork", "device": "cpu", "threads": 1, "timeout": None},
+    distributed.RankFailed.__init__: {"error": ""},
 }
-OUTSIDE_THE_CORE = (runtime, ffn, checks, data, text, imdb, translation, train, memory)
+OUTSIDE_THE_CORE = (runtime, ffn, checks, data, text, imdb, translation, train, memory, distributed)
 
 
 def defaults_of(fn) -> dict:

@@ -256,3 +256,61 @@ def test_to_hf_llama_round_trips_and_matches(G):
     assert back.config == dataclasses.replace(c, fast=True, d_head=c.head_size, d_ff=c.hidden_size)
     with pytest.raises(ValueError, match="Llama-style"):
         to_hf_llama(GPT(small(norm="layer")))
+
+
+@pytest.mark.parametrize("G", [2, 1])
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_fused_kernel_takes_grouped_keys_as_they_are(G, masked, monkeypatch):
+    """fast=True hands the G key/value heads to PyTorch's kernel (enable_gqa, or a repeat before torch 2.5);
+    it must equal the explicit path, which repeats them, with and without a mask, and with a cache."""
+    import lib.attention as attention
+    from lib.multihead import MultiHeadAttention
+    from lib.positional import RotaryEmbedding
+
+    torch.manual_seed(0)
+    slow = MultiHeadAttention(32, 4, n_kv_heads=G, fast=False, positional=RotaryEmbedding(8)).eval()
+    fast = MultiHeadAttention(32, 4, n_kv_heads=G, fast=True, positional=RotaryEmbedding(8)).eval()
+    fast.load_state_dict(slow.state_dict())
+    x = torch.randn(2, 7, 32)
+    mask = torch.rand(2, 1, 7, 7) > 0.3 if masked else None
+    want = slow(x, mask=mask)
+    for groups_in_kernel in (True, False):  # torch >= 2.5, and the fallback of torch 2.4
+        monkeypatch.setattr(attention, "_SDPA_GROUPS", groups_in_kernel and attention._SDPA_GROUPS)
+        torch.testing.assert_close(fast(x, mask=mask), want, atol=1e-5, rtol=1e-4)
+        rec = Record(cache=KVCache())
+        steps = [fast(x[:, :4], mask=torch.ones(4, 4, dtype=torch.bool).tril(), record=rec)]
+        steps += [fast(x[:, t:t + 1], record=rec) for t in range(4, 7)]
+        causal = torch.ones(7, 7, dtype=torch.bool).tril()
+        torch.testing.assert_close(torch.cat(steps, dim=1), slow(x, mask=causal), atol=1e-5, rtol=1e-4)
+        assert rec.cache.get(fast)[0].shape == (2, G, 7, 8)  # the cache keeps G heads
+
+
+def test_rope_table_equals_the_angles_computed_on_the_fly():
+    from lib.positional import RotaryEmbedding
+
+    for interleaved in (False, True):
+        table = RotaryEmbedding(8, base=500.0, interleaved=interleaved, max_len=64)
+        fly = RotaryEmbedding(8, base=500.0, interleaved=interleaved)
+        pos = torch.tensor([63, 0, 17, 5])
+        for a, b in zip(table.cos_sin(pos), fly.cos_sin(pos)):
+            assert torch.equal(a, b)
+        x = torch.randn(2, 3, 4, 8)
+        assert torch.equal(table.rotate(x, pos), fly.rotate(x, pos))
+        assert torch.equal(table.rotate(x.double(), pos), fly.rotate(x.double(), pos))  # float64: computed
+        half = RotaryEmbedding(8, base=500.0, interleaved=interleaved, max_len=64).to(torch.bfloat16)
+        half_fly = RotaryEmbedding(8, base=500.0, interleaved=interleaved).to(torch.bfloat16)
+        assert torch.equal(half.rotate(x.bfloat16(), pos), half_fly.rotate(x.bfloat16(), pos))  # not the cast table
+    assert "cos_table" not in table.state_dict()  # derived, not a weight: checkpoints do not change
+    with pytest.raises(ValueError, match="max_len=64.*position 64"):
+        table.rotate(torch.randn(1, 2, 8), torch.tensor([3, 64]))
+
+
+def test_generated_tokens_can_train_the_model():
+    """generate runs in inference mode; what it returns must be an ordinary tensor that a training step accepts."""
+    torch.manual_seed(0)
+    model = GPT(small())
+    out = generate(model, torch.randint(0, 23, (2, 3)), 5)
+    assert not out.is_inference() and not out.requires_grad
+    logits = model(out[:, :-1])
+    nn.functional.cross_entropy(logits.flatten(0, 1), out[:, 1:].flatten()).backward()  # embedding saves the ids
+    assert model.embedding.weight.grad is not None

@@ -528,3 +528,32 @@ def test_cross_attention_keys_values_are_computed_once_and_reorder() -> None:
     assert k.shape[0] == 3
     with pytest.raises(ValueError, match="no slot"):
         KVCache().get(mha)
+
+
+def test_the_stacked_qkv_weights_are_reused_only_while_no_weight_changes():
+    """fast=True stacks W_q, W_k, W_v into one GEMM; outside autograd the stack is kept between calls. An optimizer
+    step, load_state_dict or an in-place edit must be seen at once (the memo is keyed on each weight's version)."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, n_kv_heads=2, fast=True, bias=True).eval()
+    ref = MultiHeadAttention(16, 4, n_kv_heads=2, fast=False, bias=True).eval()
+    x = torch.randn(2, 5, 16)
+
+    def agree() -> None:
+        ref.load_state_dict(mha.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(mha(x), ref(x), atol=1e-5, rtol=1e-4)
+
+    agree()
+    agree()  # the second call reads the memo
+    opt = torch.optim.SGD(mha.parameters(), lr=0.5)
+    mha(x).sum().backward()  # with autograd: stacked afresh, gradients reach every projection
+    assert all(p.grad is not None for p in (mha.W_q.weight, mha.W_k.weight, mha.W_v.weight, mha.W_v.bias))
+    opt.step()
+    agree()
+    with torch.no_grad():
+        mha.W_k.weight.mul_(-1.0)  # in place
+    agree()
+    mha.load_state_dict({k: torch.randn_like(v) for k, v in mha.state_dict().items()})
+    agree()
+    with torch.inference_mode():
+        torch.testing.assert_close(mha(x), ref(x), atol=1e-5, rtol=1e-4)
