@@ -25,8 +25,8 @@
 #
 # **Points in this lesson: 10** (exercise 1: 5, exercise 2: 5).
 #
-# *Run time:* under a minute on a 2-core CPU in full mode; `COURSE_QUICK=1` measures fewer
-# sequence lengths.
+# *Run time:* about two minutes on a 2-core CPU in full mode (the stored run shared its machine with
+# other jobs); `COURSE_QUICK=1` measures fewer sequence lengths and skips `torch.compile`.
 
 # %%
 import math
