@@ -1,4 +1,4 @@
-"""Lessons 06–10: the visible check of every exercise names the mistakes a learner plausibly makes.
+"""Lessons 06–12: the visible check of every exercise names the mistakes a learner plausibly makes.
 
 Each case below *plants* one mistake: it replaces the exercise's solution cell by a wrong answer
 (written as a learner would write it), runs the lesson's first cell, the cells the check needs and
@@ -337,6 +337,40 @@ plant("10.2", "dq overwritten by each block", "only the last block's share",
       _BACK.format(**{**_OKB, "dq": "dq = ds @ kb * scale"}))
 plant("10.2", "returns a dict, not the tuple", "return the tuple (dq, dk, dv)",
       _BACK.format(**_OKB).replace("return dq, dk, dv", "return {'dq': dq, 'dk': dk, 'dv': dv}"))
+
+
+# ---------------------------------------------------------------- 12, exercise 1: a data-parallel step by hand
+# (the check runs the planted step on two processes, forked from this one, against DDP on two processes)
+EXERCISES["12.1"] = Exercise("12_distributed", "ex1_dp_step", "ex1_dp_step_check", setup=("TOY_BATCH = 12",))
+_DP = """
+def data_parallel_step(model, optimizer, x, y):
+{zero}    loss = F.cross_entropy(model(x), y)
+{before}    loss.backward()
+    for p in model.parameters():
+        {cond}dist.all_reduce({what})
+        {divide}
+    optimizer.step()
+{after}    return {ret}
+
+
+def train_by_hand(steps=3, seed=0, nprocs=2):
+    return launch(data_parallel_run, nprocs, data_parallel_step, steps, seed)
+"""
+_OKD = dict(zero="    optimizer.zero_grad()\n", before="", cond="", what="p.grad", divide="p.grad /= dist.get_world_size()",
+            ret="loss.item()", after="")
+plant("12.1", "summed, not averaged", "summed, not averaged", _DP.format(**{**_OKD, "divide": "pass"}))
+plant("12.1", "all-reduce before backward()", "stepped with its own gradients", _DP.format(**{
+    **_OKD, "before": "    for p in model.parameters():\n        if p.grad is not None:\n            dist.all_reduce(p.grad)\n"
+                      "            p.grad /= dist.get_world_size()\n", "cond": "", "what": "torch.zeros(1)",
+    "divide": "pass"}))
+plant("12.1", "a temporary reduced (p.grad / N), not the gradient", "stepped with its own gradients", _DP.format(**{
+    **_OKD, "what": "p.grad / dist.get_world_size()", "divide": "pass"}))
+plant("12.1", "biases skipped", "only the weight matrices", _DP.format(**{
+    **_OKD, "cond": "if p.dim() < 2:\n            continue\n        "}))
+plant("12.1", "gradients never cleared", "without clearing the gradients", _DP.format(**{**_OKD, "zero": ""}))
+plant("12.1", "the loss returned as a tensor", "as a float", _DP.format(**{**_OKD, "ret": "loss.detach()"}))
+plant("12.1", "the averaged loss returned", "the losses rank", _DP.format(**{
+    **_OKD, "after": "    mean = loss.detach().clone()\n    dist.all_reduce(mean)\n    return mean.item() / dist.get_world_size()\n"}))
 
 
 @pytest.mark.parametrize("key", sorted(EXERCISES))
