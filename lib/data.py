@@ -248,10 +248,14 @@ def tree_digest(root: Path | str, dirs: Iterable[str]) -> str:
         root: the dataset root (e.g. ``.../aclImdb``).
         dirs: the sub-folders whose files are counted (e.g. ``("train/pos", ...)``).
     """
+    from tqdm.auto import tqdm
+
     root = Path(root)
+    files = list(_tree_files(root, dirs))
     lines = sorted(
         f"{rel}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode()
-        for rel, path in _tree_files(root, dirs)
+        for rel, path in tqdm(files, desc=f"verifying {root.name}", unit=" files", mininterval=1.0,
+                              disable=len(files) < 1000)  # a bar only where it takes seconds
     )
     return hashlib.sha256(b"".join(lines)).hexdigest()
 
@@ -427,17 +431,22 @@ def _extract(ds: Dataset, archive: Path, cache: Path) -> Path:
     target = cache / ds.target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{Path(ds.target).name}.extract-"))
+    from tqdm.auto import tqdm
+
     try:
         try:
+            # one member at a time under a progress bar: IMDB's archive holds 100,000 files, half a minute
             if ds.kind == "tar":
                 with tarfile.open(archive) as tf:
-                    tf.extractall(tmp, filter="data")
+                    for member in tqdm(tf, desc=f"extract {ds.filename}", unit=" files", mininterval=1.0):
+                        tf.extract(member, tmp, filter="data")
             else:
                 with zipfile.ZipFile(archive) as zf:
                     bad = zf.testzip()
                     if bad is not None:
                         raise zipfile.BadZipFile(f"bad CRC for member {bad}")
-                    zf.extractall(tmp)
+                    for name in tqdm(zf.namelist(), desc=f"extract {ds.filename}", unit=" files", mininterval=1.0):
+                        zf.extract(name, tmp)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError) as err:
             if isinstance(err, OSError) and err.errno is not None:
                 raise  # disk full, permissions: not the archive's fault

@@ -30,11 +30,12 @@ nothing to attend at all gives a zero output, as ``lib.attention`` does.
 This is the forward pass in plain PyTorch, written to be read.  Autograd can
 differentiate it, but then it saves every block for the backward pass, so the
 memory saving holds for inference (``torch.no_grad()``); FlashAttention's
-backward recomputes the blocks instead of saving them.
+backward recomputes the blocks instead of saving them, from the output and one
+log-sum-exp per query (``online_softmax_lse``, ``tiled_attention_backward``).
 
 References:
     Milakov & Gimelshein (2018), "Online normalizer calculation for softmax", Algorithm 3.
-    Dao et al. (2022), "FlashAttention", section 3.1 and Algorithm 1.
+    Dao et al. (2022), "FlashAttention", section 3.1, Algorithm 1 (forward) and Algorithm 4 (backward).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from torch import Tensor
 from lib.runtime import check_positive_int
 
 __all__ = ["OnlineSoftmaxState", "online_softmax_init", "online_softmax_update", "online_softmax_finish",
-           "tiled_attention"]
+           "online_softmax_lse", "tiled_attention", "tiled_attention_backward"]
 
 OnlineSoftmaxState = tuple[Tensor, Tensor, Tensor]
 """``(m, l, acc)``: running max (..., Tq, 1), running sum (..., Tq, 1), unnormalised output (..., Tq, Dv)."""
@@ -106,6 +107,19 @@ def online_softmax_finish(state: OnlineSoftmaxState, dtype: torch.dtype | None =
     _, l, acc = state
     out = torch.where(l > 0, acc / l.clamp_min(torch.finfo(l.dtype).tiny), torch.zeros_like(acc))  # (..., Tq, Dv)
     return out if dtype is None else out.to(dtype)
+
+
+def online_softmax_lse(state: OnlineSoftmaxState) -> Tensor:
+    """The log-sum-exp of each query's scores, ``m + log l``: all FlashAttention's backward keeps of the softmax.
+
+    ``exp(s_j - lse)`` is then the weight of key ``j`` (the whole row's softmax), for any block of keys
+    recomputed later.  A row with nothing to attend (``l = 0``) gets ``-inf``.
+
+    Shapes:
+        state (m (..., Tq, 1), l (..., Tq, 1), acc) -> (..., Tq).
+    """
+    m, l, _ = state
+    return (m + torch.log(l)).squeeze(-1)  # (..., Tq); m = -inf and l = 0 give -inf, never NaN
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None, block_size: int,
@@ -216,3 +230,79 @@ def tiled_attention(
             state = online_softmax_update(state, s, v[..., cols, :], m)
         outs.append(online_softmax_finish(state, q.dtype))  # (..., Bq, Dv)
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)  # (..., Tq, Dv)
+
+
+def tiled_attention_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dout: Tensor,
+    mask: Tensor | None = None,
+    *,
+    scale: float | None = None,
+    block_size: int = 128,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of attention with respect to q, k, v, recomputing the weights block by block --
+    Dao et al. (2022), Algorithm 4 (without dropout).
+
+    The backward pass of FlashAttention saves no (Tq, Tk) matrix.  From the forward pass it keeps
+    only the output ``out`` and one number per query, ``lse = m + log l`` (``online_softmax_lse``);
+    for each block of keys it recomputes the weights and uses them at once::
+
+        p_j  = exp(q k_jᵀ·scale - lse)            # (..., Tq, Bk): the block's softmax weights
+        dv_j = p_jᵀ dO                            # (..., Bk, Dv)
+        dp_j = dO v_jᵀ                            # (..., Tq, Bk)
+        ds_j = p_j ∘ (dp_j - D)                   # D = rowsum(dO ∘ out), (..., Tq, 1)
+        dq  += ds_j k_j · scale,  dk_j = ds_jᵀ q · scale
+
+    ``D`` is the softmax's ``rowsum(p ∘ dp)`` over *all* keys, which equals ``rowsum(dO ∘ out)``
+    because ``out = p v``: so it is known before the loop, from (Tq, Dv) numbers.
+
+    Args:
+        q, k, v: (..., Tq, Dk), (..., Tk, Dk), (..., Tk, Dv), the forward pass's inputs (same batch axes).
+        out: (..., Tq, Dv) the forward pass's output.
+        lse: (..., Tq) the log-sum-exp of each query's scaled, masked scores (``-inf``: nothing to attend).
+        dout: (..., Tq, Dv) the gradient of the loss with respect to ``out``.
+        mask: bool, True = may attend, broadcastable to (..., Tq, Tk); the forward pass's mask.
+        scale: multiplies the scores; default 1/√Dk.
+        block_size: keys per block, Bk.
+
+    Returns:
+        ``(dq, dk, dv)`` in the dtypes of q, k, v.
+
+    Raises:
+        ValueError: shapes that do not fit together.
+    """
+    _check(q, k, v, mask, None, block_size, None, False)
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    batch = q.shape[:-2]
+    if k.shape[:-2] != batch or v.shape[:-2] != batch:
+        raise ValueError(f"q, k, v must share their batch axes, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    for name, t, shape in (("out", out, (*batch, Tq, v.shape[-1])), ("dout", dout, (*batch, Tq, v.shape[-1])),
+                           ("lse", lse, (*batch, Tq))):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    dtype = torch.promote_types(q.dtype, torch.float32)  # accumulate in at least fp32
+    qf, kf, vf, of, dof = (t.to(dtype) for t in (q, k, v, out, dout))
+    lse_f = lse.to(dtype).unsqueeze(-1)  # (..., Tq, 1)
+    lse_f = torch.where(torch.isinf(lse_f), torch.zeros_like(lse_f), lse_f)  # rows with nothing to attend: p = 0 below
+    delta = (dof * of).sum(dim=-1, keepdim=True)  # (..., Tq, 1) = rowsum(p ∘ dp) over all keys
+    dq = torch.zeros_like(qf)  # (..., Tq, Dk)
+    dk = torch.empty_like(kf)  # (..., Tk, Dk)
+    dv = torch.empty_like(vf)  # (..., Tk, Dv)
+    rows = slice(0, Tq)
+    for j0 in range(0, Tk, block_size):
+        cols = slice(j0, min(j0 + block_size, Tk))
+        kb, vb = kf[..., cols, :], vf[..., cols, :]  # (..., Bk, Dk), (..., Bk, Dv)
+        p = torch.exp((qf @ kb.transpose(-2, -1)) * scale - lse_f)  # (..., Tq, Bk): recomputed weights
+        m = _block(mask, rows, cols)
+        if m is not None:
+            p = torch.where(m, p, torch.zeros_like(p))
+        dv[..., cols, :] = p.transpose(-2, -1) @ dof  # (..., Bk, Dv)
+        ds = p * (dof @ vb.transpose(-2, -1) - delta)  # (..., Tq, Bk)
+        dq += (ds @ kb) * scale  # (..., Tq, Dk)
+        dk[..., cols, :] = (ds.transpose(-2, -1) @ qf) * scale  # (..., Bk, Dk)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

@@ -41,16 +41,17 @@ def load_imdb_texts(root: Path | str | None = None) -> dict[str, tuple[list[str]
 
     Files are read in sorted order (negatives first), so the result is deterministic.
     """
+    from tqdm.auto import tqdm
+
     root = Path(data.fetch("imdb") if root is None else root)
     out = {}
     for split in ("train", "test"):
+        files = [(root / split / sub / name, label) for label, sub in ((0, "neg"), (1, "pos"))
+                 for name in sorted(os.listdir(root / split / sub))]
         texts, labels = [], []
-        for label, sub in ((0, "neg"), (1, "pos")):
-            folder = root / split / sub
-            for name in sorted(os.listdir(folder)):
-                with open(folder / name, encoding="utf-8") as f:
-                    texts.append(f.read())
-                labels.append(label)
+        for path, label in tqdm(files, desc=f"reading IMDB {split}", unit=" reviews", mininterval=1.0):
+            texts.append(path.read_text(encoding="utf-8"))
+            labels.append(label)
         out[split] = (texts, labels)
     return out
 
@@ -71,7 +72,8 @@ def _encode_all(num_words: int, maxlen: int, padding: str, truncating: str) -> d
     vocab = Vocab(counter, max_size=num_words)
     result: dict = {"itos": vocab.itos}
     for split in ("train", "test"):
-        encoded = [vocab.encode(t) for t in tokens[split]]
+        encoded = [vocab.encode(t) for t in tqdm(tokens[split], desc=f"encoding IMDB {split}", unit=" reviews",
+                                                 mininterval=1.0)]
         result[split] = {
             "x": pad_sequences(encoded, maxlen, padding=padding, truncating=truncating),
             "y": torch.tensor(texts[split][1], dtype=torch.long),

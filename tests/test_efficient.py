@@ -12,8 +12,10 @@ from lib.attention import causal_mask, padding_mask, scaled_dot_product_attentio
 from lib.efficient import (
     online_softmax_finish,
     online_softmax_init,
+    online_softmax_lse,
     online_softmax_update,
     tiled_attention,
+    tiled_attention_backward,
 )
 from lib.memory import attention_matrix_bytes, measure_peak_bytes
 
@@ -153,3 +155,78 @@ def test_extra_memory_linear_vs_quadratic():
     assert peaks["tiled"][-1] < attention_matrix_bytes(B, H, Ts[-1]) / 8
     assert 3.5 < peaks["explicit"][2] / peaks["explicit"][1] < 4.5
     assert 1.7 < peaks["tiled"][2] / peaks["tiled"][1] < 2.3
+
+
+def _forward_with_lse(q, k, v, mask, block):
+    """The tiled forward pass, keeping what FlashAttention's backward needs: out and lse."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    state = online_softmax_init(q, v)
+    for j in range(0, k.shape[-2], block):
+        m = None if mask is None else mask[..., j : j + block]
+        state = online_softmax_update(state, q @ k[..., j : j + block, :].transpose(-2, -1) * scale,
+                                      v[..., j : j + block, :], m)
+    return online_softmax_finish(state), online_softmax_lse(state)
+
+
+def test_lse_is_the_logsumexp_of_the_masked_scores():
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g, dtype=torch.float64) for n in (5, 13, 13))
+    mask = torch.rand(2, 3, 5, 13, generator=g) > 0.5
+    mask[0, 1, 2] = False  # a row with nothing to attend: lse = -inf, not NaN
+    _, lse = _forward_with_lse(q, k, v, mask, 4)
+    s = (q @ k.transpose(-2, -1) / math.sqrt(8)).masked_fill(~mask, -math.inf)
+    torch.testing.assert_close(lse, torch.logsumexp(s, dim=-1))
+    assert lse[0, 1, 2].item() == -math.inf and not lse.isnan().any()
+
+
+@pytest.mark.parametrize("B,H,Tq,Tk,Dk,Dv", [(2, 3, 17, 17, 8, 8), (1, 1, 1, 1, 4, 4), (3, 2, 5, 41, 16, 7),
+                                            (1, 2, 33, 9, 3, 5)])
+@pytest.mark.parametrize("block_size", [1, 4, 7, 64])
+@pytest.mark.parametrize("masked", [False, True])
+def test_backward_by_recomputation_equals_autograd(B, H, Tq, Tk, Dk, Dv, block_size, masked):
+    """dq, dk, dv from out and lse alone equal autograd through the explicit attention (and torch's SDPA)."""
+    g = torch.Generator().manual_seed(B * 100 + Tq + block_size)
+    q = torch.randn(B, H, Tq, Dk, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(B, H, Tk, Dk, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, H, Tk, Dv, generator=g, dtype=torch.float64, requires_grad=True)
+    dout = torch.randn(B, H, Tq, Dv, generator=g, dtype=torch.float64)
+    mask = None
+    if masked:
+        mask = padding_mask(torch.randint(0, Tk + 1, (B,), generator=g), Tk)  # (B, 1, 1, Tk), some rows empty
+        mask = mask & causal_mask(Tq, Tk) if Tk >= Tq else mask
+    ref, _ = scaled_dot_product_attention(q, k, v, mask=mask)
+    expected = torch.autograd.grad(ref, (q, k, v), dout)
+    with torch.no_grad():
+        out, lse = _forward_with_lse(q, k, v, mask, block_size)
+        torch.testing.assert_close(out, ref)
+        got = tiled_attention_backward(q, k, v, out, lse, dout, mask, block_size=block_size)
+    for name, a, b in zip("qkv", got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8, msg=lambda m, n=name: f"d{n}: {m}")
+    if not masked:  # torch's own SDPA gives the same gradients
+        sdpa = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), dout)
+        for a, b in zip(got, sdpa, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_backward_scale_dtype_and_errors():
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 6, 4, generator=g, requires_grad=True) for _ in range(3))
+    dout = torch.randn(1, 2, 6, 4, generator=g)
+    ref = F.scaled_dot_product_attention(q, k, v, scale=0.3)
+    expected = torch.autograd.grad(ref, (q, k, v), dout)
+    with torch.no_grad():
+        lse = torch.logsumexp(q @ k.transpose(-2, -1) * 0.3, dim=-1)
+        got = tiled_attention_backward(q, k, v, ref, lse, dout, scale=0.3, block_size=4)
+        half = tiled_attention_backward(*(t.half() for t in (q, k, v, ref, lse, dout)), scale=0.3, block_size=4)
+    for a, b, h in zip(got, expected, half, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert h.dtype == torch.float16
+        torch.testing.assert_close(h.float(), b, atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="lse must have shape"):
+        tiled_attention_backward(q, k, v, ref, lse[..., None], dout)
+    with pytest.raises(ValueError, match="dout must have shape"):
+        tiled_attention_backward(q, k, v, ref, lse, dout[..., :3])
+    with pytest.raises(ValueError, match="batch axes"):
+        tiled_attention_backward(q, k[:, :1], v[:, :1], ref, lse, dout)
+    with pytest.raises(ValueError, match="block_size"):
+        tiled_attention_backward(q, k, v, ref, lse, dout, block_size=0)

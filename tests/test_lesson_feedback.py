@@ -39,6 +39,9 @@ def _by_grade_id(cells: list[dict], grade_id: str) -> str:
 
 
 def _containing(cells: list[dict], marker: str) -> str:
+    """The plain code cell that contains ``marker``; ``"id:GRADE_ID"`` names an exercise cell instead."""
+    if marker.startswith("id:"):
+        return _by_grade_id(cells, marker[3:])
     found = [c.source for c in cells if marker in c.source and not c.metadata.get("nbgrader")]
     assert len(found) == 1, f"{len(found)} plain code cells contain {marker!r}"
     return found[0]
@@ -49,7 +52,7 @@ class Exercise:
     lesson: str
     answer_id: str  # the solution cell the plant replaces
     check_id: str  # the visible check cell
-    setup: tuple[str, ...] = ()  # markers of plain code cells the check needs, in order
+    setup: tuple[str, ...] = ()  # markers of plain code cells the check needs, in order ("id:..." an exercise cell)
 
 
 def run_check(ex: Exercise, answer: str | None, monkeypatch) -> str | None:
@@ -300,20 +303,40 @@ plant("10.1", "the maximum of this block only", "running maximum", _ONLINE.forma
 plant("10.1", "no guard for m = -inf: NaN", "nan after a fully masked block", _ONLINE.format(**{**_OKO, "safe": "m_new"}))
 plant("10.1", "the mask ignored", "masked keys", _ONLINE.format(**{**_OKO, "mask": "pass"}))
 
-# ---------------------------------------------------------------- 10, exercise 2: the memory of one layer
-EXERCISES["10.2"] = Exercise("10_attention_cost", "ex2_layer_memory", "ex2_layer_memory_check")
-_MEM = """
-def my_layer_activation_bytes(B, T, D, H, F, masked=False):
-    elements = {d} * B * T * D + B * T * F + {attn} * B * {h}T * T + {ln} * B * T
-    return {bytes} * elements
+# ---------------------------------------------------------------- 10, exercise 2: the backward pass by recomputation
+EXERCISES["10.2"] = Exercise("10_attention_cost", "ex2_attention_backward", "ex2_attention_backward_check",
+                             setup=("def explicit_grads(",))
+_BACK = """
+def my_attention_backward(q, k, v, out, lse, dout, block_size):
+    scale = 1 / math.sqrt(q.shape[-1])
+    delta = (dout * out).sum(dim=-1, keepdim=True)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for j in range(0, k.shape[-2], block_size):
+        kb, vb = k[..., j : j + block_size, :], v[..., j : j + block_size, :]
+        p = torch.exp(q @ kb.transpose(-2, -1) * {sscale} - {lse})
+        dp = dout @ vb.transpose(-2, -1)
+        dv[..., j : j + block_size, :] = {pT} @ dout
+        ds = p * (dp - {delta})
+        {dq}
+        dk[..., j : j + block_size, :] = {dsT} @ q * {gscale}
+    return dq, dk, dv
 """
-_OKM = dict(d=8, attn="(2 if masked else 1)", h="H * ", ln=4, bytes=4)
-plant("10.2", "elements, not bytes", "not bytes", _MEM.format(**{**_OKM, "bytes": 1}))
-plant("10.2", "no LayerNorm statistics", "no layernorm statistics", _MEM.format(**{**_OKM, "ln": 0}))
-plant("10.2", "the masked copy missing", "masked copy", _MEM.format(**{**_OKM, "attn": 1}))
-plant("10.2", "the scores counted too", "scores counted", _MEM.format(**{**_OKM, "attn": "(3 if masked else 2)"}))
-plant("10.2", "no heads in the attention matrix", "without heads", _MEM.format(**{**_OKM, "h": ""}))
-plant("10.2", "a float, not an int", "return an int", _MEM.format(**{**_OKM, "bytes": 4.0}))
+_OKB = dict(sscale="scale", lse="lse[..., None]", pT="p.transpose(-2, -1)", delta="delta",
+            dq="dq += ds @ kb * scale", dsT="ds.transpose(-2, -1)", gscale="scale")
+plant("10.2", "no D term: ds = p * dp", "misses the softmax's term", _BACK.format(**{**_OKB, "delta": "0"}))
+plant("10.2", "D from this block's keys only", "this block's keys only",
+      _BACK.format(**{**_OKB, "delta": "(p * dp).sum(-1, keepdim=True)"}))
+plant("10.2", "dq and dk without the scale", "dq and dk miss the factor",
+      _BACK.format(**{**_OKB, "dq": "dq += ds @ kb", "gscale": "1"}))
+plant("10.2", "scores recomputed without the scale", "recomputed scores miss the factor", _BACK.format(**{**_OKB, "sscale": "1"}))
+plant("10.2", "p without lse: exp(s)", "without subtracting lse", _BACK.format(**{**_OKB, "lse": "0"}))
+plant("10.2", "lse without its key axis", "lse[..., none]", _BACK.format(**{**_OKB, "lse": "lse"}))
+plant("10.2", "dv = p @ dout", "pᵀ @ dout", _BACK.format(**{**_OKB, "pT": "p"}))
+plant("10.2", "dk = ds @ q", "dsᵀ @ q", _BACK.format(**{**_OKB, "dsT": "ds"}))
+plant("10.2", "dq overwritten by each block", "only the last block's share",
+      _BACK.format(**{**_OKB, "dq": "dq = ds @ kb * scale"}))
+plant("10.2", "returns a dict, not the tuple", "return the tuple (dq, dk, dv)",
+      _BACK.format(**_OKB).replace("return dq, dk, dv", "return {'dq': dq, 'dk': dk, 'dv': dv}"))
 
 
 # ---------------------------------------------------------------- 12, exercise 1: a data-parallel step by hand
@@ -383,6 +406,9 @@ FALLBACKS = [
      "your embed_tokens or mean_pool does not pass exercise 2's check yet"),
     ("10.1", _ONLINE.format(**{**_OKO, "la": "1", "aa": "1"}), (), ("update = yours_or_reference",),
      "your my_online_softmax_update does not pass exercise 1's check yet"),
+    ("10.2", _BACK.format(**{**_OKB, "delta": "0"}),
+     ("id:ex1_online_softmax", "update = yours_or_reference", "def explicit_grads("),
+     ("backward = yours_or_reference",), "your my_attention_backward does not pass exercise 2's check yet"),
 ]
 
 

@@ -11,7 +11,7 @@
 #    **label smoothing** and the **warm-up schedule**,
 # 2. write the decoder's masks (exercise 1),
 # 3. prove the machinery on a toy task that a small Transformer learns in seconds (copying
-#    a random sequence) to 100 % exact match,
+#    a random sequence), tested on sequences it has never seen,
 # 4. write one step of **beam search** (exercise 2),
 # 5. train on English–French (d2l's `fra-eng`, 167,130 pairs) with a test set of 2,000 English
 #    sentences that never occur in training, and measure **corpus BLEU with sacreBLEU** for
@@ -24,10 +24,10 @@
 #
 # **Points in this lesson: 11** (exercise 1: 4, exercise 2: 5, exercise 3: 2, graded by hand).
 #
-# *Run time:* full mode trains the translation model for a fixed 1,600 steps (11 minutes on a
-# 2-core CPU in the stored run, a fraction of that on a GPU) and decodes the test set three
-# times; the whole lesson took 12 minutes on the CPU. `COURSE_QUICK=1` trains on 2,000 pairs
-# for a few steps, only to run every cell.
+# *Run time:* full mode trains the translation model for a fixed 1,600 steps (24.6 min in the
+# stored run, on a 2-core CPU shared with other jobs; about half that on an idle one, a fraction
+# of it on a GPU) and decodes the test set six times; the whole lesson took 30 minutes on the
+# busy CPU. `COURSE_QUICK=1` trains on 2,000 pairs for a few steps, only to run every cell.
 
 # %%
 import math
@@ -226,8 +226,11 @@ passed("hidden tests passed")
 # Before spending minutes on translation we check the whole machinery (model, shifted target,
 # loss, schedule, greedy decoding with the cache) on a task with a known answer: the
 # Annotated Transformer's **copy task**. The source is a random sequence of 3–7 symbols out of 10,
-# the target the same sequence. A small Transformer learns it in a few hundred steps; every
-# test sequence must then come back exactly.
+# the target the same sequence. A small Transformer learns it in a few hundred steps; the test
+# sequences must then come back exactly. They are drawn until 200 do not occur among the training
+# sources (short ones often would: there are only 1,000 sequences of length 3), and the cell checks
+# it, so the test measures copying, not memory. In the stored run 99 % of them come back exactly.
+# Quick mode trains 2 epochs instead of 8, enough to run every cell, not to reach full mode's match.
 
 # %%
 PAD, UNK, BOS, EOS = 0, 1, 2, 3  # the same special ids as lib.translation's vocabularies
@@ -247,7 +250,9 @@ def pad_batch(seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
 
 
 g = torch.Generator().manual_seed(0)
-toy_train, toy_test = copy_task(6000, g), copy_task(200, g)
+toy_train = copy_task(6000, g)
+_seen = {tuple(s) for s, _ in toy_train}
+toy_test = [p for p in copy_task(1000, g) if tuple(p[0]) not in _seen][:200]  # unseen sources only
 toy_batches = TranslationBatches(toy_train, batch_tokens=512, bos=BOS, seed=0)
 _ = torch.manual_seed(0)
 toy = Transformer(TransformerConfig(src_vocab_size=14, tgt_vocab_size=14, d_model=32, num_heads=4, d_ff=64,
@@ -255,12 +260,13 @@ toy = Transformer(TransformerConfig(src_vocab_size=14, tgt_vocab_size=14, d_mode
 opt = torch.optim.Adam(toy.parameters(), betas=(0.9, 0.98), eps=1e-9)
 sched = warmup_schedule(opt, d_model=32, warmup_steps=100, scale=0.5)
 print(f"{len(toy_train)} training pairs in {len(toy_batches)} batches, {sum(p.numel() for p in toy.parameters()):,} parameters")
+print(f"{len(toy_test)} test sequences, of which in the training sources: {sum(tuple(s) in _seen for s, _ in toy_test)}")
 
 # %% tags=["nbval-ignore-output"]
-toy_history = fit(toy, toy_batches, epochs=8, optimizer=opt, loss_fn=SequenceCrossEntropy(PAD),
+toy_history = fit(toy, toy_batches, epochs=pick(full=8, quick=2), optimizer=opt, loss_fn=SequenceCrossEntropy(PAD),
                   scheduler=sched, scheduler_interval="step", device="cpu", seed=0)
 
-# %%
+# %% tags=["nbval-ignore-output"]
 src, src_lens = pad_batch([s for s, _ in toy_test])
 out = greedy_decode(toy, src, src_lens, bos=BOS, eos=EOS, max_len=10)
 exact = sum(o == t[:-1] for o, (_, t) in zip(out.tokens, toy_test, strict=True)) / len(toy_test)
@@ -554,7 +560,10 @@ def translate(sentences: list[str], *, beam: int = 1, alpha: float = 0.6, batch_
 
 results, outputs = {}, {}
 searches = [("greedy", {"beam": 1}), ("beam k=4, alpha=0.6", {"beam": 4, "alpha": 0.6}),
-            ("beam k=4, alpha=1.0", {"beam": 4, "alpha": 1.0})]
+            ("beam k=4, alpha=1.0", {"beam": 4, "alpha": 1.0}),
+            # exercise 3's question: no length penalty, and a wider beam with and without it
+            ("beam k=4, alpha=0", {"beam": 4, "alpha": 0.0}), ("beam k=8, alpha=0", {"beam": 8, "alpha": 0.0}),
+            ("beam k=8, alpha=0.6", {"beam": 8, "alpha": 0.6})]
 for name, kwargs in searches:
     t0 = time.perf_counter()
     outputs[name] = translate(test_sources, **kwargs)
@@ -569,13 +578,19 @@ print(f"test set: {len(test_sources)} English sentences, {sum(len(r) for r in te
 pd.DataFrame(results).T
 
 # %% [markdown]
-# In the stored full-mode run greedy search reaches 36.0 BLEU and beam search with $K = 4$ 37.7
-# ($\alpha = 0.6$) and 37.9 ($\alpha = 1.0$): the wider search gains about two points, for about seven
-# times the decoding time. The *length ratio* is the output length over the reference length that
-# BLEU uses (the closest reference per sentence); below 1 BLEU's brevity penalty applies. Greedy's
-# outputs are 2 % longer than the references, beam search's 1.7 % shorter at $\alpha = 0.6$ and
-# 0.7 % at $\alpha = 1.0$: a larger $\alpha$ favours longer hypotheses (exercise 3 asks why).
-# (Quick mode trains for 15 steps only, so its table shows BLEU near 0.)
+# In the stored full-mode run greedy search reaches 36.7 BLEU and beam search with $K = 4$ 37.9
+# ($\alpha = 0.6$) and 38.3 ($\alpha = 1.0$): the wider search gains 1.2 to 1.6 points, for six to
+# eight times the decoding time (the seconds come from a machine shared with other jobs). The
+# *length ratio* is the output length over the reference length that BLEU uses (the closest
+# reference per sentence); below 1 BLEU's brevity penalty applies. Greedy's outputs are 1.7 %
+# longer than the references, beam search's 1.6 % shorter at $\alpha = 0.6$ and 0.4 % at
+# $\alpha = 1.0$: a larger $\alpha$ favours longer hypotheses.
+#
+# The last three rows are exercise 3's evidence. Without a length penalty ($\alpha = 0$) the outputs
+# shrink, 3.4 % below the references with $K = 4$ and 5.4 % with $K = 8$, and BLEU falls to 37.4 and
+# 37.3: the wider beam finds *more* short hypotheses, not better translations. With the penalty the
+# wider beam is no worse ($K = 8$, $\alpha = 0.6$: 38.0, outputs 2.8 % short) but no better than
+# $K = 4$ either. (Quick mode trains for 15 steps only, so its table shows BLEU near 0.)
 #
 # **Cached against uncached decoding.** The cache changes the cost, not the result:
 
@@ -606,8 +621,8 @@ for en, greedy_fr, beam_fr in zip(examples, translate(examples), translate(examp
 
 # %% [markdown]
 # In the stored run all four come out right, by both searches. `he's calm .`, never seen, becomes
-# `il est calme .`; `i'm home .` becomes `je suis à la maison .`, a correct translation other than
-# its training pair `je suis chez moi .`. For comparison, d2l's Transformer (512 training pairs)
+# `il est calme .`; `go .` becomes `allez !` and `i'm home .` `je suis à la maison .`, correct
+# translations other than their training pairs `va !` and `je suis chez moi .`. For comparison, d2l's Transformer (512 training pairs)
 # translates `go .` as `<unk> !` (d2l-en issue #1484).
 
 # %% [markdown]
@@ -617,7 +632,7 @@ for en, greedy_fr, beam_fr in zip(examples, translate(examples), translate(examp
 # `Record(need_weights=True)`: every attention call appends its weights, in order
 # (the encoder's self-attentions, then per decoder block its self-attention and cross-attention). We plot the last block's cross-attention
 # averaged over heads: rows are generated words, columns source words. Each panel has its own
-# colour scale, from 0 to its largest weight; compare shades within a panel, not across panels.
+# colour scale, from 0 to its largest weight (its colour bar); compare shades within a panel.
 
 # %% tags=["nbval-ignore-output"]
 def cross_attention(en: str) -> tuple[list[str], list[str], Tensor]:
@@ -636,7 +651,8 @@ fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for ax, en in zip(axes, ["i'm very happy to see you .", "where is the train station ?", "he has two cats ."],
                   strict=True):
     src_words, tgt_words, w = cross_attention(en)
-    _ = ax.imshow(w, cmap="Reds", vmin=0)
+    image = ax.imshow(w, cmap="Reds", vmin=0)  # each panel from 0 to its own largest weight
+    _ = fig.colorbar(image, ax=ax, shrink=0.8)
     _ = ax.set_xticks(range(len(src_words)), src_words, rotation=60)
     _ = ax.set_yticks(range(len(tgt_words)), tgt_words)
     _ = ax.set(xlabel="source (English)", ylabel="output (French)")
@@ -648,8 +664,8 @@ fig.tight_layout()
 # alike: `deux` looks at `two`, `chats` at `cats`, `heureux` at `happy`, the final `.` and `?` at
 # their English twins. Where the languages differ the weights follow the meaning, not the
 # position: `gare` (one word) looks at `station` of *train station*; in `se trouve` (*is located*,
-# no word-for-word twin) `se` looks mostly at `is` and `trouve` spreads its weight over `where`, `is`,
-# `the` and `train`; in `te voir` (*see you*, the pronoun first)
+# no word-for-word twin) `se` looks mostly at `is`, and `trouve` spreads its weight over the whole
+# sentence, the largest part on `train`; in `te voir` (*see you*, the pronoun first)
 # `voir` looks at `see` and `te` at `see` and `you`. Nothing told the model which words
 # correspond; the alignment is a by-product of learning to translate (Bahdanau et al. 2015 showed the same for recurrent models).
 
@@ -674,7 +690,9 @@ fig.tight_layout()
 # $\mathrm{lp}(Y) = ((5+|Y|)/6)^\alpha$, which grows with the length, turns the sum into roughly a
 # per-token average for $\alpha \to 1$: long hypotheses are no longer punished for their length, and
 # $\alpha$ between 0.6 and 1 trades the two off (Wu et al. 2016). BLEU's brevity penalty is what
-# makes the short outputs cost so much in the score.
+# makes the short outputs cost so much in the score. The table of section 7 shows both effects:
+# with $\alpha = 0$ the outputs are 3.4 % shorter than the references at $K = 4$ and 5.4 % at $K = 8$,
+# against 1.6 % and 2.8 % at $\alpha = 0.6$.
 # ### END SOLUTION
 
 # %% [markdown]

@@ -18,14 +18,15 @@
 #    (16 or 20 bytes per parameter for mixed-precision Adam) and saved activations;
 # 3. derive the online softmax, write its update for one block (exercise 1), build tiled attention from
 #    it, check it against PyTorch's `scaled_dot_product_attention` (SDPA), and measure its memory: linear in $T$;
-# 4. look at what PyTorch does: SDPA's backends (math, flash, memory-efficient, cuDNN), which one runs
-#    here, and `torch.compile` on the encoder;
-# 5. write the memory formula of one layer yourself (exercise 2).
+# 4. write FlashAttention's backward pass (exercise 2): it saves no weights, only one number per query, and
+#    recomputes each block of weights when the gradient needs it; measure what that saves in training;
+# 5. look at what PyTorch does: SDPA's backends (math, flash, memory-efficient, cuDNN), which one runs
+#    here, and `torch.compile` on the encoder.
 #
 # **Points in this lesson: 10** (exercise 1: 5, exercise 2: 5).
 #
-# *Run time:* under a minute on a 2-core CPU in full mode; `COURSE_QUICK=1` measures fewer
-# sequence lengths.
+# *Run time:* about two minutes on a 2-core CPU in full mode (the stored run shared its machine with
+# other jobs); `COURSE_QUICK=1` measures fewer sequence lengths and skips `torch.compile`.
 
 # %%
 import math
@@ -37,7 +38,14 @@ import torch.nn.functional as F
 
 from lib.attention import causal_mask, padding_mask, scaled_dot_product_attention
 from lib.checks import call_explained, check_close, check_shape, passed, yours_or_reference
-from lib.efficient import online_softmax_finish, online_softmax_init, online_softmax_update, tiled_attention
+from lib.efficient import (
+    online_softmax_finish,
+    online_softmax_init,
+    online_softmax_lse,
+    online_softmax_update,
+    tiled_attention,
+    tiled_attention_backward,
+)
 from lib.memory import (
     adam_mixed_precision_bytes,
     attention_matrix_bytes,
@@ -587,6 +595,240 @@ _ = ax.legend()
 # FLOPs, far less memory and traffic. The linear memory measured above is the by-product of the same
 # design.
 #
+# ### The backward pass by recomputation
+#
+# What must the forward pass keep so that the backward pass can do without the weights $A$? For query
+# $i$ the weights are $A_{ij} = e^{s_{ij} - m_i} / \ell_i = e^{s_{ij} - L_i}$ with $L_i = m_i + \log \ell_i$,
+# the **log-sum-exp** of the row. One number per query (`lib.efficient.online_softmax_lse`) is enough to
+# recompute any block of weights exactly from $q$ and that block's keys. The tiled forward pass has $m$ and
+# $\ell$ at its end anyway; `flash_forward` returns $L$ with the output:
+
+# %%
+def flash_forward(q, k, v, block_size):
+    """Tiled attention (with `update`, yours or lib's) returning the output and each query's log-sum-exp."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    state = online_softmax_init(q, v)
+    for j in range(0, k.shape[-2], block_size):
+        scores = q @ k[..., j : j + block_size, :].transpose(-2, -1) * scale  # (B, H, Tq, Bk)
+        state = update(*state, scores, v[..., j : j + block_size, :])
+    return online_softmax_finish(state), online_softmax_lse(state)  # (B, H, Tq, Dv), (B, H, Tq)
+
+
+def explicit_grads(q, k, v, dout):
+    """The reference: autograd through the explicit attention (it saves the (Tq, Tk) weights)."""
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    return torch.autograd.grad(scaled_dot_product_attention(q, k, v)[0], (q, k, v), dout)
+
+
+# %%
+q, k, v = (torch.randn(2, 4, n, 16) for n in (50, 70, 70))
+out, lse = flash_forward(q, k, v, 16)
+print("lse = logsumexp of each row of scores:",
+      torch.allclose(lse, torch.logsumexp(q @ k.transpose(-2, -1) / math.sqrt(16), dim=-1), atol=1e-5))
+print("out = SDPA:", torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5))
+
+# %% [markdown]
+# Backpropagation through $S = c\, q k^\top$ (with $c = 1/\sqrt{D_h}$), the softmax and $O = A v$ gives, for
+# the gradient $dO$ of the loss with respect to the output,
+#
+# $$dv = A^\top dO, \qquad dA = dO\, v^\top, \qquad
+# dS_{ij} = A_{ij}\,\big(dA_{ij} - D_i\big) \text{ with } D_i = \textstyle\sum_j A_{ij}\, dA_{ij}, \qquad
+# dq = c\, dS\, k, \qquad dk = c\, dS^\top q .$$
+#
+# The softmax's term $D_i$ sums over **all** keys of row $i$, which a loop over key blocks does not have at
+# any one time. But $\sum_j A_{ij}\, dA_{ij} = \sum_j A_{ij}\, (dO_i \cdot v_j) = dO_i \cdot O_i$: so
+# $D = \operatorname{rowsum}(dO \circ O)$, known before the loop from $(T_q, D_v)$ numbers. Then each block
+# of keys is on its own: recompute its weights from $L$, and they give its rows of $dv$ and $dk$ and its
+# share of $dq$. Nothing of size $T_q \times T_k$ is ever held, and nothing but $O$ and $L$ was saved.
+#
+# ### Exercise 2: FlashAttention's backward pass (5 points)
+#
+# Write `my_attention_backward(q, k, v, out, lse, dout, block_size)` returning `(dq, dk, dv)`, the gradients
+# of attention (no mask, scale $c = 1/\sqrt{D_k}$) with respect to `q`, `k` and `v`:
+#
+# * `q` (B, H, Tq, Dk), `k` (B, H, Tk, Dk), `v` (B, H, Tk, Dv); `out` (B, H, Tq, Dv) and `lse` (B, H, Tq)
+#   from the forward pass; `dout` (B, H, Tq, Dv), the gradient with respect to `out`;
+# * compute $D$ = rowsum(`dout` ∘ `out`) once, before the loop;
+# * loop over blocks of `block_size` keys (the last block may be shorter); in each, recompute the block's
+#   weights `p = exp(q k_blockᵀ · c - lse)`, (B, H, Tq, Bk), and use them for the block's `dv`, `dk` and its
+#   share of `dq`; never build a (Tq, Tk) matrix.
+#
+# Use tensor operations (`@`, `transpose`, `torch.exp`, `sum`), not autograd (`.backward()`,
+# `torch.autograd.grad`) and not `lib.efficient`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex2_attention_backward", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def my_attention_backward(q, k, v, out, lse, dout, block_size):
+    ### BEGIN SOLUTION
+    scale = 1 / math.sqrt(q.shape[-1])
+    delta = (dout * out).sum(dim=-1, keepdim=True)  # (B, H, Tq, 1): rowsum(A * dA) over all keys
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for j in range(0, k.shape[-2], block_size):
+        kb, vb = k[..., j : j + block_size, :], v[..., j : j + block_size, :]  # (B, H, Bk, Dk), (B, H, Bk, Dv)
+        p = torch.exp(q @ kb.transpose(-2, -1) * scale - lse[..., None])  # (B, H, Tq, Bk): recomputed weights
+        dv[..., j : j + block_size, :] = p.transpose(-2, -1) @ dout  # (B, H, Bk, Dv)
+        ds = p * (dout @ vb.transpose(-2, -1) - delta)  # (B, H, Tq, Bk)
+        dq += ds @ kb * scale  # (B, H, Tq, Dk)
+        dk[..., j : j + block_size, :] = ds.transpose(-2, -1) @ q * scale  # (B, H, Bk, Dk)
+    return dq, dk, dv
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex2_attention_backward_check", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+def _backward_with(q, k, v, out, lse, dout, block, *, delta="all", grad_scale=True, score_scale=True,
+                   lse_axis=True, normalise=True, p_t=True, ds_t=True, accumulate=True):
+    """The recomputing backward with one predictable mistake (the keywords), for naming what a wrong answer did."""
+    c = 1 / math.sqrt(q.shape[-1])
+    L = lse[..., None] if lse_axis else lse
+    d_all = (dout * out).sum(-1, keepdim=True)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for j in range(0, k.shape[-2], block):
+        kb, vb = k[..., j : j + block, :], v[..., j : j + block, :]
+        s = q @ kb.transpose(-2, -1) * (c if score_scale else 1.0)
+        p = torch.exp(s - L) if normalise else torch.exp(s)
+        dp = dout @ vb.transpose(-2, -1)
+        ds = p * (dp - {"all": d_all, "none": 0.0, "block": (p * dp).sum(-1, keepdim=True)}[delta])
+        dv[..., j : j + block, :] = (p.transpose(-2, -1) if p_t else p) @ dout
+        share = ds @ kb * (c if grad_scale else 1.0)
+        dq = dq + share if accumulate else share
+        dk[..., j : j + block, :] = (ds.transpose(-2, -1) if ds_t else ds) @ q * (c if grad_scale else 1.0)
+    return dq, dk, dv
+
+
+_BACKWARD_MISTAKES = {
+    "ds = p * dp misses the softmax's term: ds = p * (dp - D) with D = rowsum(dout * out)": {"delta": "none"},
+    "D is summed over this block's keys only: the softmax's D sums over all keys of the row, so take "
+    "D = rowsum(dout * out) once, before the loop": {"delta": "block"},
+    "dq and dk miss the factor c = 1/sqrt(Dk): the scores were q kᵀ · c": {"grad_scale": False},
+    "the recomputed scores miss the factor c = 1/sqrt(Dk): p = exp(q kᵀ · c - lse)": {"score_scale": False},
+    "p = exp(q kᵀ · c) without subtracting lse: only exp(s - lse) is the softmax's weight": {"normalise": False},
+    "lse (B, H, Tq) was subtracted along the key axis: give it a key axis, lse[..., None]": {"lse_axis": False},
+    "dv = p @ dout: the block's dv is pᵀ @ dout, (Bk, Tq) @ (Tq, Dv)": {"p_t": False},
+    "dk = ds @ q: the block's dk is dsᵀ @ q · c, (Bk, Tq) @ (Tq, Dk)": {"ds_t": False},
+    "dq keeps only the last block's share: every key block adds ds @ k_block · c to dq (dq += ...)":
+        {"accumulate": False},
+}
+
+
+def _check_backward(Tq, Tk, Dk, Dv, block, seed, what):
+    gen = torch.Generator().manual_seed(seed)
+    q_, k_, v_ = (torch.randn(2, 3, n, d, generator=gen, dtype=torch.float64) for n, d in ((Tq, Dk), (Tk, Dk), (Tk, Dv)))
+    dout_ = torch.randn(2, 3, Tq, Dv, generator=gen, dtype=torch.float64)
+    out_ = F.scaled_dot_product_attention(q_, k_, v_)
+    lse_ = torch.logsumexp(q_ @ k_.transpose(-2, -1) / math.sqrt(Dk), dim=-1)
+    args = (q_, k_, v_, out_, lse_, dout_)
+    got = call_explained(my_attention_backward, *args, block, name=f"my_attention_backward on {what}", hint=(
+        "p and ds are (B, H, Tq, Bk); the block's dv and dk are (B, H, Bk, Dv) and (B, H, Bk, Dk), so transpose "
+        "p and ds (pᵀ @ dout, dsᵀ @ q); lse is (B, H, Tq), subtract lse[..., None]"))
+    if not (isinstance(got, tuple | list) and len(got) == 3):
+        raise AssertionError(f"my_attention_backward: return the tuple (dq, dk, dv), got {type(got).__name__}")
+    expected = explicit_grads(q_, k_, v_, dout_)
+    for name, g_, e_ in zip(("dq", "dk", "dv"), got, expected):
+        check_shape(g_, tuple(e_.shape), f"{name} on {what}")
+    if all(torch.allclose(g_, e_, atol=1e-8) for g_, e_ in zip(got, expected)):
+        return
+    for mistake, kw in _BACKWARD_MISTAKES.items():
+        try:
+            wrong = _backward_with(*args, block, **kw)
+        except RuntimeError:
+            continue  # this mistake cannot run on these shapes
+        if all(w.shape == e_.shape for w, e_ in zip(wrong, expected)) \
+                and any(not torch.allclose(w, e_, atol=1e-8) for w, e_ in zip(wrong, expected)) \
+                and all(torch.allclose(g_, w, atol=1e-8) for g_, w in zip(got, wrong)):
+            raise AssertionError(f"my_attention_backward on {what}: {mistake}")
+    for name, g_, e_ in zip(("dq", "dk", "dv"), got, expected):
+        check_close(g_, e_, f"{name} on {what}, against autograd", atol=1e-8)
+
+
+_check_backward(6, 6, 4, 4, 6, seed=5, what="one block of 6 keys, Tq = Tk = 6")  # every mistake above runs here
+_check_backward(5, 11, 6, 3, 4, seed=6, what="three blocks of 4, 4 and 3 keys, Tq = 5")
+passed("my_attention_backward recomputes the weights block by block and matches autograd")
+
+# %% nbgrader={"grade": true, "grade_id": "ex2_attention_backward_hidden", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# Hidden tests run here when your notebook is graded.
+### BEGIN HIDDEN TESTS
+from lib.checks import forbid
+
+g = torch.Generator().manual_seed(23)
+cases = []
+for B_, H_, Tq_, Tk_, Dk_, Dv_, block_ in [(1, 1, 1, 1, 1, 1, 1), (2, 3, 17, 17, 8, 8, 5), (1, 2, 9, 40, 16, 4, 7),
+                                           (3, 1, 30, 12, 5, 9, 12), (1, 4, 64, 64, 32, 32, 100),
+                                           (2, 2, 13, 29, 8, 3, 1)]:
+    q_ = torch.randn(B_, H_, Tq_, Dk_, generator=g, dtype=torch.float64) * 2
+    k_ = torch.randn(B_, H_, Tk_, Dk_, generator=g, dtype=torch.float64) * 2
+    v_ = torch.randn(B_, H_, Tk_, Dv_, generator=g, dtype=torch.float64)
+    dout_ = torch.randn(B_, H_, Tq_, Dv_, generator=g, dtype=torch.float64)
+    out_ = F.scaled_dot_product_attention(q_, k_, v_)
+    lse_ = torch.logsumexp(q_ @ k_.transpose(-2, -1) / math.sqrt(Dk_), dim=-1)
+    cases.append(((q_, k_, v_, out_, lse_, dout_), block_))
+with forbid("lib.efficient.tiled_attention_backward", "torch.autograd.grad", "torch.autograd.backward",
+            "torch.Tensor.backward"):
+    answers = [my_attention_backward(*args, block_) for args, block_ in cases]
+for (args, block_), answer in zip(cases, answers):
+    expected = explicit_grads(args[0], args[1], args[2], args[5])
+    for name, a, e in zip(("dq", "dk", "dv"), answer, expected):
+        check_close(a, e, f"{name} for q {tuple(args[0].shape)}, k {tuple(args[1].shape)}, blocks of {block_}",
+                    atol=1e-9, rtol=1e-7)
+passed("hidden tests passed")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your backward pass (or lib's `tiled_attention_backward`, if the exercise is not done yet) against autograd,
+# for several block sizes, after `flash_forward`:
+
+# %%
+def _lib_backward(q, k, v, out, lse, dout, block_size):
+    return tiled_attention_backward(q, k, v, out, lse, dout, block_size=block_size)
+
+
+def _backward_agrees(f) -> None:
+    """Exercise 2's check in short: three blocks of keys against autograd."""
+    gen = torch.Generator().manual_seed(4)
+    q_, k_, v_ = (torch.randn(1, 2, n, 4, generator=gen, dtype=torch.float64) for n in (5, 9, 9))
+    dout_ = torch.randn(1, 2, 5, 4, generator=gen, dtype=torch.float64)
+    lse_ = torch.logsumexp(q_ @ k_.transpose(-2, -1) / 2, dim=-1)
+    got = f(q_, k_, v_, F.scaled_dot_product_attention(q_, k_, v_), lse_, dout_, 4)
+    for name, a, e in zip(("dq", "dk", "dv"), got, explicit_grads(q_, k_, v_, dout_), strict=True):
+        check_close(a, e, name, atol=1e-8)
+
+
+backward = yours_or_reference(my_attention_backward, _lib_backward, "my_attention_backward", exercise="exercise 2",
+                              probe=lambda f: f(*(torch.zeros(1, 1, 1, 1),) * 4, torch.zeros(1, 1, 1),
+                                                torch.zeros(1, 1, 1, 1), 1),
+                              check=_backward_agrees)
+q, k, v = (torch.randn(2, 4, n, 16, dtype=torch.float64) for n in (50, 70, 70))
+dout = torch.randn(2, 4, 50, 16, dtype=torch.float64)
+out, lse = flash_forward(q, k, v, 16)
+reference = explicit_grads(q, k, v, dout)
+for bs in (1, 16, 70):
+    grads = backward(q, k, v, out, lse, dout, bs)
+    diff = max((a - b).abs().max().item() for a, b in zip(grads, reference, strict=True))
+    print(f"block size {bs:>2}: max |recomputed - autograd| over dq, dk, dv < 1e-10: {diff < 1e-10}")
+
+# %% [markdown]
+# And the memory of a whole forward and backward pass of attention, measured with `measure_peak_bytes`:
+# autograd through the explicit path (it saves the weights and makes their gradients) against
+# `flash_forward` plus the recomputing backward, blocks of 64 keys:
+
+# %% tags=["nbval-ignore-output"]
+train_rows = []
+for T in pick(full=[256, 512, 1024, 2048], quick=[256, 512]):
+    q, k, v, dout = (torch.randn(1, 4, T, 32) for _ in range(4))
+    explicit_peak = measure_peak_bytes(lambda: explicit_grads(q, k, v, dout))
+    with torch.no_grad():
+        tiled_peak = measure_peak_bytes(lambda: backward(q, k, v, *flash_forward(q, k, v, 64), dout, 64))
+    train_rows.append((T, explicit_peak, tiled_peak))
+print(f"{'T':>5} {'autograd, explicit':>19} {'tiled + recomputed':>19} {'ratio':>7}")
+for T, e, t in train_rows:
+    print(f"{T:>5} {format_bytes(e):>19} {format_bytes(t):>19} {e / t:>6.1f}x")
+
+# %% [markdown]
+# The explicit path's peak grows fourfold with each doubling of $T$ (the weights and their gradients are
+# $(T, T)$ per head); the recomputing pair grows about twofold, like its inputs. The price is compute: the
+# backward pass computes every block of scores a second time: one $(T, T)$-sized matrix product per head on
+# top of the explicit path's six (two in the forward pass, four in the backward). On a GPU, where attention is limited by memory
+# traffic, FlashAttention is faster *and* smaller for it.
+
+# %% [markdown]
 # ## 4. What PyTorch does: SDPA's backends and `torch.compile`
 #
 # `torch.nn.functional.scaled_dot_product_attention` chooses among backends (`torch.nn.attention.SDPBackend`):
@@ -661,6 +903,8 @@ if pick(full=True, quick=False):
                             warmup=1, repeats=10)
         print(f"first call (compilation) {compile_s:.1f} s; outputs agree: {same}")
         print(f"eager {ms['eager']:.2f} ms, compiled {ms['compiled']:.2f} ms: speed-up {ms['eager'] / ms['compiled']:.2f}x")
+        if ms["compiled"] < ms["eager"]:
+            print(f"compilation pays for itself after about {compile_s * 1e3 / (ms['eager'] - ms['compiled']):,.0f} calls")
     except Exception as err:  # noqa: BLE001 -- a missing compiler or an unsupported op: report it, go on
         print(f"torch.compile failed here: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
 else:
@@ -668,107 +912,13 @@ else:
 
 # %% [markdown]
 # In the run stored here (a 2-core CPU shared with other jobs, so the times are rough) the first call
-# took 9.8 s and the compiled forward pass was about 1.30 times faster (16.29 against 21.25 ms): a gain
-# of about 5 ms per call, so compilation pays for itself only after some two thousand calls. (Inductor
+# took 3.3 s and the compiled forward pass was about 1.23 times faster (17.70 against 21.83 ms): a gain
+# of about 4 ms per call, so compilation pays for itself only after some 800 calls. (Inductor
 # caches its generated kernels on disk, so a later run on the same machine compiles faster.) The matrix products run in the same BLAS library either way;
 # what fusion removes is the separate elementwise passes over memory (masking, softmax pieces,
 # residual adds, LayerNorm), a modest part of the time on a CPU. On a GPU, where each kernel launch
 # and each pass through memory costs more, compilation usually pays off sooner. Where it fails
 # (no C++ compiler, an unsupported operation) the cell prints the error and the lesson goes on.
-#
-# ## 5. Exercise 2: the memory formula of one layer (5 points)
-#
-# Write `my_layer_activation_bytes(B, T, D, H, F, masked=False)`: the bytes autograd saves in one
-# post-norm encoder layer with ReLU (`EncoderBlock(D, H, F)`), fp32, explicit attention, no dropout.
-# Count, as section 1 listed them:
-#
-# * eight $(B, T, D)$ tensors, one $(B, T, F)$ (ReLU's output, also fc2's input);
-# * the attention weights $(B, H, T, T)$, and with `masked=True` the masked copy as a second one;
-# * four $(B, T, 1)$ LayerNorm statistics (mean and 1/std of each LayerNorm);
-# * 4 bytes per element.
-#
-# Use arithmetic, not `lib.memory` and not a module.
-
-# %% nbgrader={"grade": false, "grade_id": "ex2_layer_memory", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def my_layer_activation_bytes(B: int, T: int, D: int, H: int, F: int, masked: bool = False) -> int:
-    ### BEGIN SOLUTION
-    elements = 8 * B * T * D + B * T * F + (2 if masked else 1) * B * H * T * T + 4 * B * T
-    return 4 * elements
-    ### END SOLUTION
-
-
-# %% nbgrader={"grade": true, "grade_id": "ex2_layer_memory_check", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def _explain(got, B, T, D, H, F, masked):
-    """Name the predictable mistake that ``got`` matches."""
-    attn = B * H * T * T
-    right = 8 * B * T * D + B * T * F + (2 if masked else 1) * attn + 4 * B * T
-    wrong = {
-        "the number of elements, not bytes (multiply by 4)": right,
-        "no LayerNorm statistics (4 x (B, T, 1))": 4 * (right - 4 * B * T),
-        "the masked copy of the weights is missing (masked=True saves two (B, H, T, T))": 4 * (right - attn),
-        "the scores counted as saved too (only the softmax output is)": 4 * (right + attn),
-        "the attention matrix without heads (B·T² instead of B·H·T²)": 4 * (right - (2 if masked else 1) * attn
-                                                                             + (2 if masked else 1) * B * T * T),
-    }
-    for what, value in wrong.items():
-        if got == value and value != 4 * right:
-            return f" -- it looks like {what}"
-    return ""
-
-
-for (Bc, Tc, Dc, Hc, Fc, mk) in [(2, 16, 32, 4, 128, False), (3, 7, 16, 2, 40, True)]:
-    got = my_layer_activation_bytes(Bc, Tc, Dc, Hc, Fc, masked=mk)
-    assert isinstance(got, int), f"return an int, got {type(got).__name__}"
-    exp = encoder_layer_activation_bytes(Bc, Tc, Dc, Hc, Fc, masked=mk)["total"]
-    assert got == exp, (f"B={Bc}, T={Tc}, D={Dc}, H={Hc}, F={Fc}, masked={mk}: lib.memory gives {exp:,} bytes, "
-                        f"you gave {got:,}{_explain(got, Bc, Tc, Dc, Hc, Fc, mk)}")
-blk2 = EncoderBlock(16, 2, 40)
-x2 = torch.randn(3, 7, 16, requires_grad=True)
-mask2 = padding_mask(torch.tensor([7, 4, 1]), 7)
-real = [m for m in measure_saved_tensors(lambda: blk2(x2, mask=mask2), exclude=blk2.parameters()) if m[1] != torch.bool]
-assert my_layer_activation_bytes(3, 7, 16, 2, 40, masked=True) == sum(m[2] for m in real), (
-    f"a real EncoderBlock with a padding mask saves {sum(m[2] for m in real):,} bytes (boolean masks aside)")
-passed("my_layer_activation_bytes matches lib.memory and what autograd saves")
-
-# %% nbgrader={"grade": true, "grade_id": "ex2_layer_memory_hidden", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-# Hidden tests run here when your notebook is graded.
-### BEGIN HIDDEN TESTS
-import random as _random
-from unittest import mock
-
-import lib.memory
-import lib.transformer
-from lib.checks import forbid
-
-rng = _random.Random(17)
-configs = [(1, 1, 1, 1, 1, False), (1, 1, 8, 2, 4, True), (8, 512, 768, 12, 3072, False)] + [
-    (rng.randint(1, 9), rng.randint(1, 300), 4 * rng.randint(1, 64), rng.choice([1, 2, 4]), rng.randint(1, 500),
-     rng.random() < 0.5) for _ in range(20)
-]
-expected = [encoder_layer_activation_bytes(b, t, d, h, f, masked=mk)["total"] for b, t, d, h, f, mk in configs]
-
-
-def _refuse_memory(*args, **kwargs):
-    raise AssertionError("your code called lib.memory or built a module; this exercise asks for the arithmetic")
-
-
-references = (lib.memory.encoder_layer_activation_bytes, lib.memory.encoder_layer_saved_tensors,
-              lib.memory.attention_matrix_bytes, lib.memory.activation_bytes, lib.transformer.EncoderBlock)
-aliases = {name: _refuse_memory for name, value in list(globals().items()) if any(value is r for r in references)}
-answers = []
-with forbid("lib.memory.encoder_layer_activation_bytes", "lib.memory.encoder_layer_saved_tensors",
-            "lib.memory.attention_matrix_bytes", "lib.memory.activation_bytes", "lib.transformer.EncoderBlock"), \
-        mock.patch.dict(globals(), aliases):
-    answers.extend(my_layer_activation_bytes(b, t, d, h, f, masked=mk) for b, t, d, h, f, mk in configs)
-for cfg_, exp, ans in zip(configs, expected, answers):
-    assert ans == exp, f"(B, T, D, H, F, masked) = {cfg_}: expected {exp:,} bytes, got {ans:,}"
-for b, t, d, h, f in [(2, 9, 8, 2, 24), (1, 30, 12, 3, 48)]:  # against autograd
-    real_block = EncoderBlock(d, h, f)
-    xr = torch.randn(b, t, d, requires_grad=True)
-    saved = sum(m[2] for m in measure_saved_tensors(lambda: real_block(xr), exclude=real_block.parameters()))
-    assert my_layer_activation_bytes(b, t, d, h, f) == saved, f"{(b, t, d, h, f)}: autograd saves {saved:,} bytes"
-passed("hidden tests passed")
-### END HIDDEN TESTS
 
 # %% [markdown]
 # ## Summary
@@ -783,6 +933,9 @@ passed("hidden tests passed")
 # * The online softmax keeps a running maximum, a running sum and an unnormalised output per query,
 #   rescaling both by $e^{m_\text{old} - m_\text{new}}$ when the maximum grows; fully masked blocks need
 #   $-\infty$ handled without NaN. Attention over key blocks then needs memory linear in $T$.
+# * The backward pass needs no saved weights either: the output and one log-sum-exp per query let it
+#   recompute each block of weights, with $D = \operatorname{rowsum}(dO \circ O)$ standing in for the softmax's
+#   sum over the whole row. FlashAttention trades that extra matrix product for memory and memory traffic.
 # * PyTorch's SDPA picks a fused backend (flash, memory-efficient, cuDNN) where it can, and the math
 #   backend otherwise; `torch.compile` fuses the rest of the model, which pays off on GPUs more than
 #   on a small CPU.
