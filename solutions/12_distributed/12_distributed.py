@@ -384,7 +384,11 @@ print(f"2 processes with DDP: {base / ddp:.2f} times the speed of 1 process on 1
 
 # %% [markdown]
 # On a CPU, two processes compete with PyTorch's own threads for the same cores: the fair comparison for this
-# machine is the row of one process on both cores. On GPUs each process has its own accelerator, and N of them do N
+# machine is the row of one process on both cores. In the stored run two processes with DDP ran 1.71 times as
+# fast as one process on one core, but only 1.10 times as fast as one process on both cores; without the
+# all-reduce (`no_sync`) the two processes are faster still, and the gap between those two rows is what the
+# communication costs. A third job on the machine slows one of the two ranks, and every all-reduce waits for the
+# slower one: timed on a busy machine, two processes can come out slower than one. On GPUs each process has its own accelerator, and N of them do N
 # times the arithmetic; what data parallelism then costs is the communication, measured next.
 
 # %% [markdown]
