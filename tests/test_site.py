@@ -420,14 +420,26 @@ def _distinctive_words() -> dict[str, str]:
     return chosen
 
 
+def _search_hits(page) -> list[str]:
+    """The result links of the search page, once Sphinx's search has finished.
+
+    Sphinx lists the results one by one (a timer between them) and fetches each result page for its snippet
+    without waiting: the summary element exists from the start, so wait for its final text, then for the
+    snippet fetches to end (navigating away earlier aborts them, which would count as failed requests).
+    """
+    page.wait_for_function("() => /Search finished|did not match/.test("
+                           "document.querySelector('#search-results .search-summary')?.innerText || '')")
+    page.wait_for_load_state("networkidle")
+    return page.eval_on_selector_all("#search-results ul.search li a", "els => els.map(a => a.getAttribute('href'))")
+
+
 @pytest.mark.slow
 def test_search_finds_each_lesson_by_a_word_of_its_prose(page, served):
     words = _distinctive_words()
     assert len(words) >= len(NAMES) - 1, f"no distinctive word for {sorted(set(NAMES) - set(words))}"
     for name, word in words.items():
         page.goto(f"{served}search.html?q={urllib.parse.quote(word)}")
-        page.locator("#search-results .search-summary").wait_for()
-        hits = page.eval_on_selector_all("#search-results ul.search li a", "els => els.map(a => a.getAttribute('href'))")
+        hits = _search_hits(page)
         assert any(h.split("#")[0] == f"{name}.html" for h in hits), f"searching {word!r} does not find {name}: {hits}"
     assert not page.problems, page.problems
 
@@ -441,7 +453,6 @@ def test_the_search_box_on_the_landing_page_finds_a_lesson(page, served):
     box.fill(word)
     box.press("Enter")
     page.wait_for_url(re.compile(r"search\.html\?q="))
-    page.locator("#search-results .search-summary").wait_for()
-    hits = page.eval_on_selector_all("#search-results ul.search li a", "els => els.map(a => a.getAttribute('href'))")
+    hits = _search_hits(page)
     assert any(h.split("#")[0] == f"{name}.html" for h in hits), f"the search box's {word!r} does not find {name}"
     assert not page.problems, page.problems
