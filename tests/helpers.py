@@ -43,6 +43,20 @@ def randomise_norms_(module) -> None:
                 m.bias.normal_(0.0, 0.2)
 
 
+def serve_imdb(tmp_path: Path, monkeypatch, reviews: dict[str, list[str]],  # noqa: ANN001 - pytest's fixture
+               movies: dict[str, list[str]] | None = None) -> tuple[Path, list[str]]:
+    """A toy aclImdb tree (``write_imdb``) that ``lib.data.fetch`` returns, with an empty download cache.
+
+    Returns the tree's root and the list of dataset names ``fetch`` was asked for (it grows as it is called).
+    """
+    root = tmp_path / "aclImdb"
+    write_imdb(root, reviews, movies)
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "cache"))
+    asked: list[str] = []
+    monkeypatch.setattr("lib.data.fetch", lambda name, **kw: asked.append(name) or root)
+    return root, asked
+
+
 def write_imdb(root: Path, reviews: dict[str, list[str]], movies: dict[str, list[str]] | None = None) -> None:
     """A toy aclImdb tree: ``reviews["train/pos"]`` etc. as ``i_5.txt`` files; with ``movies``, the
     ``urls_pos.txt`` / ``urls_neg.txt`` lists whose line ``i`` names review ``i``'s movie."""

@@ -15,12 +15,11 @@ from __future__ import annotations
 import inspect
 import math
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import write_imdb
+from helpers import serve_imdb
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -198,22 +197,17 @@ def test_vocab_defaults():
     assert v.decode([2, 0, 3], skip_pad=False) == ["a", "<pad>", "c"]
 
 
-def _toy_imdb(root: Path) -> None:
-    write_imdb(root, {
-        "train/pos": ["great film , great acting , a great great story !", "great fun"],
-        "train/neg": ["awful film , boring", "awful awful"],
-        "test/pos": ["great"],
-        "test/neg": ["boring film , truly awful and long"],
-    })
+TOY_REVIEWS = {
+    "train/pos": ["great film , great acting , a great great story !", "great fun"],
+    "train/neg": ["awful film , boring", "awful awful"],
+    "test/pos": ["great"],
+    "test/neg": ["boring film , truly awful and long"],
+}
 
 
 @pytest.fixture
 def toy_imdb(tmp_path, monkeypatch):
-    root = tmp_path / "aclImdb"
-    _toy_imdb(root)
-    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("lib.data.fetch", lambda name, **kw: root)
-    return root
+    return serve_imdb(tmp_path, monkeypatch, TOY_REVIEWS)[0]
 
 
 def test_load_imdb_defaults_reach_the_padding_and_the_cache(toy_imdb):
@@ -249,10 +243,7 @@ def test_load_imdb_subset_and_seed_defaults(toy_imdb):
 
 
 def test_load_imdb_texts_default_root_fetches_imdb(monkeypatch, tmp_path):
-    root = tmp_path / "aclImdb"
-    _toy_imdb(root)
-    asked = []
-    monkeypatch.setattr("lib.data.fetch", lambda name, **kw: asked.append(name) or root)
+    root, asked = serve_imdb(tmp_path, monkeypatch, TOY_REVIEWS)
     assert imdb.load_imdb_texts() == imdb.load_imdb_texts(root) and asked == ["imdb"]
 
 

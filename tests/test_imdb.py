@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from helpers import write_imdb
+from helpers import serve_imdb, write_imdb
 
 from lib import imdb
 from lib.text import PAD, UNK
@@ -37,21 +35,16 @@ def test_interleaved_order_makes_every_even_prefix_balanced():
     assert torch.equal(order, imdb._interleaved_order(y, seed=0))  # and repeats
 
 
-def make_imdb(root: Path) -> None:
-    write_imdb(root, {
-        "train/pos": ["Great film!<br /><br />Great acting.", "great great fun"],
-        "train/neg": ["Awful film.", "awful, boring"],
-        "test/pos": ["great"],
-        "test/neg": ["boring film, truly awful and long"],
-    })
+TOY_REVIEWS = {
+    "train/pos": ["Great film!<br /><br />Great acting.", "great great fun"],
+    "train/neg": ["Awful film.", "awful, boring"],
+    "test/pos": ["great"],
+    "test/neg": ["boring film, truly awful and long"],
+}
 
 
 def test_load_imdb_on_a_toy_tree_and_its_cache(tmp_path, monkeypatch):
-    root = tmp_path / "aclImdb"
-    make_imdb(root)
-    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "cache"))
-    calls = []
-    monkeypatch.setattr("lib.data.fetch", lambda name, **kw: calls.append(name) or root)
+    root, calls = serve_imdb(tmp_path, monkeypatch, TOY_REVIEWS)
     train, test, vocab = imdb.load_imdb(num_words=6, maxlen=4)
     x, y = train.tensors
     assert x.shape == (4, 4) and sorted(y.tolist()) == [0, 0, 1, 1]
@@ -71,16 +64,17 @@ def test_load_imdb_on_a_toy_tree_and_its_cache(tmp_path, monkeypatch):
     assert tr.tensors[2].tolist() == (tr.tensors[0] != 0).sum(1).tolist()
 
 
-def make_imdb_with_movies(root: Path, movies: dict[str, list[str]]) -> None:
+def reviews_of(movies: dict[str, list[str]]) -> dict[str, list[str]]:
     """Training reviews whose ``urls_*.txt`` line ``i`` names ``movies[sub][i]``; one test review per class."""
     reviews = {sub: [f"review {i}" for i in range(len(ids))] for sub, ids in movies.items()}
-    write_imdb(root, {**reviews, "test/neg": ["a test review"], "test/pos": ["a test review"]}, movies)
+    return {**reviews, "test/neg": ["a test review"], "test/pos": ["a test review"]}
 
 
 def test_imdb_movies_reads_the_url_lists_in_the_files_order(tmp_path):
     root = tmp_path / "aclImdb"
     neg = [f"tt{i:07d}" for i in range(12)]  # 12 reviews: sorted names put 10_ and 11_ before 2_
-    make_imdb_with_movies(root, {"train/neg": neg, "train/pos": ["tt9"] * 12})
+    movies = {"train/neg": neg, "train/pos": ["tt9"] * 12}
+    write_imdb(root, reviews_of(movies), movies)
     names = sorted(p.name for p in (root / "train/neg").iterdir())
     assert imdb.imdb_movies(root=root)[:12] == [neg[int(n.split("_")[0])] for n in names]
     assert imdb.imdb_movies("train", root) == imdb.imdb_movies(root=root)  # default split "train"
@@ -89,11 +83,8 @@ def test_imdb_movies_reads_the_url_lists_in_the_files_order(tmp_path):
 
 
 def test_movie_disjoint_split_shares_no_movie_and_follows_load_imdbs_order(tmp_path, monkeypatch):
-    root = tmp_path / "aclImdb"
     movies = {"train/neg": [f"m{i % 20}" for i in range(40)], "train/pos": [f"m{(i * 7) % 20}" for i in range(40)]}
-    make_imdb_with_movies(root, movies)
-    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("lib.data.fetch", lambda name, **kw: root)
+    root, _ = serve_imdb(tmp_path, monkeypatch, reviews_of(movies), movies)
     held = imdb.movie_disjoint_split(0.25, seed=5, root=root)
     train, _, _ = imdb.load_imdb(num_words=10, maxlen=4)
     assert held.shape == (len(train),) and held.dtype == torch.bool

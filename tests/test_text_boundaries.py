@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 import torch
-from helpers import write_imdb
+from helpers import serve_imdb
 
 from lib import imdb
 from lib.text import PAD, UNK, Vocab, pad_sequences, tokenize
@@ -34,11 +34,7 @@ REVIEWS = {
 
 @pytest.fixture
 def toy_imdb(tmp_path, monkeypatch):
-    root = tmp_path / "aclImdb"
-    write_imdb(root, REVIEWS)
-    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("lib.data.fetch", lambda name, **kw: root)
-    return root
+    return serve_imdb(tmp_path, monkeypatch, REVIEWS)[0]
 
 
 def _train_counts() -> Counter:
