@@ -305,8 +305,7 @@ class MultiHeadAttention(nn.Module):
         if self.fused_qkv:
             return tuple(split_heads(t, H) for t in self.qkv(query).chunk(3, dim=-1))  # 3 x (B, H, Tq, Dh)
         if self.fast and key is query and value is query:  # one GEMM instead of three (bench_encoder.py)
-            memo = getattr(self, "_packed", None)
-            q, k, v = _packed_linear(query, (self.W_q, self.W_k, self.W_v), memo)  # (B, T, H*Dh), 2 x (B, T, G*Dh)
+            q, k, v = _packed_linear(query, (self.W_q, self.W_k, self.W_v), self._packed)  # (B, T, H*Dh), 2 x (B, T, G*Dh)
             return split_heads(q, H), split_heads(k, G), split_heads(v, G)
         return split_heads(self.W_q(query), H), split_heads(self.W_k(key), G), split_heads(self.W_v(value), G)
 

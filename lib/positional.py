@@ -446,8 +446,8 @@ class RotaryEmbedding(PositionalScheme):
         theta = base ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)  # (Dh/2,)
         self.register_buffer("theta", theta, persistent=False)
         self.max_len = max_len
-        if max_len is not None:
-            check_positive_int(max_len=max_len)  # cos and sin of every position once, looked up after (a decoding step is short)
+        if max_len is not None:  # cos and sin of every position once, looked up after (a decoding step is short)
+            check_positive_int(max_len=max_len)
             cos, sin = self.cos_sin(torch.arange(max_len))  # (max_len, Dh) each, float32
             self.register_buffer("cos_table", cos, persistent=False)
             self.register_buffer("sin_table", sin, persistent=False)
